@@ -1,0 +1,160 @@
+"""Registry of attention modules: name -> class, knobs, official slot and parameter-count formula."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from torch import nn
+
+SLOTS = ("residual_end", "mid", "post_add", "stage_end")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One constructor argument a search may set.
+
+    ``kind`` is ``"int"``, ``"float"``, ``"bool"`` or ``"choice"``; ``low``/``high`` bound numbers (inclusive),
+    ``choices`` lists the legal values of a ``"choice"`` knob. ``default=None`` on a number means "derived"
+    (e.g. ECA's adaptive kernel size).
+    """
+
+    name: str
+    kind: str
+    default: Any
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] | None = None
+    doc: str = ""
+
+    def validate(self, module: str, value: Any) -> Any:
+        """Return ``value`` coerced to the knob's type or raise ``ValueError`` naming module, knob and range."""
+        where = f"{module}.{self.name}"
+        if value is None and self.default is None:
+            return None
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"{where} must be true or false, got {value!r}")
+            return value
+        if self.kind == "choice":
+            if value not in self.choices:
+                raise ValueError(f"{where} must be one of {list(self.choices)}, got {value!r}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where} must be a number ({self._range()}), got {value!r}")
+        if self.kind == "int":
+            if float(value) != int(value):
+                raise ValueError(f"{where} must be an integer ({self._range()}), got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            raise ValueError(f"{where} must be in {self._range()}, got {value!r}")
+        return value
+
+    def _range(self) -> str:
+        lo = "-inf" if self.low is None else f"{self.low:g}"
+        hi = "inf" if self.high is None else f"{self.high:g}"
+        return f"[{lo}, {hi}]"
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return f"{self.name}={self.default!r} {{{', '.join(map(repr, self.choices))}}}"
+        if self.kind == "bool":
+            return f"{self.name}={self.default}"
+        default = "auto" if self.default is None else self.default
+        return f"{self.name}={default} {self.kind}{self._range()}"
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """Everything the models, the FLOPs counter and the search space need to know about one module type.
+
+    ``param_count(channels, spatial_size, **knobs)`` returns the learnable-parameter count; ``check`` raises
+    ``ValueError`` for a combination the module cannot handle (called by ``build_attention`` and by the search
+    space before any model is built). ``uses_spatial_size`` means the constructor takes ``spatial_size=(H, W)``;
+    ``needs_spatial_size(knobs)`` says whether it must be given for these knobs.
+    """
+
+    name: str
+    cls: type[nn.Module]
+    knobs: Mapping[str, Knob]
+    slot: str
+    param_count: Callable[..., int]
+    summary: str
+    uses_spatial_size: bool = False
+    needs_spatial_size: Callable[[Mapping[str, Any]], bool] = field(default=lambda knobs: False)
+    check: Callable[..., None] | None = None
+    min_spatial: int = 1
+
+    def resolve(self, knobs: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate ``knobs`` and return them merged over the defaults."""
+        unknown = set(knobs) - set(self.knobs)
+        if unknown:
+            valid = sorted(self.knobs) or "none"
+            raise ValueError(
+                f"attention type {self.name!r} has no knob {sorted(unknown)[0]!r}; its knobs are: {valid}"
+            )
+        out = {k: spec.default for k, spec in self.knobs.items()}
+        for key, value in knobs.items():
+            out[key] = self.knobs[key].validate(self.name, value)
+        return out
+
+    def validate(self, channels: int, spatial_size: Sequence[int] | None = None, **knobs: Any) -> dict[str, Any]:
+        """Check a (channels, spatial_size, knobs) combination without building anything; return resolved knobs."""
+        if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+            raise ValueError(f"{self.name}: channels must be a positive integer, got {channels!r}")
+        resolved = self.resolve(knobs)
+        if spatial_size is not None:
+            spatial_size = _as_hw(spatial_size)
+            if min(spatial_size) < self.min_spatial:
+                raise ValueError(
+                    f"{self.name} needs feature maps of at least {self.min_spatial}x{self.min_spatial}, "
+                    f"got {spatial_size[0]}x{spatial_size[1]}"
+                )
+        elif self.needs_spatial_size(resolved):
+            raise ValueError(f"{self.name} with {resolved} needs spatial_size=(H, W) at construction")
+        if self.check is not None:
+            self.check(channels, spatial_size, **resolved)
+        return resolved
+
+    def count_params(self, channels: int, spatial_size: Sequence[int] | None = None, **knobs: Any) -> int:
+        resolved = self.validate(channels, spatial_size, **knobs)
+        return int(self.param_count(channels, _as_hw(spatial_size) if spatial_size else None, **resolved))
+
+
+ATTENTION_TYPES: dict[str, AttentionSpec] = {}
+
+
+def register_attention(spec: AttentionSpec) -> AttentionSpec:
+    if spec.slot not in SLOTS:
+        raise ValueError(f"{spec.name}: slot must be one of {SLOTS}, got {spec.slot!r}")
+    ATTENTION_TYPES[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> AttentionSpec:
+    try:
+        return ATTENTION_TYPES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown attention type {name!r}; valid types: {sorted(ATTENTION_TYPES)}"
+        ) from None
+
+
+def build_attention(
+    name: str, channels: int, *, spatial_size: Sequence[int] | None = None, **knobs: Any
+) -> nn.Module:
+    """Build attention module ``name`` for ``channels`` input channels; output shape equals input shape."""
+    spec = get_spec(name)
+    resolved = spec.validate(channels, spatial_size, **knobs)
+    if spec.uses_spatial_size:
+        resolved["spatial_size"] = _as_hw(spatial_size) if spatial_size is not None else None
+    return spec.cls(channels, **resolved)
+
+
+def _as_hw(size: Sequence[int] | int) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    h, w = size
+    return (int(h), int(w))
