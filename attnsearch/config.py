@@ -1,0 +1,537 @@
+"""The job file: a pydantic v2 schema (unknown keys rejected at every level) and its YAML loader.
+
+``load_job(path, overrides)`` reads a job YAML, applies ``--set dotted.key=value`` overrides, validates it and
+resolves relative paths on the driver, because Ray runs every trial in its own working directory:
+
+* ``search.space``, ``data.root``, ``backbone.weights_path``: relative to the current working directory when the
+  path exists there, else relative to the job file's directory when it exists there, else relative to the
+  current working directory (so a dataset that ``download: true`` will fetch lands where the user runs from).
+* ``ray.storage_path`` and a relative SQLite tracking URI (``sqlite:///mlflow.db``): relative to the current
+  working directory. URIs with another scheme (``s3://``, ``http://``) are left alone.
+
+Every problem surfaces as one ``ConfigError`` whose message names the file, the key path, what was expected and,
+when obvious, the fix (``jobs/x.yaml: train.lr: Input should be greater than 0 (got -1)``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import typing
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from .space import SearchSpace
+
+# Metric names of the design doc; the objectives of a search are a subset of these.
+METRICS = ("val_acc", "val_loss", "train_loss", "flops", "macs", "params", "attn_flops", "attn_params")
+# Metrics that change from epoch to epoch: the only ones an early-stopping scheduler can compare.
+EPOCH_METRICS = ("val_acc", "val_loss", "train_loss")
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "folder", "fake")
+DATASETS_WITH_ROOT = ("cifar10", "cifar100", "imagenet", "folder")
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
+# Image side the models see when data.image_size is null (ImageNet-style folders are cropped to 224).
+NATIVE_IMAGE_SIZE = {"digits": 16, "cifar10": 32, "cifar100": 32, "imagenet": 224, "folder": 224, "fake": 32}
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class ConfigError(Exception):
+    """A bad job or search-space file: ``str(err)`` is the whole message for the user (the CLI exits 2)."""
+
+
+# --------------------------------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` plus YAML 1.2 floats (``1e-4`` is a float, not a string) and duplicate-key errors."""
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
+                )
+            seen[key] = True
+        return super().construct_mapping(node, deep=deep)
+
+
+# PyYAML implements YAML 1.1, where a float needs a dot and a signed exponent; people write 1e-4 and mean a float.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML ``text`` safely; a syntax error becomes a ``ConfigError`` naming ``source`` and the line."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        start = getattr(exc, "context_mark", None)
+        if context and start is not None and mark is not None and start.line != mark.line:
+            context += f" (started at line {start.line + 1})"
+        detail = f"{context}, {problem}" if context else problem
+        raise ConfigError(f"{where}: malformed YAML: {detail}") from None
+
+
+def read_yaml(path: str | Path, what: str = "file") -> Any:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such {what}") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc}") from None
+    data = parse_yaml(text, str(path))
+    if data is None:
+        raise ConfigError(f"{path}: the {what} is empty")
+    return data
+
+
+# --------------------------------------------------------------------------------------------------- schema
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _known(value: str, valid: Iterable[str], what: str) -> str:
+    valid = list(valid)
+    if value in valid:
+        return value
+    raise ValueError(f"unknown {what} {value!r}{did_you_mean(value, valid)}; valid: {sorted(valid)}")
+
+
+def did_you_mean(value: Any, valid: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` when one of ``valid`` is close to ``value``, else ``""``."""
+    close = difflib.get_close_matches(str(value), [str(v) for v in valid], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class BackboneConfig(_Strict):
+    name: str
+    num_classes: int | None = Field(None, ge=2)  # null -> the dataset's class count
+    width_mult: float = Field(1.0, gt=0)
+    pretrained: bool = False
+    weights_path: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        from .models import BACKBONES  # lazy: keeps `import attnsearch.config` free of torch
+
+        return _known(value, BACKBONES, "backbone")
+
+
+class DataConfig(_Strict):
+    dataset: Literal["digits", "cifar10", "cifar100", "imagenet", "folder", "fake"] = "digits"
+    root: str | None = None
+    image_size: int | None = Field(None, ge=4)  # null -> the dataset's native size (digits 16, CIFAR 32, ...)
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)  # null -> batch_size
+    num_workers: int = Field(0, ge=0)
+    download: bool = False
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    augment: bool = True
+    fake_train_size: int = Field(512, ge=1)
+    fake_val_size: int = Field(128, ge=1)
+    fake_num_classes: int = Field(10, ge=2)
+
+    @model_validator(mode="after")
+    def _root_given(self) -> "DataConfig":
+        if self.dataset in DATASETS_WITH_ROOT and not self.root:
+            raise ValueError(f"root: dataset {self.dataset!r} needs data.root (the folder that holds it)")
+        return self
+
+
+def _auto_bool(value: Any) -> Any:
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError(f"must be auto, true or false (got {value!r})")
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5.0e-4, ge=0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    milestones: list[int] = Field(default_factory=list)  # epochs at which "step" multiplies the lr by gamma
+    gamma: float = Field(0.1, gt=0, le=1)
+    warmup_epochs: int = Field(0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    amp: Literal["auto"] | bool = "auto"
+    channels_last: Literal["auto"] | bool = "auto"
+    compile: bool = False
+    device: str = "auto"
+    seed: int = Field(0, ge=0)
+    threads: int | None = Field(None, ge=1)
+    grad_clip: float | None = Field(None, gt=0)
+
+    @field_validator("amp", "channels_last", mode="before")
+    @classmethod
+    def _auto(cls, value: Any) -> Any:
+        return _auto_bool(value)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not _DEVICE_RE.match(value):
+            raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps (got {value!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _epochs_consistent(self) -> "TrainConfig":
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})")
+        bad = [m for m in self.milestones if not 0 < m < self.epochs]
+        if bad:
+            raise ValueError(f"milestones {bad} must lie strictly between 0 and epochs ({self.epochs})")
+        if self.milestones != sorted(set(self.milestones)):
+            raise ValueError(f"milestones must be increasing, got {self.milestones}")
+        if self.schedule == "step" and not self.milestones:
+            raise ValueError("schedule 'step' needs milestones, e.g. milestones: [30, 60]")
+        return self
+
+
+class SearchConfig(_Strict):
+    space: str | dict[str, Any]  # a search-space YAML file or the space inline
+    sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
+    num_samples: int = Field(20, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    objectives: dict[str, Literal["max", "min"]] = Field(default_factory=lambda: {"val_acc": "max", "flops": "min"})
+    seed: int = Field(0, ge=0)
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _space_form(cls, value: Any) -> Any:
+        if isinstance(value, dict) or (isinstance(value, str) and value.strip()):
+            return value
+        raise ValueError(f"must be a search-space file path or an inline mapping (got {value!r})")
+
+    @field_validator("objectives")
+    @classmethod
+    def _metrics(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError(f"needs at least one metric, e.g. {{val_acc: max, flops: min}}; metrics: {list(METRICS)}")
+        for metric in value:
+            _known(metric, METRICS, "metric")
+        return value
+
+
+class SchedulerConfig(_Strict):
+    type: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(3, gt=1)
+
+
+class ResourcesConfig(_Strict):
+    cpu: float = Field(1, gt=0)
+    gpu: float = Field(0, ge=0)  # fractional GPUs share one device between trials
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_above_one(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError(f"a fraction of a GPU is allowed only below 1 (Ray's rule); got {value}, use "
+                             f"{int(value)} or {int(value) + 1}")
+        return value
+
+
+class ConstraintsConfig(_Strict):
+    max_flops: float | None = Field(None, gt=0)
+    max_params: float | None = Field(None, gt=0)
+    max_macs: float | None = Field(None, gt=0)
+
+
+class TrackingConfig(_Strict):
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str | None = None  # null -> the job's name
+
+
+class RayConfig(_Strict):
+    address: str | None = None
+    storage_path: str = Field("ray_results", min_length=1)
+    num_cpus: int | None = Field(None, ge=1)
+    num_gpus: float | None = Field(None, ge=0)
+    max_failures: int = Field(1, ge=0)
+
+
+class Job(_Strict):
+    name: str
+    backbone: BackboneConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    search: SearchConfig
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    _source: Path | None = PrivateAttr(None)
+    _label: str | None = PrivateAttr(None)
+    _space: Any = PrivateAttr(None)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError(f"may only contain letters, digits, '_', '.' and '-' (got {value!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _scheduler_fits(self) -> "Job":
+        if self.scheduler.type == "asha":
+            if self.train.epochs < self.scheduler.grace_period:
+                raise ValueError(
+                    f"train.epochs ({self.train.epochs}) is ASHA's max_t and must be >= scheduler.grace_period "
+                    f"({self.scheduler.grace_period}); raise train.epochs or lower scheduler.grace_period"
+                )
+            if not any(m in EPOCH_METRICS for m in self.search.objectives):
+                raise ValueError(
+                    f"scheduler.type 'asha' stops trials on a per-epoch metric, but search.objectives "
+                    f"{list(self.search.objectives)} has none of {list(EPOCH_METRICS)}; add one or set "
+                    f"scheduler.type: none"
+                )
+        return self
+
+    @property
+    def max_t(self) -> int:
+        """ASHA's time budget in epochs (= ``train.epochs``)."""
+        return self.train.epochs
+
+    @property
+    def source(self) -> Path | None:
+        """The job file this job was loaded from (None when built in code)."""
+        return self._source
+
+    @property
+    def label(self) -> str:
+        """How messages name the job file: the path as the user gave it."""
+        return self._label or (str(self._source) if self._source else "<job>")
+
+    @property
+    def space(self) -> "SearchSpace":
+        """The validated search space (loaded on first use and cached on the job)."""
+        if self._space is None:
+            from .space import load_space
+
+            self._space = load_space(self)
+        return self._space
+
+    def job_dict(self) -> dict[str, Any]:
+        """The resolved job as plain YAML/JSON types."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        """The resolved job as YAML (logged as an artifact of the study)."""
+        return yaml.safe_dump(self.job_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------------- errors
+
+
+def format_loc(loc: Sequence[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _model_at(model: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The pydantic model class reached by following ``loc`` from ``model`` (None when it leaves the models)."""
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = getattr(field, "annotation", None) if field else None
+        # unwrap Optional[Model]
+        candidates = [annotation, *typing.get_args(annotation)]
+        models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not models:
+            return None
+        model = models[0]
+    return model
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def format_validation_error(exc: ValidationError, source: str, model: type[BaseModel], prefix: str = "") -> str:
+    """One message for all errors of ``exc``: one line per error, each naming ``source`` and the key path."""
+    lines = []
+    for err in exc.errors():
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("function-after",)))]
+        path = format_loc(loc)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            parent = _model_at(model, loc[:-1])
+            valid = sorted(parent.model_fields) if parent else []
+            key = loc[-1]
+            level = f" under {format_loc(loc[:-1])!r}" if loc[:-1] else ""
+            msg = f"unknown key {key!r}{did_you_mean(key, valid)}; valid keys{level}: {valid}"
+        elif kind == "missing":
+            msg = "required key is missing"
+        elif kind in ("model_type", "model_attributes_type", "dict_type"):
+            msg = f"expected a mapping (got {_short(err.get('input'))})"
+        elif kind == "value_error":
+            msg = str(err["ctx"]["error"]) if "ctx" in err else err["msg"].removeprefix("Value error, ")
+            # model validators report at their model's level and name their own key: keep the path short
+            if msg.startswith("root: "):
+                path, msg = format_loc([*loc, "root"]), msg.removeprefix("root: ")
+        elif kind == "literal_error":
+            expected = err.get("ctx", {}).get("expected", "")
+            valid = re.findall(r"'([^']*)'", expected)
+            msg = f"{err['msg']} (got {_short(err['input'])}){did_you_mean(err['input'], valid)}"
+        else:
+            msg = err["msg"]
+            if not isinstance(err.get("input"), (dict, list)):
+                msg += f" (got {_short(err.get('input'))})"
+        full = f"{prefix}{path}" if path else prefix.rstrip(".")
+        lines.append(f"{source}: {full}: {msg}" if full else f"{source}: {msg}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+# --------------------------------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=0.05"`` -> ``(["train", "lr"], 0.05)``; the value is parsed as YAML."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: expected dotted.key=value, e.g. --set train.lr=0.05")
+    return key.split("."), parse_yaml(value, f"--set {key}")
+
+
+def _is_mapping_field(model: type[BaseModel], key: str) -> bool:
+    annotation = model.model_fields[key].annotation
+    return _model_at(model, [key]) is not None or "dict" in str(annotation)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], source: str) -> dict[str, Any]:
+    """Apply ``--set`` overrides to the raw job mapping; a key the schema does not have is an error."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        model: type[BaseModel] | None = Job
+        node = raw
+        for depth, key in enumerate(keys):
+            here = ".".join(keys[: depth + 1])
+            if model is not None and key not in model.model_fields:
+                valid = sorted(model.model_fields)
+                level = f" under {'.'.join(keys[:depth])!r}" if depth else ""
+                raise ConfigError(
+                    f"{source}: --set {text}: unknown key {here!r}{did_you_mean(key, valid)}; "
+                    f"valid keys{level}: {valid}"
+                )
+            if depth == len(keys) - 1:
+                node[key] = value
+                break
+            if model is not None and not _is_mapping_field(model, key):
+                raise ConfigError(
+                    f"{source}: --set {text}: {here} is a value, not a mapping; use --set {here}=VALUE"
+                )
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(
+                    f"{source}: --set {text}: {here} is {_short(child)}, not a mapping; set {here}=... instead"
+                )
+            node = child
+            model = _model_at(model, [key]) if model is not None else None
+    return raw
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+
+def resolve_path(value: str, job_dir: Path | None, cwd: Path | None = None) -> str:
+    """Absolute form of a data/space/weights path: cwd if it exists there, else the job's directory, else cwd."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    cwd = cwd or Path.cwd()
+    if (cwd / path).exists() or job_dir is None or not (job_dir / path).exists():
+        return str((cwd / path).resolve())
+    return str((job_dir / path).resolve())
+
+
+def resolve_storage(value: str, cwd: Path | None = None) -> str:
+    """Absolute form of a local path relative to cwd; URIs with a scheme (``s3://``, ``file://``) are kept."""
+    if _SCHEME_RE.match(value):
+        return value
+    return str(((cwd or Path.cwd()) / Path(value).expanduser()).resolve())
+
+
+def resolve_tracking_uri(uri: str, cwd: Path | None = None) -> str:
+    """``sqlite:///mlflow.db`` -> ``sqlite:////abs/cwd/mlflow.db``; a bare relative path -> absolute path."""
+    cwd = cwd or Path.cwd()
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        if path and not path.startswith("/") and path != ":memory:":
+            return "sqlite:///" + str((cwd / path).resolve())
+        return uri
+    if _SCHEME_RE.match(uri) or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri):
+        return uri
+    return str((cwd / uri).resolve())
+
+
+def _resolve_paths(job: Job, job_dir: Path | None) -> None:
+    if isinstance(job.search.space, str):
+        job.search.space = resolve_path(job.search.space, job_dir)
+    if job.data.root:
+        job.data.root = resolve_path(job.data.root, job_dir)
+    if job.backbone.weights_path:
+        job.backbone.weights_path = resolve_path(job.backbone.weights_path, job_dir)
+    job.ray.storage_path = resolve_storage(job.ray.storage_path)
+    job.tracking.uri = resolve_tracking_uri(job.tracking.uri)
+
+
+def validate_job(raw: Any, source: str = "<job>", job_dir: Path | None = None) -> Job:
+    """Validate a raw job mapping (already parsed) and resolve its paths; errors name ``source``."""
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping with keys {list(Job.model_fields)}, got {type(raw).__name__}"
+        )
+    try:
+        job = Job.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source, Job)) from None
+    _resolve_paths(job, job_dir)
+    job._label = source
+    return job
+
+
+def load_job(path: str | Path, overrides: Sequence[str] = (), *, load_space: bool = True) -> Job:
+    """Read, override, validate and resolve a job file; with ``load_space`` also validate its search space."""
+    path = Path(path)
+    raw = read_yaml(path, "job file")
+    source = str(path)
+    if overrides:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a mapping, got {type(raw).__name__}")
+        apply_overrides(raw, overrides, source)
+        source = f"{path} (with --set {' '.join(overrides)})"
+    job = validate_job(raw, source, path.resolve().parent)
+    job._source = path.resolve()
+    if load_space:
+        _ = job.space
+    return job

@@ -1,0 +1,434 @@
+"""Datasets and loaders: digits, CIFAR-10/100, ImageNet, any ImageFolder tree, and learnable synthetic data.
+
+``check_data`` runs on the driver before any trial starts (and downloads CIFAR there when ``download: true``, so
+that concurrent trials never race to download); ``build_datasets`` and ``build_loaders`` run inside each trial.
+
+* ``digits``: scikit-learn's bundled 8x8 digits (1,797 images), bilinearly upsampled to ``image_size`` (16),
+  replicated to 3 channels, held in memory; fixed stratified train/val split (``val_fraction``, seed 0).
+* ``cifar10``/``cifar100``: the python-pickle batches torchvision downloads (``cifar-10-batches-py``,
+  ``cifar-100-python``) under ``root``, read directly (no md5 check) and held in memory as uint8.
+* ``imagenet``: ImageFolder ``root/train`` and ``root/val``.
+* ``folder``: ImageFolder ``root/train`` + ``root/val`` when both exist; otherwise ``root/train`` (or ``root``
+  itself) split by ``val_fraction`` (stratified, seed 0).
+* ``fake``: class-dependent low-frequency patterns plus Gaussian noise, generated per index from a fixed seed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .config import NATIVE_IMAGE_SIZE, ConfigError, DataConfig
+
+# Per-channel statistics of the training sets (computed over all training pixels; the same values appear in
+# e.g. kuangliu/pytorch-cifar#19 for CIFAR-10 and weiaicunzai/pytorch-cifar100 for CIFAR-100).
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+# torchvision's ImageNet normalisation (used for ImageNet and any ImageFolder tree).
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+_CIFAR = {
+    "cifar10": {
+        "folder": "cifar-10-batches-py",
+        "train": [f"data_batch_{i}" for i in range(1, 6)],
+        "test": ["test_batch"],
+        "meta": ("batches.meta", "label_names"),
+        "labels": "labels",
+        "num_classes": 10,
+        "mean": CIFAR10_MEAN,
+        "std": CIFAR10_STD,
+    },
+    "cifar100": {
+        "folder": "cifar-100-python",
+        "train": ["train"],
+        "test": ["test"],
+        "meta": ("meta", "fine_label_names"),
+        "labels": "fine_labels",
+        "num_classes": 100,
+        "mean": CIFAR100_MEAN,
+        "std": CIFAR100_STD,
+    },
+}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    num_classes: int
+    image_size: int
+    in_channels: int = 3
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------------- datasets
+
+
+class ImageTensorDataset(Dataset):
+    """Images held in memory as one (N, C, H, W) tensor (uint8 0..255 or float 0..1).
+
+    Per item: optional random shift (zero-pad by ``pad`` then crop back, i.e. ``RandomCrop(size, padding=pad)``),
+    optional horizontal flip, resize to ``size``, then normalisation with ``mean``/``std``.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: Sequence[int] | torch.Tensor,
+        mean: Sequence[float],
+        std: Sequence[float],
+        pad: int = 0,
+        flip: bool = False,
+        size: int | None = None,
+        classes: Sequence[str] | None = None,
+    ) -> None:
+        self.images = images
+        self.targets = torch.as_tensor(labels, dtype=torch.long)
+        if len(self.images) != len(self.targets):
+            raise ValueError(f"{len(self.images)} images but {len(self.targets)} labels")
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.pad, self.flip = pad, flip
+        self.size = size if size and size != images.shape[-1] else None
+        self.classes = list(classes) if classes is not None else [str(c) for c in range(int(self.targets.max()) + 1)]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x = self.images[index]
+        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+        if self.pad:
+            h, w = x.shape[-2:]
+            dy, dx = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
+            x = F.pad(x, (self.pad,) * 4)[:, dy : dy + h, dx : dx + w]
+        if self.flip and torch.rand(()) < 0.5:
+            x = x.flip(-1)
+        if self.size:
+            x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", align_corners=False,
+                              antialias=True)[0]
+        return (x - self.mean) / self.std, int(self.targets[index])
+
+
+class FakePatterns(Dataset):
+    """Synthetic but learnable: image = pattern[class] + noise, generated per index (low memory, deterministic).
+
+    Each class pattern is a random 4x4x3 field bilinearly upsampled to ``size`` (low frequency, so a small CNN
+    separates classes within an epoch or two); noise is i.i.d. Gaussian with std ``noise``.
+    """
+
+    def __init__(self, n: int, num_classes: int, size: int, seed: int, noise: float = 1.0) -> None:
+        g = torch.Generator().manual_seed(0)  # patterns are shared by the train and val splits
+        coarse = torch.randn(num_classes, 3, 4, 4, generator=g)
+        self.patterns = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+        labels = torch.arange(n) % num_classes
+        self.targets = labels[torch.randperm(n, generator=torch.Generator().manual_seed(seed))]
+        self.seed, self.noise, self.size = seed, noise, size
+        self.classes = [f"class_{c}" for c in range(num_classes)]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        label = int(self.targets[index])
+        x = self.patterns[label] + self.noise * torch.randn(3, self.size, self.size, generator=g)
+        return x, label
+
+
+def stratified_split(labels: Sequence[int], val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Per class, a seeded permutation; ``round(n * val_fraction)`` (at least 1 when n >= 2) go to val."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = int(round(len(idx) * val_fraction))
+        n_val = min(max(n_val, 1), len(idx) - 1) if len(idx) >= 2 else 0
+        val += idx[:n_val].tolist()
+        train += idx[n_val:].tolist()
+    return sorted(train), sorted(val)
+
+
+def _digits_file() -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+    return path if path.is_file() else None
+
+
+@lru_cache(maxsize=2)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(images (1797, 8, 8) in [0, 1], labels). Reads scikit-learn's bundled CSV directly: importing
+    ``sklearn.datasets`` costs ~2 s per process, the file 0.1 s (same array as ``load_digits()``)."""
+    path = _digits_file()
+    if path is not None:
+        table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+        return table[:, :-1].reshape(-1, 8, 8) / 16.0, table[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return d.images.astype(np.float32) / 16.0, d.target.astype(np.int64)
+
+
+def _digits(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
+    images, labels = _digits_arrays()
+    size = cfg.image_size or NATIVE_IMAGE_SIZE["digits"]
+    x = torch.from_numpy(images)[:, None]
+    if size != x.shape[-1]:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    x = x.clamp_(0, 1).expand(-1, 3, -1, -1).contiguous()
+    train_idx, val_idx = stratified_split(labels, cfg.val_fraction, seed=0)
+    mean = float(x[train_idx].mean())
+    std = float(x[train_idx].std())
+    info = DatasetInfo(10, size, 3, (mean,) * 3, (std,) * 3)
+    classes = [str(c) for c in range(10)]
+    # digits are not mirror-symmetric: shift augmentation only
+    pad = max(1, size // 8) if cfg.augment else 0
+    y = torch.from_numpy(labels)
+    train = ImageTensorDataset(x[train_idx], y[train_idx], info.mean, info.std, pad=pad, classes=classes)
+    val = ImageTensorDataset(x[val_idx], y[val_idx], info.mean, info.std, classes=classes)
+    return train, val, info
+
+
+def _unpickle(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="latin1")  # noqa: S301 (the CIFAR distribution format)
+
+
+@lru_cache(maxsize=4)
+def _cifar_split(folder: str, files: tuple[str, ...], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    data, labels = [], []
+    for name in files:
+        entry = _unpickle(Path(folder) / name)
+        data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels += list(entry[label_key])
+    return torch.from_numpy(np.concatenate(data)), torch.tensor(labels, dtype=torch.long)
+
+
+def _cifar(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
+    meta = _CIFAR[cfg.dataset]
+    folder = str(Path(cfg.root) / meta["folder"])
+    classes = list(_unpickle(Path(folder) / meta["meta"][0])[meta["meta"][1]])
+    size = cfg.image_size or NATIVE_IMAGE_SIZE[cfg.dataset]
+    info = DatasetInfo(meta["num_classes"], size, 3, meta["mean"], meta["std"])
+    x_train, y_train = _cifar_split(folder, tuple(meta["train"]), meta["labels"])
+    x_val, y_val = _cifar_split(folder, tuple(meta["test"]), meta["labels"])
+    # the standard CIFAR recipe: RandomCrop(32, padding=4) + horizontal flip
+    train = ImageTensorDataset(x_train, y_train, info.mean, info.std, pad=4 if cfg.augment else 0,
+                               flip=cfg.augment, size=size, classes=classes)
+    val = ImageTensorDataset(x_val, y_val, info.mean, info.std, size=size, classes=classes)
+    return train, val, info
+
+
+def _image_transforms(size: int, train: bool, mean: Sequence[float], std: Sequence[float]):
+    from torchvision import transforms as T
+
+    norm = [T.ToTensor(), T.Normalize(mean, std)]
+    if train:
+        return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *norm])
+    # the usual 0.875 center-crop ratio (256 -> 224)
+    return T.Compose([T.Resize(int(round(size * 256 / 224))), T.CenterCrop(size), *norm])
+
+
+def _folder_layout(cfg: DataConfig) -> tuple[Path, Path | None]:
+    """(train dir, val dir or None when the train dir is to be split)."""
+    root = Path(cfg.root)
+    if cfg.dataset == "imagenet" or ((root / "train").is_dir() and (root / "val").is_dir()):
+        return root / "train", root / "val"
+    return (root / "train" if (root / "train").is_dir() else root), None
+
+
+def _folder(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
+    from torchvision.datasets import ImageFolder
+
+    size = cfg.image_size or NATIVE_IMAGE_SIZE[cfg.dataset]
+    train_tf = _image_transforms(size, cfg.augment, IMAGENET_MEAN, IMAGENET_STD)
+    val_tf = _image_transforms(size, False, IMAGENET_MEAN, IMAGENET_STD)
+    train_dir, val_dir = _folder_layout(cfg)
+    if val_dir is not None:
+        train, val = ImageFolder(str(train_dir), transform=train_tf), ImageFolder(str(val_dir), transform=val_tf)
+        if val.classes != train.classes:
+            raise ConfigError(f"data.root: {val_dir} has classes {val.classes[:5]}... but {train_dir} has "
+                              f"{train.classes[:5]}...; both need the same class folders")
+        num_classes = len(train.classes)
+    else:
+        base_train = ImageFolder(str(train_dir), transform=train_tf)
+        base_val = ImageFolder(str(train_dir), transform=val_tf)
+        train_idx, val_idx = stratified_split(base_train.targets, cfg.val_fraction, seed=0)
+        train, val = Subset(base_train, train_idx), Subset(base_val, val_idx)
+        train.classes = val.classes = base_train.classes  # type: ignore[attr-defined]
+        num_classes = len(base_train.classes)
+    return train, val, DatasetInfo(num_classes, size, 3, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _fake(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
+    size = cfg.image_size or NATIVE_IMAGE_SIZE["fake"]
+    train = FakePatterns(cfg.fake_train_size, cfg.fake_num_classes, size, seed=1)
+    val = FakePatterns(cfg.fake_val_size, cfg.fake_num_classes, size, seed=2)
+    return train, val, DatasetInfo(cfg.fake_num_classes, size)
+
+
+_BUILDERS = {"digits": _digits, "cifar10": _cifar, "cifar100": _cifar, "imagenet": _folder, "folder": _folder,
+             "fake": _fake}
+
+
+def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
+    """(train dataset, val dataset, info) for ``cfg``; items are (float tensor (3, S, S) normalised, label)."""
+    return _BUILDERS[cfg.dataset](cfg)
+
+
+def dataset_info(cfg: DataConfig) -> DatasetInfo:
+    """Class count, image size and normalisation without loading any images (cheap, driver side)."""
+    size = cfg.image_size or NATIVE_IMAGE_SIZE[cfg.dataset]
+    if cfg.dataset == "digits":
+        return DatasetInfo(10, size)
+    if cfg.dataset in _CIFAR:
+        meta = _CIFAR[cfg.dataset]
+        return DatasetInfo(meta["num_classes"], size, 3, meta["mean"], meta["std"])
+    if cfg.dataset == "fake":
+        return DatasetInfo(cfg.fake_num_classes, size)
+    train_dir, _ = _folder_layout(cfg)
+    return DatasetInfo(len(_class_dirs(train_dir)), size, 3, IMAGENET_MEAN, IMAGENET_STD)
+
+
+# --------------------------------------------------------------------------------------------------- loaders
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker from the loader's generator; numpy/random need it passed on (PyTorch's recipe)
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build_loaders(
+    cfg: DataConfig, train_ds: Dataset, val_ds: Dataset, seed: int = 0, pin_memory: bool = False
+) -> tuple[DataLoader, DataLoader]:
+    """Train loader (seeded shuffle, drop_last when larger than a batch) and val loader (in order)."""
+    common: dict[str, Any] = {
+        "num_workers": cfg.num_workers,
+        "pin_memory": pin_memory,
+        "persistent_workers": cfg.num_workers > 0,
+    }
+    if cfg.num_workers > 0:
+        common["worker_init_fn"] = _seed_worker
+    generator = torch.Generator().manual_seed(seed)
+    train = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=generator,
+                       drop_last=len(train_ds) > cfg.batch_size, **common)
+    val = DataLoader(val_ds, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False, **common)
+    return train, val
+
+
+# --------------------------------------------------------------------------------------------------- checks
+
+
+def _image_extensions() -> tuple[str, ...]:
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return tuple(IMG_EXTENSIONS)
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def _has_image(folder: Path, extensions: tuple[str, ...]) -> bool:
+    for _, _, files in os.walk(folder, followlinks=True):
+        if any(f.lower().endswith(extensions) for f in files):
+            return True
+    return False
+
+
+def _check_image_folder(folder: Path, what: str) -> None:
+    extensions = _image_extensions()
+    if not folder.is_dir():
+        raise ConfigError(f"data.root: {what} {folder} does not exist; {_LAYOUT}")
+    classes = _class_dirs(folder)
+    if not classes:
+        raise ConfigError(f"data.root: {what} {folder} has no class folders (no images); {_LAYOUT}")
+    empty = [c.name for c in classes if not _has_image(c, extensions)]
+    if len(empty) == len(classes):
+        raise ConfigError(f"data.root: {what} {folder} holds no images ({', '.join(extensions)}); {_LAYOUT}")
+    if empty:
+        raise ConfigError(f"data.root: class folders without images in {folder}: {empty[:10]}; remove them or add "
+                          "images (ImageFolder refuses empty classes)")
+
+
+_LAYOUT = "expected an ImageFolder tree: <root>/<class>/<image>.png (or <root>/train/<class>/..., <root>/val/...)"
+
+
+def _missing_cifar(cfg: DataConfig) -> tuple[Path, list[str]]:
+    meta = _CIFAR[cfg.dataset]
+    folder = Path(cfg.root) / meta["folder"]
+    files = [*meta["train"], *meta["test"], meta["meta"][0]]
+    return folder, [f for f in files if not (folder / f).is_file()]
+
+
+def _download_cifar(cfg: DataConfig) -> None:
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if cfg.dataset == "cifar10" else datasets.CIFAR100
+    Path(cfg.root).mkdir(parents=True, exist_ok=True)
+    try:
+        cls(cfg.root, train=True, download=True)
+    except Exception as exc:  # network errors come in many types; the user needs the path and the cause
+        raise ConfigError(f"data.root: downloading {cfg.dataset} into {cfg.root} failed: {exc}; download it "
+                          "elsewhere and copy it there, or fix the network") from None
+
+
+def check_data(cfg: DataConfig) -> None:
+    """Driver-side check that the data exists (downloading CIFAR when ``download: true``); ``ConfigError`` else."""
+    if cfg.dataset == "digits":
+        import importlib.util
+
+        if importlib.util.find_spec("sklearn") is None:
+            raise ConfigError("data.dataset: 'digits' needs scikit-learn (pip install scikit-learn)") from None
+        return
+    if cfg.dataset == "fake":
+        return
+    if not cfg.root:
+        raise ConfigError(f"data.root: dataset {cfg.dataset!r} needs data.root (the folder that holds it)")
+    root = Path(cfg.root)
+    if cfg.dataset in _CIFAR:
+        meta = _CIFAR[cfg.dataset]
+        folder, missing = _missing_cifar(cfg)
+        if missing and cfg.download:
+            _download_cifar(cfg)
+            folder, missing = _missing_cifar(cfg)
+        if not root.exists():
+            raise ConfigError(f"data.root: {root} does not exist; point data.root at the folder that contains "
+                              f"{meta['folder']}/, or set data.download: true to download {cfg.dataset} there")
+        if missing:
+            raise ConfigError(f"data.root: {folder} is missing {', '.join(missing)}; point data.root at the folder "
+                              f"that contains {meta['folder']}/, or set data.download: true to download it")
+        return
+    if not root.exists():
+        raise ConfigError(f"data.root: {root} does not exist; {_LAYOUT}")
+    if not root.is_dir():
+        raise ConfigError(f"data.root: {root} is not a directory; {_LAYOUT}")
+    train_dir, val_dir = _folder_layout(cfg)
+    _check_image_folder(train_dir, "training folder" if train_dir != root else "folder")
+    if val_dir is not None:
+        _check_image_folder(val_dir, "validation folder")
+        train_classes = [c.name for c in _class_dirs(train_dir)]
+        val_classes = [c.name for c in _class_dirs(val_dir)]
+        if train_classes != val_classes:
+            only = sorted(set(train_classes) ^ set(val_classes))
+            raise ConfigError(f"data.root: {train_dir} and {val_dir} must have the same class folders; "
+                              f"they differ in {only[:10]}")

@@ -1,0 +1,206 @@
+"""Job file schema, loading, overrides, path resolution and error messages (attnsearch.config)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from attnsearch.config import ConfigError, Job, TrainConfig, load_job, resolve_tracking_uri
+
+SPACE = """\
+attention:
+  type: [none, se, sa]
+  stages: [[1, 2, 3], [3]]
+  knobs:
+    se: {reduction: [4, 8]}
+    sa: {groups: [2, 4]}
+train:
+  lr: {low: 0.01, high: 0.3, log: true}
+"""
+
+JOB = """\
+name: quick
+backbone: {name: resnet20}
+data: {dataset: digits}
+train: {epochs: 4}
+search: {space: space.yaml}
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def jobdir(tmp_path, monkeypatch):
+    """A job file and its space in tmp_path/jobs; the working directory is tmp_path/run (elsewhere)."""
+    write(tmp_path / "jobs" / "space.yaml", SPACE)
+    write(tmp_path / "jobs" / "job.yaml", JOB)
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    return tmp_path
+
+
+def load_error(path: Path, overrides=()) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_job(path, overrides)
+    return str(info.value)
+
+
+def test_good_job_loads_with_defaults(jobdir):
+    job = load_job(jobdir / "jobs" / "job.yaml")
+    assert job.name == "quick" and job.backbone.name == "resnet20"
+    assert job.train.epochs == 4 and job.train.lr == 0.1 and job.train.optimizer == "sgd"
+    assert job.data.batch_size == 128 and job.data.val_fraction == 0.2 and job.data.augment is True
+    assert job.search.sampler == "tpe" and job.search.num_samples == 20
+    assert list(job.search.objectives.items()) == [("val_acc", "max"), ("flops", "min")]
+    assert job.scheduler.type == "asha" and job.max_t == 4
+    assert job.resources.cpu == 1 and job.resources.gpu == 0
+    assert job.constraints.max_flops is None and job.tracking.experiment is None
+    # relative paths become absolute on the driver: the space next to the job file, storage and DB in the cwd
+    assert job.search.space == str(jobdir / "jobs" / "space.yaml")
+    assert job.ray.storage_path == str(jobdir / "run" / "ray_results")
+    assert job.tracking.uri == f"sqlite:///{jobdir / 'run' / 'mlflow.db'}"
+    assert job.space.types.values() == ["none", "se", "sa"]
+
+
+def test_cwd_path_wins_over_job_dir(jobdir):
+    write(jobdir / "run" / "space.yaml", "attention: {type: [none, se]}\n")
+    job = load_job(jobdir / "jobs" / "job.yaml")
+    assert job.search.space == str(jobdir / "run" / "space.yaml")
+    assert job.space.types.values() == ["none", "se"]
+
+
+def test_missing_data_root_resolves_against_cwd(jobdir):
+    job = load_job(jobdir / "jobs" / "job.yaml", ["data.dataset=cifar10", "data.root=data/c10"])
+    assert job.data.root == str(jobdir / "run" / "data" / "c10")
+    (jobdir / "jobs" / "data" / "c10").mkdir(parents=True)
+    job = load_job(jobdir / "jobs" / "job.yaml", ["data.dataset=cifar10", "data.root=data/c10"])
+    assert job.data.root == str(jobdir / "jobs" / "data" / "c10")
+
+
+def test_tracking_uri_resolution(tmp_path):
+    assert resolve_tracking_uri("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert resolve_tracking_uri("sqlite:////abs/m.db", tmp_path) == "sqlite:////abs/m.db"
+    assert resolve_tracking_uri("http://mlflow:5000", tmp_path) == "http://mlflow:5000"
+
+
+def test_to_yaml_round_trips(jobdir):
+    job = load_job(jobdir / "jobs" / "job.yaml", ["train.lr=0.05"])
+    again = Job.model_validate(yaml.safe_load(job.to_yaml()))
+    assert again.job_dict() == job.job_dict()
+    assert again.train.lr == 0.05
+
+
+def test_yaml_floats_with_bare_exponent(jobdir):
+    path = write(jobdir / "jobs" / "job.yaml", JOB.replace("train: {epochs: 4}", "train: {epochs: 4, lr: 1e-3}"))
+    assert load_job(path).train.lr == pytest.approx(1e-3)
+
+
+def test_overrides(jobdir):
+    path = jobdir / "jobs" / "job.yaml"
+    job = load_job(path, ["train.lr=0.05", "search.objectives={val_acc: max}", "resources.gpu=0.5"])
+    assert job.train.lr == 0.05 and job.search.objectives == {"val_acc": "max"} and job.resources.gpu == 0.5
+    # a key that is absent from the file but exists in the schema
+    assert load_job(path, ["constraints.max_flops=1.0e9"]).constraints.max_flops == 1e9
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.lrr=0.05", ["--set train.lrr=0.05", "unknown key 'train.lrr'", "did you mean 'lr'", "'momentum'"]),
+        ("trian.lr=1", ["unknown key 'trian'", "did you mean 'train'", "'scheduler'"]),
+        ("train.lr.x=1", ["train.lr is a value, not a mapping"]),
+        ("train.lr", ["expected dotted.key=value"]),
+        ("train.lr=-1", ["job.yaml", "train.lr", "greater than 0", "got -1"]),
+    ],
+)
+def test_bad_overrides(jobdir, override, expected):
+    msg = load_error(jobdir / "jobs" / "job.yaml", [override])
+    for part in expected:
+        assert part in msg, msg
+
+
+BAD_JOBS = {
+    "unknown_top": ("trian: {lr: 0.1}", "trian: unknown key 'trian' (did you mean 'train'?)", "valid keys"),
+    "unknown_nested": ("train: {epochs: 4, lrr: 0.1}", "train.lrr: unknown key 'lrr' (did you mean 'lr'?)",
+                       "'weight_decay'"),
+    "wrong_type": ("train: {epochs: four}", "train.epochs: Input should be a valid integer", "got 'four'"),
+    "negative_lr": ("train: {epochs: 4, lr: -1}", "train.lr: Input should be greater than 0", "(got -1)"),
+    "backbone_not_mapping": ("backbone: resnet20", "backbone: expected a mapping", "'resnet20'"),
+    "backbone": ("backbone: {name: resnet21}", "backbone.name: unknown backbone 'resnet21'", "'resnet20'"),
+    "sampler": ("search: {space: space.yaml, sampler: tpee}", "search.sampler:", "did you mean 'tpe'"),
+    "scheduler": ("scheduler: {type: hyperband}", "scheduler.type:", "'asha' or 'none'"),
+    "num_samples": ("search: {space: space.yaml, num_samples: 0}", "search.num_samples:", "greater than or equal to 1"),
+    "max_concurrent": ("search: {space: space.yaml, max_concurrent: 0}", "search.max_concurrent:", "(got 0)"),
+    "objective_mode": ("search: {space: space.yaml, objectives: {val_acc: maximize}}", "search.objectives.val_acc",
+                       "'max' or 'min'"),
+    "objective_metric": ("search: {space: space.yaml, objectives: {flopz: min, val_acc: max}}", "search.objectives",
+                         "did you mean 'flops'"),
+    "no_objectives": ("search: {space: space.yaml, objectives: {}}", "search.objectives", "at least one metric"),
+    "max_t": ("scheduler: {grace_period: 5}", "train.epochs (4)", "scheduler.grace_period (5)"),
+    "asha_metric": ("search: {space: space.yaml, objectives: {flops: min}}", "scheduler.type 'asha'", "val_acc"),
+    "reduction": ("scheduler: {reduction_factor: 1}", "scheduler.reduction_factor", "greater than 1"),
+    "dataset": ("data: {dataset: cifar}", "data.dataset:", "did you mean 'cifar10'"),
+    "root_needed": ("data: {dataset: cifar100}", "data.root:", "needs data.root"),
+    "cpu": ("resources: {cpu: 0}", "resources.cpu", "greater than 0"),
+    "gpu": ("resources: {gpu: -0.5}", "resources.gpu", "greater than or equal to 0"),
+    "gpu_fraction": ("resources: {gpu: 1.5}", "resources.gpu", "only below 1"),
+    "constraint": ("constraints: {max_flops: -5}", "constraints.max_flops", "greater than 0"),
+    "max_failures": ("ray: {max_failures: -1}", "ray.max_failures", "greater than or equal to 0"),
+    "name": ("name: 'my job!'", "name: may only contain", "'my job!'"),
+    "amp": ("train: {epochs: 4, amp: maybe}", "train.amp: must be auto, true or false", "'maybe'"),
+    "warmup": ("train: {epochs: 4, warmup_epochs: 4}", "train:", "warmup_epochs (4) must be smaller than epochs"),
+    "space_missing": ("search: {space: nowhere.yaml}", "search.space: no such search-space file", "nowhere.yaml"),
+    "space_bad": ("search: {space: 3}", "search.space:", "file path or an inline mapping"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_JOBS))
+def test_bad_job_gives_one_message(jobdir, case):
+    snippet, *expected = BAD_JOBS[case]
+    base = yaml.safe_load(JOB)
+    base.update(yaml.safe_load(snippet))
+    path = write(jobdir / "jobs" / f"{case}.yaml", yaml.safe_dump(base, sort_keys=False))
+    msg = load_error(path)
+    assert msg.startswith(str(path) + ": "), msg
+    assert len(msg.splitlines()) == 1, msg
+    for part in expected:
+        assert part in msg, msg
+
+
+def test_several_errors_in_one_message(jobdir):
+    path = write(jobdir / "jobs" / "two.yaml", JOB.replace("train: {epochs: 4}", "train: {epochs: 0, lr: 0}"))
+    lines = load_error(path).splitlines()
+    assert len(lines) == 2
+    assert any("train.epochs" in line for line in lines) and any("train.lr" in line for line in lines)
+    assert all(line.startswith(str(path)) for line in lines)
+
+
+def test_malformed_yaml_names_file_and_line(jobdir):
+    path = write(jobdir / "jobs" / "broken.yaml", "name: q\nbackbone: {name: resnet20\nsearch: {space: x}\n")
+    msg = load_error(path)
+    assert msg.startswith(f"{path}:3:") and "malformed YAML" in msg and "line 2" in msg
+
+
+def test_duplicate_key_is_an_error(jobdir):
+    path = write(jobdir / "jobs" / "dup.yaml", "name: a\nname: b\n" + JOB.split("\n", 1)[1])
+    assert "duplicate key 'name'" in load_error(path)
+
+
+def test_empty_and_non_mapping_files(jobdir):
+    assert "empty" in load_error(write(jobdir / "jobs" / "empty.yaml", "# nothing\n"))
+    assert "expected a mapping" in load_error(write(jobdir / "jobs" / "list.yaml", "- a\n- b\n"))
+    assert "no such job file" in load_error(jobdir / "jobs" / "absent.yaml")
+
+
+def test_train_config_standalone_validation():
+    assert TrainConfig().schedule == "cosine"
+    with pytest.raises(Exception, match="milestones"):
+        TrainConfig(epochs=10, schedule="step")
+    assert TrainConfig(epochs=10, schedule="step", milestones=[3, 6]).milestones == [3, 6]
