@@ -1,0 +1,554 @@
+"""MLflow tracking driven by real (tiny) Ray Tune searches on a local SQLite store, plus sync, resume, outage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+from mlflow import MlflowClient  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune.schedulers import ASHAScheduler  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
+
+from attnsearch import tracking as T  # noqa: E402
+
+MAX_T = 3
+CONFIGS = [
+    {"attention": "se", "stages": "3", "position": "default", "se.reduction": 8, "train.lr": 0.1},
+    {"attention": "sa", "stages": "2,3", "position": "residual_end", "sa.groups": 4, "train.lr": 0.05},
+    {"attention": "bam", "stages": "1,2,3", "position": "default", "bam.reduction": 16, "train.lr": 0.1},
+    {"attention": "none", "stages": "3", "position": "default", "train.lr": 0.3},
+    {"attention": "gc", "stages": "3", "position": "stage_end", "gc.fusion": "add", "train.lr": 0.1},
+    {"attention": "eca", "stages": "3", "position": "default", "eca.kernel_size": None, "train.lr": 0.1},
+]
+EXPECTED = {  # attention -> (state, budget)
+    "se": ("completed", 3),
+    "sa": ("early_stopped", 1),  # returns after one epoch, as if ASHA stopped it
+    "bam": ("infeasible", 0),
+    "none": ("failed", 1),  # diverges in epoch 1 and says so
+    "gc": ("completed", 3),  # raises once at epoch 2, retried from scratch (max_failures=1)
+    "eca": ("failed", 1),  # raises on every attempt -> Ray ERROR
+}
+# se, gc and eca share the best accuracy so that ASHA (reduction 2) never stops them: expectations stay exact
+
+
+class ListSearcher(Searcher):
+    """Suggests fixed flat configs in order, like OptunaSearch's define-by-run dicts (conditional keys)."""
+
+    def __init__(self, configs):
+        super().__init__()
+        self.configs, self.i = list(configs), 0
+
+    def suggest(self, trial_id):
+        if self.i >= len(self.configs):
+            return Searcher.FINISHED
+        self.i += 1
+        return dict(self.configs[self.i - 1])
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        pass
+
+    def save(self, checkpoint_path):
+        Path(checkpoint_path).write_bytes(pickle.dumps((self.configs, self.i)))
+
+    def restore(self, checkpoint_path):
+        self.configs, self.i = pickle.loads(Path(checkpoint_path).read_bytes())
+
+
+def trainable(config, marker_dir=None):
+    kind = config["attention"]
+    acc = {"se": 0.9, "gc": 0.9, "eca": 0.9, "sa": 0.5, "none": 0.4}.get(kind, 0.0)
+    counts = {"flops": 2_000_000, "macs": 990_000, "params": 1000, "attn_flops": 20_000, "attn_macs": 9_000,
+              "attn_params": 100}
+    if kind == "bam":
+        # Ray aborts the whole search on a result without the scheduler's metric (strict metric checking)
+        tune.report({"attnsearch_state": "infeasible", "attnsearch_reason": "flops 2000000 > max_flops 1000000",
+                     "val_acc": float("nan"), **counts})
+        return
+    marker = Path(marker_dir) / f"{kind}.attempted"
+    first_attempt = not marker.exists()
+    marker.touch()
+    for epoch in range(1, MAX_T + 1):
+        if kind == "eca" and epoch == 2 or kind == "gc" and epoch == 2 and first_attempt:
+            raise RuntimeError(f"boom {kind} at epoch {epoch}")
+        result = {"epoch": epoch, "val_acc": acc + 0.01 * epoch, "val_loss": 1.0 / epoch, "train_loss": 1.2 / epoch,
+                  "nam_penalty": 0.0, "lr": 0.1 / epoch, "epoch_time_s": 0.01, **counts}
+        if kind == "none":
+            result.update(val_loss=float("nan"), attnsearch_state="failed", attnsearch_reason="val_loss is nan")
+            tune.report(result)
+            return
+        tune.report(result)
+        if kind == "sa":
+            return
+
+
+def run_search(tmp: Path, tracker: T.MLflowTracker, name: str = "exp", configs=CONFIGS,
+               first_callbacks=()) -> Path:
+    (tmp / "markers").mkdir(exist_ok=True)
+    tuner = tune.Tuner(
+        tune.with_parameters(trainable, marker_dir=str(tmp / "markers")),
+        tune_config=tune.TuneConfig(
+            search_alg=ListSearcher(configs), num_samples=len(configs), max_concurrent_trials=2,
+            scheduler=ASHAScheduler(metric="val_acc", mode="max", time_attr="epoch", max_t=MAX_T, grace_period=1,
+                                    reduction_factor=2),
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(tmp / "ray"), callbacks=[*first_callbacks, tracker], verbose=0,
+            failure_config=tune.FailureConfig(max_failures=1),
+        ),
+    )
+    tuner.fit()
+    return tmp / "ray" / name
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    # workers cannot import this test module: ship the trainable by value
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def search(ray_session, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("search")
+    uri = T.resolve_tracking_uri("sqlite:///mlflow.db", tmp)
+    T.check_tracking(uri)
+    parent = T.start_study(uri, "exp", "study-a", "name: exp\n", {"attention": {"type": ["se", "sa"]}}, False)
+    t0 = time.perf_counter()
+    exp_dir = run_search(tmp, T.MLflowTracker(uri, "exp", parent, "study-a", MAX_T, strict=True))
+    return {"tmp": tmp, "uri": uri, "parent": parent, "exp_dir": exp_dir, "seconds": time.perf_counter() - t0}
+
+
+def children(client: MlflowClient, parent: str) -> list:
+    exp = client.get_run(parent).info.experiment_id
+    return client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000)
+
+
+def diff(a: dict, b: dict, path: str = "") -> list[str]:
+    """Readable differences between two nested dicts (for assertion messages)."""
+    out = []
+    for key in sorted(set(a) | set(b), key=str):
+        x, y = a.get(key, "<missing>"), b.get(key, "<missing>")
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += diff(x, y, f"{path}/{key}")
+        elif x != y:
+            out.append(f"{path}/{key}: {x!r} != {y!r}")
+    return out
+
+
+def snapshot(uri: str, parent: str) -> dict:
+    """Everything a child run holds, keyed by attention type (histories included) for comparisons."""
+    client = MlflowClient(uri)
+    out = {}
+    for run in children(client, parent):
+        kind = run.data.params["attention"]
+        assert kind not in out, f"two runs for {kind}"
+        hist = {k: [(m.step, "nan" if m.value != m.value else m.value)  # NaN != NaN would break comparisons
+                    for m in client.get_metric_history(run.info.run_id, k)]
+                for k in run.data.metrics}
+        tags = {k: v for k, v in run.data.tags.items() if k.startswith("attnsearch.") and k != "attnsearch.study"}
+        out[kind] = {"params": run.data.params, "tags": tags, "hist": hist, "status": run.info.status,
+                     "name": run.info.run_name}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ unit
+
+
+def test_resolve_tracking_uri(tmp_path):
+    assert T.resolve_tracking_uri("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert T.resolve_tracking_uri("sqlite:///sub/x.db?timeout=30", tmp_path) == \
+        f"sqlite:///{tmp_path.resolve()}/sub/x.db?timeout=30"
+    assert T.resolve_tracking_uri("sqlite:////abs/x.db", tmp_path) == "sqlite:////abs/x.db"
+    assert T.resolve_tracking_uri("http://10.0.0.1:5000", tmp_path) == "http://10.0.0.1:5000"
+    assert T.resolve_tracking_uri("mlruns", tmp_path) == (tmp_path / "mlruns").resolve().as_uri()
+    with pytest.raises(ValueError, match="tracking.uri"):
+        T.resolve_tracking_uri("  ", tmp_path)
+
+
+def test_run_name():
+    assert T.run_name({"attention": "sa", "sa.groups": 16, "stages": "2,3,4", "position": "residual_end",
+                       "train.lr": 0.1}) == "sa-G16-s234-resend"
+    assert T.run_name({"attention": "se", "se.reduction": 8, "stages": "3", "position": "default"}) == \
+        "se-r8-s3-default"
+    assert T.run_name({"attention": "none", "stages": "1,2", "train.lr": 0.1}) == "none"
+    assert T.run_name({"attention": "eca", "eca.kernel_size": None, "stages": "3", "blocks": "last",
+                       "position": "default"}) == "eca-kauto-s3-last-default"
+    assert T.run_name({"attention": "nam", "nam.spatial": False, "nam.penalty": 0.001, "stages": "1,2,3,4,5,6,7",
+                       "position": "mid"}) == "nam-nosp-p0.001-s1234567-mid"
+    assert T.run_name({"attention": "bam", "stages": "1,12"}) == "bam-s1_12"
+
+
+def test_trial_state_rule():
+    assert T.trial_state(None, 3, 3) == "completed"
+    assert T.trial_state(None, 1, 3) == "early_stopped"
+    assert T.trial_state("infeasible", 0, 3) == "infeasible"
+    assert T.trial_state(None, 3, 3, errored=True) == "failed"
+    rec = T.TrialRecord("x", {})
+    rec.finish(3)
+    assert rec.state == "failed" and "without reporting" in rec.reason
+
+
+def test_check_tracking_dead_port_is_fast_and_clear():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://user:secret@127.0.0.1:{port}"
+    t0 = time.perf_counter()
+    with pytest.raises(T.TrackingError) as err:
+        T.check_tracking(uri, timeout_s=2)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 10, elapsed
+    msg = str(err.value)
+    assert f"127.0.0.1:{port}" in msg and "unreachable" in msg and "mlflow server" in msg
+    assert "secret" not in msg  # credentials never shown
+
+
+def test_check_tracking_sqlite_creates_directory(tmp_path):
+    uri = T.resolve_tracking_uri("sqlite:///deep/er/mlflow.db", tmp_path)
+    T.check_tracking(uri)
+    assert (tmp_path / "deep" / "er" / "mlflow.db").is_file()
+
+
+def test_ui_command():
+    cmd = T.ui_command("sqlite:////x/mlflow.db")
+    assert cmd[1:4] == ["-m", "mlflow", "ui"] and cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--backend-store-uri") + 1] == "sqlite:////x/mlflow.db"
+    assert T.ui_command("sqlite:////x.db", host="0.0.0.0", port=5123)[-3:] == ["0.0.0.0", "--port", "5123"]
+    with pytest.raises(T.TrackingError, match="own UI"):
+        T.ui_command("http://127.0.0.1:5000")
+
+
+def test_tracker_is_picklable_without_runtime_state():
+    tracker = T.MLflowTracker("sqlite:////x.db", "e", "abc", "s", 3)
+    tracker._records["t"] = T.TrialRecord("t", {"a": 1})
+    rel = T.MLflowTracker("sqlite:///rel.db", "e", "abc", "s", 3)
+    assert rel.tracking_uri == f"sqlite:///{Path.cwd().resolve()}/rel.db"
+    clone = pickle.loads(pickle.dumps(tracker))
+    assert (clone.tracking_uri, clone.experiment, clone.parent_run_id, clone.study_id, clone.max_t) == \
+        ("sqlite:////x.db", "e", "abc", "s", 3)
+    assert clone._records == {}
+
+
+def test_tracker_recreates_a_missing_parent_from_the_study_id(tmp_path):
+    uri = T.resolve_tracking_uri("sqlite:///m.db", tmp_path)
+    T.check_tracking(uri)
+    tracker = T.MLflowTracker(uri, "e", "f" * 32, "study-x", 3, strict=True)
+    tracker.setup()
+    record = T.TrialRecord("t1", {"attention": "none"})
+    record.add_result({"epoch": 1, "val_acc": 0.5})
+    tracker._records["t1"] = record
+    tracker._flush(["t1"])
+    client = MlflowClient(uri)
+    parent = client.search_runs([client.get_experiment_by_name("e").experiment_id],
+                                "tags.`attnsearch.study` = 'study-x' and tags.`attnsearch.role` = 'study'")
+    assert len(parent) == 1 and tracker.parent_run_id == parent[0].info.run_id
+    assert [r.data.tags["attnsearch.trial_id"] for r in children(client, tracker.parent_run_id)] == ["t1"]
+
+
+def test_start_study_refuses_a_second_study_with_the_same_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2")
+    uri = T.resolve_tracking_uri("sqlite:///m.db", tmp_path)
+    job = "name: e\ntracking: {uri: 'http://alice:hunter2@mlflow.example:5000'}\n"
+    first = T.start_study(uri, "e", "s", job, {"attention": {"type": ["se"]}}, False)
+    client = MlflowClient(uri)
+    logged = Path(client.download_artifacts(first, "job.yaml", str(tmp_path))).read_text()
+    assert "hunter2" not in logged and "http://***@mlflow.example:5000" in logged
+    run = client.get_run(first)
+    assert "hunter2" not in json.dumps([run.data.params, run.data.tags])
+    with pytest.raises(T.TrackingError, match="resume"):
+        T.start_study(uri, "e", "s", "name: e\n", {}, False)
+    assert T.start_study(uri, "e", "s", "name: e\n", {}, True) == first
+    # artifacts live next to the database, not in the current directory
+    exp = MlflowClient(uri).get_experiment_by_name("e")
+    assert exp.artifact_location.startswith((tmp_path / "mlartifacts").resolve().as_uri())
+
+
+# ------------------------------------------------------------------------------------------------ Ray searches
+
+
+def test_tracker_logs_every_trial(search):
+    uri, parent = search["uri"], search["parent"]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("exp")
+    parents = client.search_runs([exp.experiment_id], "tags.`attnsearch.role` = 'study'")
+    assert [p.info.run_id for p in parents] == [parent]
+    assert parents[0].data.tags["attnsearch.study"] == "study-a" and parents[0].info.status == "FINISHED"
+    runs = children(client, parent)
+    assert len(runs) == len(CONFIGS)
+    ray_ids = {r.trial_id for r in T.read_ray_trials(search["exp_dir"], MAX_T)}
+    assert {r.data.tags["attnsearch.trial_id"] for r in runs} == ray_ids
+    snap = snapshot(uri, parent)
+    for config in CONFIGS:
+        kind = config["attention"]
+        got, (state, budget) = snap[kind], EXPECTED[kind]
+        assert got["tags"]["attnsearch.state"] == state, kind
+        assert got["tags"]["attnsearch.budget"] == str(budget), kind
+        assert got["status"] == ("FAILED" if state == "failed" else "FINISHED"), kind
+        assert got["name"] == T.run_name(config)
+        values, _ = T.encode_params(config)
+        assert got["params"] == values, kind  # every sampled knob, nothing else
+        for key in T.STATIC_METRICS:
+            assert [s for s, _ in got["hist"][key]] == [0], (kind, key)  # logged once
+        if budget:
+            for key in ("val_acc", "val_loss", "train_loss", "nam_penalty", "lr", "epoch_time_s", "epoch"):
+                assert [s for s, _ in got["hist"][key]] == list(range(1, budget + 1)), (kind, key)
+    assert snap["sa"]["name"] == "sa-G4-s23-resend"
+    assert snap["bam"]["tags"]["attnsearch.reason"].startswith("flops 2000000 > max_flops")
+    assert "val_acc" not in snap["bam"]["hist"]
+    assert snap["none"]["tags"]["attnsearch.reason"] == "val_loss is nan"
+    assert "boom eca at epoch 2" in snap["eca"]["tags"]["attnsearch.reason"]
+    assert snap["eca"]["tags"]["attnsearch.failures"] == "2"
+    # the retried trial: one run, one value per epoch (the re-reported epoch 1 is not logged twice)
+    assert snap["gc"]["tags"]["attnsearch.failures"] == "1"
+    assert [v for _, v in snap["gc"]["hist"]["val_acc"]] == pytest.approx([0.91, 0.92, 0.93])
+    types = json.loads(snap["eca"]["tags"]["attnsearch.param_types"])
+    assert types["eca.kernel_size"] == "none" and types["train.lr"] == "float"
+
+
+def test_sync_fills_a_fresh_store_and_adds_nothing_twice(search, tmp_path):
+    uri2 = T.resolve_tracking_uri("sqlite:///fresh.db", tmp_path)
+    counts = T.sync_study(search["exp_dir"], uri2, "exp", "study-a", MAX_T)
+    assert counts["trials"] == len(CONFIGS) and counts["runs_created"] == len(CONFIGS)
+    assert counts["metrics"] > 0 and counts["finished"] == len(CONFIGS)
+    parent2 = MlflowClient(uri2).search_runs(
+        [MlflowClient(uri2).get_experiment_by_name("exp").experiment_id], "tags.`attnsearch.role` = 'study'"
+    )[0].info.run_id
+    # the same picture as the live callback wrote (reason texts of Ray errors included)
+    live, synced = snapshot(search["uri"], search["parent"]), snapshot(uri2, parent2)
+    assert synced == live, diff(synced, live)
+    again = T.sync_study(search["exp_dir"], uri2, "exp", "study-a", MAX_T)
+    assert again == {"trials": len(CONFIGS), "runs_created": 0, "params": 0, "metrics": 0, "tags": 0,
+                     "finished": 0}
+    assert snapshot(uri2, parent2) == synced
+
+
+def test_resumed_study_replay_creates_no_duplicates(search):
+    uri, parent = search["uri"], search["parent"]
+    before = snapshot(uri, parent)
+    assert T.start_study(uri, "exp", "study-a", "name: exp\n", {}, resume=True) == parent
+    counts = T.sync_study(search["exp_dir"], uri, "exp", "study-a", MAX_T)
+    assert counts["runs_created"] == counts["metrics"] == counts["params"] == counts["tags"] == 0
+    # a fresh tracker replaying every result of every trial (as after a driver restart) adds nothing either
+    tracker = T.MLflowTracker(uri, "exp", parent, "study-a", MAX_T, strict=True)
+    tracker.setup()
+    for record in T.read_ray_trials(search["exp_dir"], MAX_T):
+        tracker._records[record.trial_id] = record
+        tracker._flush([record.trial_id])
+    assert snapshot(uri, parent) == before, diff(snapshot(uri, parent), before)
+
+
+def test_tuner_restore_resuming_errored_trial_keeps_one_run(search):
+    """Tuner.restore unpickles the tracker from tuner.pkl; the errored trial runs again into its own run.
+
+    (resume_errored keeps the Ray trial id; restart_errored makes Ray create a new trial with a new id, which
+    then gets a new child run, the old one staying failed.)"""
+    uri, parent = search["uri"], search["parent"]
+    before = snapshot(uri, parent)
+    tuner = tune.Tuner.restore(str(search["exp_dir"]),
+                               tune.with_parameters(trainable, marker_dir=str(search["tmp"] / "markers")),
+                               resume_errored=True)
+    tuner.fit()
+    after = snapshot(uri, parent)
+    assert set(after) == set(before) and len(children(MlflowClient(uri), parent)) == len(CONFIGS)
+    assert after["eca"]["tags"]["attnsearch.state"] == "failed" and after["eca"]["status"] == "FAILED"
+    assert after["eca"]["tags"]["attnsearch.failures"] == "3"  # Ray's cumulative count: 2 before, 1 now
+    assert [s for s, _ in after["eca"]["hist"]["val_acc"]] == [1]  # epoch 1 re-reported, not re-logged
+    for kind in set(before) - {"eca"}:
+        assert after[kind] == before[kind], diff(after[kind], before[kind])
+
+
+class FlakyTracker(T.MLflowTracker):
+    """Fails the first `fail_calls` store writes, like a tracking server that is down for a while."""
+
+    fail_calls = 4
+
+    def _reconcile(self, record):
+        type(self).calls = getattr(type(self), "calls", 0) + 1
+        if type(self).calls <= self.fail_calls:
+            raise ConnectionError("Connection refused (simulated)")
+        super()._reconcile(record)
+
+
+def test_outage_warns_once_and_catches_up(ray_session, tmp_path, caplog):
+    uri = T.resolve_tracking_uri("sqlite:///mlflow.db", tmp_path)
+    parent = T.start_study(uri, "exp", "study-b", "name: exp\n", {}, False)
+    configs = CONFIGS[:2]
+    tracker = FlakyTracker(uri, "exp", parent, "study-b", MAX_T, retry_interval_s=0.0)
+    with caplog.at_level(logging.WARNING, logger="attnsearch.tracking"):
+        run_search(tmp_path, tracker, name="flaky", configs=configs)
+    warnings = [r for r in caplog.records if "failed" in r.getMessage() and "goes on" in r.getMessage()]
+    assert len(warnings) == 1, caplog.text
+    snap = snapshot(uri, parent)
+    assert {k: v["tags"]["attnsearch.state"] for k, v in snap.items()} == {"se": "completed", "sa": "early_stopped"}
+    assert [s for s, _ in snap["se"]["hist"]["val_acc"]] == [1, 2, 3]
+
+
+def test_dead_server_does_not_stop_the_search_and_sync_recovers(ray_session, tmp_path, caplog):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tracker = T.MLflowTracker(f"http://127.0.0.1:{port}", "exp", "0" * 32, "study-c", MAX_T)
+    t0 = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="attnsearch.tracking"):
+        exp_dir = run_search(tmp_path, tracker, name="dead", configs=CONFIGS[:2])
+    assert time.perf_counter() - t0 < 60
+    assert "unavailable" in caplog.text and tracker.errors >= 1
+    uri = T.resolve_tracking_uri("sqlite:///later.db", tmp_path)
+    counts = T.sync_study(exp_dir, uri, "exp", "study-c", MAX_T)
+    assert counts["runs_created"] == 2
+    assert {k: v["tags"]["attnsearch.state"] for k, v in snapshot(uri, MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name("exp").experiment_id],
+        "tags.`attnsearch.role` = 'study'")[0].info.run_id).items()} == {"se": "completed", "sa": "early_stopped"}
+
+
+# ------------------------------------------------------------------------------------------------ real server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A real process (``mlflow server`` / ``mlflow ui``) in its own process group, stopped cleanly."""
+
+    def __init__(self, cmd: list[str], port: int, log: Path) -> None:
+        self.cmd, self.port, self.log = cmd, port, log
+        self.proc = None
+
+    def start(self, timeout_s: float = 90.0) -> "Server":
+        import subprocess
+
+        self.proc = subprocess.Popen(self.cmd, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            try:
+                if T._http_get(f"http://127.0.0.1:{self.port}/health", 1.0) == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise AssertionError(f"server did not come up in {timeout_s} s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        import os
+        import signal
+        import subprocess
+
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)  # the group holds the uvicorn workers this server started
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+class KillServerOnFirstResult(tune.Callback):
+    """Takes the tracking server away in the middle of the search (at the first result, after the first run
+    was created). Holds only ids: Ray pickles callbacks into tuner.pkl."""
+
+    def __init__(self, pgid: int, port: int) -> None:
+        self.pgid, self.port, self.done = pgid, port, False
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        import os
+        import signal
+
+        if self.done:
+            return
+        self.done = True
+        os.killpg(self.pgid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until it really stops answering
+            try:
+                T._http_get(f"http://127.0.0.1:{self.port}/health", 0.5)
+            except OSError:
+                return
+            time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_real_mlflow_server_end_to_end(ray_session, tmp_path):
+    from attnsearch import pareto
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+           "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1"]
+    server = Server(cmd, port, tmp_path / "server.log").start()
+    uri = f"http://127.0.0.1:{port}"
+    configs = CONFIGS[:4]
+    try:
+        T.check_tracking(uri)
+        parent = T.start_study(uri, "exp", "study-s", "name: exp\n", {"attention": {"type": ["se"]}}, False)
+        tracker = T.MLflowTracker(uri, "exp", parent, "study-s", MAX_T, strict=True)
+        run_search(tmp_path, tracker, name="live", configs=configs)
+        client = MlflowClient(uri)
+        assert len(children(client, parent)) == len(configs)
+        snap = snapshot(uri, parent)
+        for config in configs:
+            kind = config["attention"]
+            assert snap[kind]["tags"]["attnsearch.state"] == EXPECTED[kind][0], kind
+            assert snap[kind]["tags"]["attnsearch.budget"] == str(EXPECTED[kind][1]), kind
+        front, hv = pareto.analyze(uri, "exp", "study-s")
+        assert list(front["attention"]) == ["se"] and hv > 0
+        names = {a.path for a in client.list_artifacts(parent)}
+        assert {"pareto.csv", "pareto.png", "job.yaml", "search_space.yaml"} <= names
+        flags = {r.data.params["attention"]: r.data.tags["attnsearch.pareto"] for r in children(client, parent)}
+        assert flags == {"se": "true", "sa": "false", "bam": "false", "none": "false"}
+        # "resume": the same parent, a replay of the whole Ray directory, still one run per trial
+        assert T.start_study(uri, "exp", "study-s", "name: exp\n", {}, resume=True) == parent
+        counts = T.sync_study(tmp_path / "ray" / "live", uri, "exp", "study-s", MAX_T)
+        assert counts["runs_created"] == counts["metrics"] == 0
+        assert len(children(client, parent)) == len(configs)
+
+        # the server goes away in the middle of a second study: the search finishes, sync fills MLflow later
+        parent2 = T.start_study(uri, "exp", "study-t", "name: exp\n", {}, False)
+        tracker = T.MLflowTracker(uri, "exp", parent2, "study-t", MAX_T, retry_interval_s=5)
+        (tmp_path / "second").mkdir()
+        t0 = time.perf_counter()
+        exp_dir = run_search(tmp_path / "second", tracker, name="lost", configs=configs,
+                             first_callbacks=[KillServerOnFirstResult(server.proc.pid, port)])
+        lost_s = time.perf_counter() - t0
+    finally:
+        server.stop()
+    assert tracker.errors >= 1 and lost_s < 120, (tracker.errors, lost_s)
+
+    server = Server(cmd, port, tmp_path / "server.log").start()
+    try:
+        counts = T.sync_study(exp_dir, uri, "exp", "study-t", MAX_T)
+        assert counts["trials"] == len(configs)
+        snap2 = snapshot(uri, parent2)
+        assert set(snap2) == {c["attention"] for c in configs}
+        assert {k: v["tags"]["attnsearch.state"] for k, v in snap2.items()} == {
+            c["attention"]: EXPECTED[c["attention"]][0] for c in configs}
+        assert T.sync_study(exp_dir, uri, "exp", "study-t", MAX_T)["metrics"] == 0
+        assert len(children(MlflowClient(uri), parent)) == len(configs)  # the first study is untouched
+    finally:
+        server.stop()
+    assert server.proc.returncode is not None
+
+    # `attnsearch ui` on a local store: the command serves the UI on 127.0.0.1
+    ui_port = free_port()
+    ui = Server(T.ui_command(f"sqlite:///{tmp_path}/server.db", port=ui_port), ui_port, tmp_path / "ui.log")
+    try:
+        ui.start()
+    finally:
+        ui.stop()
