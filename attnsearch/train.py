@@ -1,0 +1,300 @@
+"""One trial: build the model, count it, train and evaluate it epoch by epoch, report to Ray Tune.
+
+The loop itself (``fit``) knows nothing about Ray: it takes a ``report`` callback and an optional checkpoint,
+so the search-overhead benchmark runs exactly the same code in a bare PyTorch loop.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import nam_penalty
+from .config import Job, TrainConfig
+from .flops import count
+from .models import build_model
+
+STATE_KEY = "attnsearch_state"
+REASON_KEY = "attnsearch_reason"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+Report = Callable[[dict, "dict | None"], None]  # (metrics, checkpoint state or None)
+
+_DATA_CACHE: dict[str, Any] = {}  # datasets survive across trials when Ray reuses the actor
+
+
+@dataclass
+class TrialPlan:
+    """What a trial trains: the model's attention dict, its training settings and NAM's penalty weight p."""
+
+    attention: dict | None
+    train: TrainConfig
+    nam_penalty: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name!r} but CUDA is not available on this node")
+    return torch.device(name)
+
+
+def load_data(job: Job):
+    """Datasets for ``job.data``, cached per process so that reused Ray actors load them once."""
+    from .data import build_datasets
+
+    key = job.data.model_dump_json()
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = build_datasets(job.data)
+    return _DATA_CACHE[key]
+
+
+def build_for_job(job: Job, plan: TrialPlan, num_classes: int, image_size: int) -> nn.Module:
+    return build_model(
+        job.backbone.name,
+        num_classes=num_classes,
+        attention=plan.attention,
+        input_size=image_size,
+        width_mult=job.backbone.width_mult,
+        pretrained=job.backbone.pretrained,
+        weights_path=job.backbone.weights_path,
+    )
+
+
+def count_model(model: nn.Module, image_size: int) -> dict[str, int]:
+    c = count(model, input_size=(1, 3, image_size, image_size))
+    keys = ("flops", "macs", "params", "attn_flops", "attn_macs", "attn_params")
+    return {k: int(c[k]) for k in keys if k in c}
+
+
+def over_budget(job: Job, counts: Mapping[str, int]) -> str | None:
+    """Reason string when the model breaks a constraint of the job, else None."""
+    limits = job.constraints
+    for metric in ("flops", "macs", "params"):
+        limit = getattr(limits, f"max_{metric}", None)
+        if limit is not None and counts.get(metric, 0) > limit:
+            return f"{metric}={counts[metric]:,} exceeds constraints.max_{metric}={limit:,.0f}"
+    return None
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # No weight decay on norm scales/biases would change the official recipes; keep decay on all parameters.
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"train.optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
+
+
+def lr_factor(cfg: TrainConfig, progress: float) -> float:
+    """Learning-rate multiplier at ``progress`` epochs (fractional): linear warmup, then cosine/step/constant."""
+    if cfg.warmup_epochs > 0 and progress < cfg.warmup_epochs:
+        return (progress + 1e-8) / cfg.warmup_epochs
+    if cfg.schedule == "cosine":
+        span = max(cfg.epochs - cfg.warmup_epochs, 1e-8)
+        t = min(max(progress - cfg.warmup_epochs, 0.0) / span, 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    if cfg.schedule == "step":
+        return cfg.gamma ** sum(1 for m in cfg.milestones if progress >= m)
+    return 1.0
+
+
+def _autocast(device: torch.device, cfg: TrainConfig):
+    use_amp = cfg.amp is True or (cfg.amp == "auto" and device.type == "cuda")
+    if not use_amp:
+        return nullcontext(), None
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+        return torch.autocast("cuda", dtype=dtype), scaler
+    return torch.autocast("cpu", dtype=torch.bfloat16), None
+
+
+def evaluate(model: nn.Module, loader, device: torch.device, amp_ctx, channels_last: bool) -> tuple[float, float]:
+    model.eval()
+    loss_sum, correct, seen = 0.0, 0, 0
+    with torch.inference_mode():
+        for images, targets in loader:
+            images = images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            targets = targets.to(device, non_blocking=True)
+            with amp_ctx:
+                logits = model(images)
+            loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").item()
+            correct += (logits.argmax(1) == targets).sum().item()
+            seen += targets.numel()
+    return correct / max(seen, 1), loss_sum / max(seen, 1)
+
+
+def fit(
+    job: Job,
+    plan: TrialPlan,
+    report: Report,
+    checkpoint: Mapping[str, Any] | None = None,
+    counts_out: dict | None = None,
+) -> str:
+    """Train one trial to ``plan.train.epochs``; call ``report(metrics, state)`` after every epoch.
+
+    Returns the trial's own verdict: ``"completed"``, ``"infeasible"`` or ``"failed"`` (divergence). Early stops
+    are decided by the caller (ASHA), which simply stops calling back.
+    """
+    cfg = plan.train
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    train_ds, val_ds, info = load_data(job)
+    model = build_for_job(job, plan, info.num_classes, info.image_size)
+    counts = count_model(model, info.image_size)
+    if counts_out is not None:
+        counts_out.update(counts)
+    reason = over_budget(job, counts)
+    if reason:
+        report({STATE_KEY: "infeasible", REASON_KEY: reason, "epoch": 0, **counts}, None)
+        return "infeasible"
+
+    from .data import build_loaders
+
+    train_loader, val_loader = build_loaders(
+        job.data, train_ds, val_ds, seed=cfg.seed, pin_memory=device.type == "cuda"
+    )
+    channels_last = cfg.channels_last is True or (cfg.channels_last == "auto" and device.type == "cuda")
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg)
+    amp_ctx, scaler = _autocast(device, cfg)
+    uses_nam = plan.nam_penalty > 0 and plan.attention is not None and plan.attention.get("type") == "nam"
+
+    start_epoch = 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if scaler is not None and checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])
+        start_epoch = int(checkpoint["epoch"])
+    step_model = torch.compile(model) if cfg.compile else model
+
+    steps_per_epoch = max(len(train_loader), 1)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    for epoch in range(start_epoch, cfg.epochs):
+        started = time.perf_counter()
+        model.train()
+        loss_sum = pen_sum = 0.0
+        seen = 0
+        for i, (images, targets) in enumerate(train_loader):
+            factor = lr_factor(cfg, epoch + i / steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * factor
+            images = images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            targets = targets.to(device, non_blocking=True)
+            with amp_ctx:
+                logits = step_model(images)
+                loss = criterion(logits.float(), targets)
+            total = loss
+            if uses_nam:
+                penalty = plan.nam_penalty * nam_penalty(model)
+                total = loss + penalty
+                pen_sum += penalty.item() * targets.numel()
+            if not torch.isfinite(total):
+                report(
+                    {STATE_KEY: "failed", REASON_KEY: f"loss is {total.item()} at epoch {epoch + 1}, step {i}",
+                     "epoch": epoch, **counts},
+                    None,
+                )
+                return "failed"
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(total).backward()
+                if cfg.grad_clip:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                total.backward()
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+            loss_sum += loss.item() * targets.numel()
+            seen += targets.numel()
+        val_acc, val_loss = evaluate(step_model, val_loader, device, amp_ctx, channels_last)
+        if not math.isfinite(val_loss):
+            report({STATE_KEY: "failed", REASON_KEY: f"validation loss is {val_loss} after epoch {epoch + 1}",
+                    "epoch": epoch + 1, **counts}, None)
+            return "failed"
+        metrics = {
+            "epoch": epoch + 1,
+            "val_acc": val_acc,
+            "val_loss": val_loss,
+            "train_loss": loss_sum / max(seen, 1),
+            "nam_penalty": pen_sum / max(seen, 1),
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_time_s": time.perf_counter() - started,
+            **counts,
+        }
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "epoch": epoch + 1,
+        }
+        report(metrics, state)
+    return "completed"
+
+
+def plan_for(job: Job, params: Mapping[str, Any]) -> TrialPlan:
+    from .space import materialize
+
+    settings = materialize(job, dict(params))
+    return TrialPlan(attention=settings.attention, train=settings.train, nam_penalty=settings.nam_penalty)
+
+
+def run_trial(config: dict, job_dict: dict) -> None:
+    """Ray Tune function trainable: one trial of the study described by ``job_dict``."""
+    from ray import tune
+
+    from .space import feasible
+
+    job = Job.model_validate(job_dict)
+    reason = feasible(job, config)
+    if reason:
+        tune.report({STATE_KEY: "infeasible", REASON_KEY: reason, "epoch": 0})
+        return
+    plan = plan_for(job, config)
+    if plan.train.threads is None:
+        plan.train.threads = max(1, int(job.resources.cpu))
+
+    checkpoint_state = None
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as path:
+            checkpoint_state = torch.load(os.path.join(path, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+
+    def report(metrics: dict, state: dict | None) -> None:
+        if state is None:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(state, os.path.join(tmp, CHECKPOINT_FILE))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    fit(job, plan, report, checkpoint_state)
