@@ -240,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=5000)
     sp.set_defaults(func=cmd_ui)
+
+    from .cluster import add_cluster_commands
+
+    add_cluster_commands(sub)
     return p
 
 
