@@ -257,8 +257,10 @@ def init_ray(job: Job) -> None:
 
     if ray.is_initialized():
         return
+    # Trial output stays in the trial's log files; the driver prints one progress line per event instead.
     kwargs: dict[str, Any] = dict(
-        include_dashboard=False, configure_logging=True, logging_level="WARNING", log_to_driver=True,
+        include_dashboard=False, configure_logging=True, logging_level="WARNING",
+        log_to_driver=os.environ.get("ATTNSEARCH_TRIAL_LOGS", "0") == "1",
     )
     if job.ray.address:
         ray.init(address=job.ray.address, **kwargs)
@@ -319,6 +321,8 @@ def run_study(job: Job, *, resume: bool | str = False, job_text: str | None = No
     # Infeasible and diverged trials end with a result that carries no objective values on purpose (a NaN
     # accuracy would enter ASHA's rungs); Tune's strict check would abort the whole study on it.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # One small checkpoint per epoch is the point of short trials; Tune's warning about it is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     init_ray(job)
     check_cluster_resources(job)
 
