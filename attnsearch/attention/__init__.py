@@ -4,7 +4,18 @@
 >>> m = build_attention("se", channels=256, reduction=16)
 """
 
-from . import none, se  # noqa: F401  (each import registers its module types)
+# each import registers its module types; import order = registry order = the order in the contracts
+from . import none, se, cbam, bam, eca, coord, simam, na, nam, shuffle, triplet, gc  # noqa: F401, I001
+from .nam import nam_penalty
 from .registry import ATTENTION_TYPES, SLOTS, AttentionSpec, Knob, build_attention, get_spec, register_attention
 
-__all__ = ["ATTENTION_TYPES", "SLOTS", "AttentionSpec", "Knob", "build_attention", "get_spec", "register_attention"]
+__all__ = [
+    "ATTENTION_TYPES",
+    "SLOTS",
+    "AttentionSpec",
+    "Knob",
+    "build_attention",
+    "get_spec",
+    "nam_penalty",
+    "register_attention",
+]
