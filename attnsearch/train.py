@@ -189,7 +189,10 @@ def fit(
         if scaler is not None and checkpoint.get("scaler"):
             scaler.load_state_dict(checkpoint["scaler"])
         start_epoch = int(checkpoint["epoch"])
-    step_model = torch.compile(model) if cfg.compile else model
+    # Static shapes: with dynamic shapes (a smaller last eval batch) torch 2.14's inductor fails on CBAM,
+    # CoordAtt and Triplet ("cannot determine truth value of Relational" in get_stride_order); one
+    # recompilation for the last batch is cheap by comparison.
+    step_model = torch.compile(model, dynamic=False) if cfg.compile else model
 
     steps_per_epoch = max(len(train_loader), 1)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)

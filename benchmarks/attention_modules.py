@@ -81,7 +81,7 @@ def bench_shape(shape: tuple[int, int, int, int], args: argparse.Namespace, comp
 
     def prep(m: nn.Module) -> nn.Module:
         m = m.to(device).train()
-        return torch.compile(m) if compiled else m
+        return torch.compile(m, dynamic=False) if compiled else m  # see train.py: dynamic shapes break 3 modules
 
     block = prep(Bottleneck(c, c // 4))
     entries = []

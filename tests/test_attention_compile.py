@@ -31,3 +31,19 @@ def test_compiled_matches_eager(name: str, knobs: dict) -> None:
     torch.testing.assert_close(gx1, gx0, rtol=1e-4, atol=1e-5)
     for a, b in zip(gp1, gp0):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["se", "cbam", "bam", "eca", "coord", "simam", "na", "nam", "sa", "triplet", "gc"])
+def test_every_module_compiles_as_training_does(name: str) -> None:
+    """train.py compiles with dynamic=False; the last, smaller batch triggers one recompilation."""
+    torch._dynamo.reset()
+    knobs = {"groups": 4} if name == "sa" else {}
+    m = build_attention(name, 32, **knobs)
+    compiled = torch.compile(m, dynamic=False)
+    for batch in (4, 3):
+        x = torch.randn(batch, 32, 6, 9, requires_grad=True)
+        y = compiled(x)
+        y.square().sum().backward()
+        torch.testing.assert_close(y, m(x), rtol=1e-4, atol=1e-5)
+        assert x.grad is not None and torch.isfinite(x.grad).all()
