@@ -247,11 +247,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _bad_input_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ConfigError, UsageError, ValueError]
+    # A tracking store that cannot be used is bad input too; the module (MLflow, Ray) is imported only by
+    # commands that track, and an error of that type can only come from an imported module.
+    tracking = sys.modules.get("attnsearch.tracking")
+    if tracking is not None:
+        errors.append(tracking.TrackingError)
+    return tuple(errors)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, UsageError, ValueError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _bad_input_errors()):
+            raise
         print(f"attnsearch {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

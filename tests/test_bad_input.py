@@ -1,0 +1,359 @@
+"""Bad input to `attnsearch run`: one clear message naming what and where, exit status 2, nothing started, nothing lost.
+
+Every case runs the real CLI entry point (``cli.main``) in a folder that already holds an MLflow store with a
+previous study of the same experiment. After the refusal: no Ray experiment directory exists, Ray was not started
+(except where the cluster itself must be asked, the GPU case), and the MLflow store is byte-for-byte unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import shutil
+import socket
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+mlflow = pytest.importorskip("mlflow")
+
+from attnsearch import search  # noqa: E402
+from attnsearch.cli import main  # noqa: E402
+from attnsearch.config import ConfigError  # noqa: E402
+
+JOB = textwrap.dedent(
+    """\
+    name: bad
+    backbone: {name: resnet20}
+    data: {dataset: digits, image_size: 8, batch_size: 64}
+    train: {epochs: 2, lr: 0.1, threads: 1}
+    search:
+      space: space.yaml
+      sampler: random
+      num_samples: 2
+      max_concurrent: 1
+    scheduler: {type: asha, grace_period: 1, reduction_factor: 2}
+    resources: {cpu: 1}
+    tracking: {uri: sqlite:///mlflow.db}
+    ray: {storage_path: ray_results, num_cpus: 1}
+    """
+)
+SPACE = textwrap.dedent(
+    """\
+    attention:
+      type: [none, se, sa]
+      stages: [[3]]
+      position: [default]
+      knobs:
+        se: {reduction: [4]}
+        sa: {groups: [2]}
+    """
+)
+NAM_SPACE = "attention:\n  type: [none, nam]\n  stages: [[3]]\n  knobs:\n    nam: {penalty: [%s]}\n"
+PREVIOUS_STUDY = "bad-20260101-000000"
+
+
+def remove_dir(path: Path) -> None:
+    """rmtree that outlasts Ray processes still writing their last log lines while they exit."""
+    for _ in range(10):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+        time.sleep(0.5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def previous_store(tmp_path_factory) -> Path:
+    """An MLflow store holding a finished earlier study of experiment 'bad': a parent run and a trial run."""
+    from mlflow.entities import Metric
+
+    from attnsearch import tracking
+
+    root = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{root}/mlflow.db"
+    parent = tracking.start_study(uri, "bad", PREVIOUS_STUDY, JOB, {"attention": {"type": ["none"]}}, resume=False)
+    client = mlflow.MlflowClient(uri)
+    child = client.create_run(client.get_run(parent).info.experiment_id, tags={
+        "mlflow.parentRunId": parent, "attnsearch.study": PREVIOUS_STUDY, "attnsearch.role": "trial",
+        "attnsearch.trial_id": "0000abcd", "attnsearch.state": "completed",
+    })
+    client.log_batch(child.info.run_id, metrics=[Metric("val_acc", 0.5 + e / 10, 0, e) for e in (1, 2)])
+    client.set_terminated(child.info.run_id)
+    client.set_terminated(parent)
+    return root
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (the store, its artifacts) by content hash."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, previous_store):
+    """The job's folder: job.yaml + space.yaml + the previous study's store; Ray state kept out of /tmp/ray."""
+    shutil.copy(previous_store / "mlflow.db", tmp_path / "mlflow.db")
+    shutil.copytree(previous_store / "mlartifacts", tmp_path / "mlartifacts")
+    monkeypatch.chdir(tmp_path)
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rb", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ray.shutdown()
+    try:
+        yield tmp_path
+    finally:
+        ray.shutdown()
+        remove_dir(ray_tmp)
+
+
+def refuse(workdir: Path, capsys, *, job: str = JOB, space: str = SPACE, args: tuple[str, ...] = (),
+           job_file: str = "job.yaml", ray_may_start: bool = False) -> str:
+    """Run `attnsearch run JOB_FILE ARGS`; assert exit 2, nothing started, nothing lost; return the message."""
+    (workdir / "job.yaml").write_text(job)
+    (workdir / "space.yaml").write_text(space)
+    store = {k: v for k, v in snapshot(workdir).items() if not k.endswith(".yaml")}
+    capsys.readouterr()
+    rc = main(["run", job_file, *args])
+    out, err = capsys.readouterr()
+    assert rc == 2, (out, err)
+    assert err.startswith("attnsearch run: error: ") and "Traceback" not in err, err
+    assert not (workdir / "ray_results").exists()  # no study directory, no trial
+    assert {k: v for k, v in snapshot(workdir).items() if not k.endswith(".yaml")} == store  # MLflow untouched
+    assert ray_may_start or not ray.is_initialized()
+    return err.removeprefix("attnsearch run: error: ").strip()
+
+
+def has(message: str, *parts: str) -> None:
+    for part in parts:
+        assert part in message, f"{part!r} not in: {message}"
+
+
+# --------------------------------------------------------------------------------------------------- job file
+
+
+def test_malformed_yaml(workdir, capsys):
+    msg = refuse(workdir, capsys, job=JOB.replace("backbone: {name: resnet20}", "backbone: {name: resnet20"))
+    has(msg, "job.yaml:3:", "malformed YAML", "flow mapping")
+
+
+def test_missing_job_file(workdir, capsys):
+    msg = refuse(workdir, capsys, job_file="nojob.yaml")
+    has(msg, "nojob.yaml", "no such job file")
+
+
+def test_unknown_key(workdir, capsys):
+    msg = refuse(workdir, capsys, job=JOB.replace("lr: 0.1,", "learning_rate: 0.1,"))
+    has(msg, "job.yaml", "train.learning_rate", "unknown key 'learning_rate'", "'lr'")
+
+
+def test_wrong_type(workdir, capsys):
+    msg = refuse(workdir, capsys, job=JOB.replace("epochs: 2", "epochs: two"))
+    has(msg, "job.yaml", "train.epochs", "valid integer", "'two'")
+
+
+def test_unknown_backbone(workdir, capsys):
+    msg = refuse(workdir, capsys, job=JOB.replace("resnet20", "resnet21"))
+    has(msg, "job.yaml", "backbone.name", "unknown backbone 'resnet21'", "'resnet20'")
+
+
+def test_unknown_sampler(workdir, capsys):
+    msg = refuse(workdir, capsys, job=JOB.replace("sampler: random", "sampler: bayes"))
+    has(msg, "job.yaml", "search.sampler", "'bayes'", "'tpe'")
+
+
+def test_unknown_scheduler(workdir, capsys):
+    msg = refuse(workdir, capsys, job=JOB.replace("type: asha", "type: hyperband"))
+    has(msg, "job.yaml", "scheduler.type", "'hyperband'", "'asha'")
+
+
+def test_num_samples_below_one(workdir, capsys):
+    msg = refuse(workdir, capsys, job=JOB.replace("num_samples: 2", "num_samples: 0"))
+    has(msg, "job.yaml", "search.num_samples", "greater than or equal to 1", "(got 0)")
+
+
+def test_max_t_below_grace_period(workdir, capsys):
+    msg = refuse(workdir, capsys, job=JOB.replace("grace_period: 1", "grace_period: 3"))
+    has(msg, "job.yaml", "train.epochs (2)", "max_t", "scheduler.grace_period (3)")
+
+
+def test_set_of_unknown_key(workdir, capsys):
+    msg = refuse(workdir, capsys, args=("--set", "train.learning_rate=0.1"))
+    has(msg, "--set train.learning_rate=0.1", "unknown key 'train.learning_rate'", "'lr'")
+
+
+# --------------------------------------------------------------------------------------------------- search space
+
+
+def test_unknown_attention_type(workdir, capsys):
+    msg = refuse(workdir, capsys, space=SPACE.replace("[none, se, sa]", "[none, se, cbm]"))
+    has(msg, "space.yaml", "attention.type", "unknown attention type 'cbm'", "did you mean 'cbam'")
+
+
+def test_knob_of_another_attention_type(workdir, capsys):
+    msg = refuse(workdir, capsys, space=SPACE.replace("se: {reduction: [4]}", "se: {reduction: [4], groups: [2]}"))
+    has(msg, "space.yaml", "attention.knobs.se.groups", "'se' has no knob 'groups'", "['reduction']")
+
+
+def test_sa_groups_that_divide_no_chosen_site(workdir, capsys):
+    msg = refuse(workdir, capsys, space=SPACE.replace("groups: [2]", "groups: [48]"))
+    has(msg, "space.yaml", "attention.knobs.sa.groups", "sa.groups=48", "no valid placement", "layer3.0",
+        "valid sa.groups for 64 channels")
+
+
+@pytest.mark.parametrize("value", [0, -2])
+def test_sa_groups_not_positive(workdir, capsys, value):
+    msg = refuse(workdir, capsys, space=SPACE.replace("groups: [2]", f"groups: [{value}]"))
+    has(msg, "space.yaml", "attention.knobs.sa.groups", f"got {value}")
+
+
+@pytest.mark.parametrize("value", [0, -4])
+def test_reduction_not_positive(workdir, capsys, value):
+    msg = refuse(workdir, capsys, space=SPACE.replace("reduction: [4]", f"reduction: [{value}]"))
+    has(msg, "space.yaml", "attention.knobs.se.reduction", f"got {value}")
+
+
+@pytest.mark.parametrize("value", ["0.0", "-1.0e-4"])
+def test_nam_penalty_not_positive(workdir, capsys, value):
+    msg = refuse(workdir, capsys, space=NAM_SPACE % value)
+    has(msg, "space.yaml", "attention.knobs.nam.penalty", "must be a number > 0", f"got {float(value)}")
+
+
+def test_empty_search_space(workdir, capsys):
+    msg = refuse(workdir, capsys, space="attention:\n  type: []\n")
+    has(msg, "space.yaml", "attention.type", "empty search space")
+
+
+def test_missing_space_file(workdir, capsys):
+    msg = refuse(workdir, capsys, job=JOB.replace("space: space.yaml", "space: nospace.yaml"))
+    has(msg, "job.yaml", "search.space", "nospace.yaml")
+
+
+# --------------------------------------------------------------------------------------------------- data
+
+
+def test_data_root_that_does_not_exist(workdir, capsys):
+    msg = refuse(workdir, capsys, job=JOB.replace("dataset: digits", f"dataset: folder, root: {workdir}/nothere"))
+    has(msg, "data.root", f"{workdir}/nothere does not exist", "ImageFolder")
+
+
+@pytest.mark.parametrize("layout", ["empty", "no images"])
+def test_data_root_without_images(workdir, capsys, layout):
+    root = workdir / "images"
+    root.mkdir()
+    if layout == "no images":
+        (root / "cat").mkdir()
+        (root / "cat" / "notes.txt").write_text("not an image")
+    msg = refuse(workdir, capsys, job=JOB.replace("dataset: digits", "dataset: folder, root: images"))
+    has(msg, "data.root", str(root), "no class folders" if layout == "empty" else "holds no images")
+
+
+# --------------------------------------------------------------------------------------------------- services
+
+
+def test_unreachable_tracking_server(workdir, capsys):
+    uri = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    msg = refuse(workdir, capsys, job=JOB.replace("sqlite:///mlflow.db", uri))
+    assert time.monotonic() - started < 30
+    has(msg, uri, "unreachable", "Connection refused", "mlflow server")
+
+
+def test_ray_address_that_does_not_answer(workdir, capsys):
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    msg = refuse(workdir, capsys, job=JOB.replace("num_cpus: 1", f"address: '{address}'"))
+    assert time.monotonic() - started < 30  # ray.init alone keeps retrying such an address for minutes
+    has(msg, f"ray.address='{address}'", "no Ray cluster answers", "connection refused", "ray start --head",
+        "ray.address: null")
+
+
+def test_ray_address_from_the_environment_that_does_not_answer(workdir, capsys, monkeypatch):
+    address = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", address)  # ray.address stays null: Ray's own convention applies
+    msg = refuse(workdir, capsys)
+    has(msg, f"$RAY_ADDRESS='{address}' (ray.address is null)", "no Ray cluster answers", "connection refused")
+
+
+def test_ray_address_auto_without_a_cluster(workdir, capsys, monkeypatch):
+    from ray._private import services
+
+    def none_running() -> frozenset:
+        return frozenset()
+
+    none_running.cache_clear = lambda: None  # ray.shutdown() calls it
+    # Other Ray instances may run on this machine (other tests); Ray's own lookup must not find them here.
+    monkeypatch.setattr(services, "find_gcs_addresses", none_running)
+    msg = refuse(workdir, capsys, job=JOB.replace("num_cpus: 1", "address: auto"))
+    has(msg, "ray.address", "'auto' found no running Ray cluster", "ray start --head", "ray.address: null")
+
+
+def test_ray_address_of_a_dashboard(workdir, capsys):
+    msg = refuse(workdir, capsys, job=JOB.replace("num_cpus: 1", "address: 'http://127.0.0.1:8265'"))
+    has(msg, "ray.address='http://127.0.0.1:8265'", "dashboard", "GCS address", "attnsearch submit")
+
+
+def test_ray_address_that_is_not_an_address(workdir, capsys):
+    msg = refuse(workdir, capsys, job=JOB.replace("num_cpus: 1", "address: head"))
+    has(msg, "ray.address='head'", "not a Ray address", "HOST:PORT")
+
+
+def test_ray_address_where_something_else_answers(workdir, capsys):
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        address = f"127.0.0.1:{server.server_port}"
+        msg = refuse(workdir, capsys, job=JOB.replace("num_cpus: 1", f"address: '{address}'"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    has(msg, f"ray.address='{address}'", "not a Ray GCS", "no gRPC answer")
+
+
+def test_silent_ray_address_times_out(monkeypatch):
+    monkeypatch.setattr(search, "RAY_CONNECT_TIMEOUT_S", 1.0)
+    with socket.socket() as listener:  # the kernel accepts the connection; nobody ever speaks
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match="no gRPC answer within 1 s"):
+            search.resolve_ray_address(address)
+        assert time.monotonic() - started < 5
+
+
+@pytest.mark.slow  # starts a local Ray: the cluster's resources are what is checked
+def test_gpus_the_cluster_lacks(workdir, capsys):
+    # ray.num_gpus: 0 makes the local cluster GPU-less on any machine
+    job = JOB.replace("resources: {cpu: 1}", "resources: {cpu: 1, gpu: 1}")
+    job = job.replace("num_cpus: 1", "num_cpus: 1, num_gpus: 0")
+    msg = refuse(workdir, capsys, job=job, ray_may_start=True)
+    has(msg, "resources", "1 CPU and 1 GPU", "node 0: 1 CPU, 0 GPU", "resources.gpu")
+
+
+# --------------------------------------------------------------------------------------------------- resume
+
+
+def test_resume_without_a_study(workdir, capsys):
+    msg = refuse(workdir, capsys, args=("--resume",))
+    has(msg, "--resume", "job 'bad' has no study", f"ray.storage_path={workdir}/ray_results")
+
+
+def test_resume_of_an_unknown_study(workdir, capsys):
+    msg = refuse(workdir, capsys, args=("--resume", PREVIOUS_STUDY))  # in MLflow, but Ray has no such study
+    has(msg, f"--resume {PREVIOUS_STUDY}", "no study of that name", "ray.storage_path=")
