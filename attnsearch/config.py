@@ -271,6 +271,8 @@ class RayConfig(_Strict):
     num_cpus: int | None = Field(None, ge=1)
     num_gpus: float | None = Field(None, ge=0)
     max_failures: int = Field(1, ge=0)
+    # true: nodes that can serve a trial may still be starting (Ray autoscaler); no up-front resource refusal
+    autoscaling: bool = False
 
 
 class Job(_Strict):

@@ -409,6 +409,8 @@ def check_cluster_resources(job: Job) -> None:
     """Refuse a job whose per-trial resources no node can provide, instead of pending forever."""
     import ray
 
+    if job.ray.autoscaling:
+        return
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     want = {"CPU": float(job.resources.cpu), "GPU": float(job.resources.gpu)}
     have = [{k: float(n["Resources"].get(k, 0.0)) for k in want} for n in nodes]
@@ -416,7 +418,8 @@ def check_cluster_resources(job: Job) -> None:
         listing = "; ".join(f"node {i}: {h['CPU']:g} CPU, {h['GPU']:g} GPU" for i, h in enumerate(have)) or "no nodes"
         raise ConfigError(
             f"resources: each trial asks for {want['CPU']:g} CPU and {want['GPU']:g} GPU, but no node of the "
-            f"cluster has that ({listing}); lower resources.cpu/resources.gpu or add nodes"
+            f"cluster has that ({listing}); lower resources.cpu/resources.gpu, add nodes, or set ray.autoscaling: true "
+            "if an autoscaler will start such nodes"
         )
 
 

@@ -128,3 +128,20 @@ def test_search_states_optuna_mlflow_and_resume(tmp_path, local_ray):
     assert len(parents) == 1 and len(children) == 8
     ids = [c.data.tags["attnsearch.trial_id"] for c in children]
     assert len(ids) == len(set(ids))
+
+
+def test_resource_check_refuses_missing_gpus_unless_autoscaling(monkeypatch, tmp_path):
+    import ray as ray_module
+
+    from attnsearch.config import ConfigError
+    from attnsearch.search import check_cluster_resources
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 2.0}}]
+    monkeypatch.setattr(ray_module, "nodes", lambda: nodes)
+    job = load_job(write_job(tmp_path, num_samples=1), overrides=["resources.gpu=1"])
+    with pytest.raises(ConfigError, match=r"1 GPU.*node 0: 2 CPU, 0 GPU.*ray.autoscaling"):
+        check_cluster_resources(job)
+    check_cluster_resources(load_job(write_job(tmp_path, num_samples=1), overrides=["resources.gpu=1",
+                                                                                  "ray.autoscaling=true"]))
+    nodes.append({"Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0}})
+    check_cluster_resources(job)
