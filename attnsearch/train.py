@@ -125,15 +125,19 @@ def _autocast(device: torch.device, cfg: TrainConfig):
     return torch.autocast("cpu", dtype=torch.bfloat16), None
 
 
+def _batch_to(images: torch.Tensor, targets: torch.Tensor, device: torch.device, channels_last: bool):
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, targets.to(device, non_blocking=True)
+
+
 def evaluate(model: nn.Module, loader, device: torch.device, amp_ctx, channels_last: bool) -> tuple[float, float]:
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
     with torch.inference_mode():
         for images, targets in loader:
-            images = images.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            targets = targets.to(device, non_blocking=True)
+            images, targets = _batch_to(images, targets, device, channels_last)
             with amp_ctx:
                 logits = model(images)
             loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").item()
@@ -205,10 +209,7 @@ def fit(
             factor = lr_factor(cfg, epoch + i / steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * factor
-            images = images.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            targets = targets.to(device, non_blocking=True)
+            images, targets = _batch_to(images, targets, device, channels_last)
             with amp_ctx:
                 logits = step_model(images)
                 loss = criterion(logits.float(), targets)
