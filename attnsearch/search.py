@@ -21,18 +21,15 @@ _INFEASIBLE_ATTR = "attnsearch_infeasible"
 
 
 def trial_state(result: Mapping[str, Any] | None, max_t: int, errored: bool = False) -> str:
-    """The attnsearch state of a finished trial from its last result.
+    """The attnsearch state of a finished trial from its last result (the rule lives in ``tracking``).
 
     A trial that never trained or diverged says so itself; otherwise it either reached ``max_t`` epochs
     (completed) or the scheduler stopped it earlier (early_stopped). A Ray error is ``failed``.
     """
-    if errored:
-        return "failed"
+    from .tracking import trial_state as rule
+
     result = result or {}
-    own = result.get(STATE_KEY)
-    if own in ("infeasible", "failed"):
-        return own
-    return "completed" if int(result.get("epoch", 0) or 0) >= max_t else "early_stopped"
+    return rule(result.get(STATE_KEY), int(result.get("epoch", 0) or 0), max_t, errored)
 
 
 def constraint_values(trial) -> list[float]:

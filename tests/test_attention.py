@@ -143,7 +143,7 @@ def test_nam_spatial_params_and_size() -> None:
     assert m(torch.randn(2, 16, 5, 7)).shape == (2, 16, 5, 7)
     with pytest.raises(ValueError, match="spatial_size"):
         m(torch.randn(2, 16, 7, 5))
-    with pytest.raises(ValueError, match="spatial_size"):
+    with pytest.raises(ValueError, match=r"nam\.spatial=True needs spatial_size"):
         build_attention("nam", 16, spatial=True)
     with pytest.raises(ValueError, match=r"nam\.spatial"):
         NormalizationBasedAttention(16, spatial=True)

@@ -113,7 +113,11 @@ class AttentionSpec:
                     f"got {spatial_size[0]}x{spatial_size[1]}"
                 )
         elif self.needs_spatial_size(resolved):
-            raise ValueError(f"{self.name} with {resolved} needs spatial_size=(H, W) at construction")
+            set_knobs = [f"{self.name}.{k}={v!r}" for k, v in resolved.items() if v != self.knobs[k].default]
+            raise ValueError(
+                f"{', '.join(set_knobs) or self.name} needs spatial_size=(H, W), the feature-map size at the "
+                "insertion site, at construction"
+            )
         if self.check is not None:
             self.check(channels, spatial_size, **resolved)
         return resolved
