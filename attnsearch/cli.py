@@ -269,6 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; continue with: attnsearch run JOB --resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `attnsearch sites resnet50 | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
