@@ -22,6 +22,12 @@ from .geometry import BlockInfo, conv_out
 from .slots import init_slots
 
 
+def _head(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """conv1-bn1-relu-conv2 and the `mid` slot (after the 3x3 conv, before its BN), shared by both blocks."""
+    out = block.conv2(block.relu(block.bn1(block.conv1(x))))
+    return out if block.attn_mid is None else block.attn_mid(out)
+
+
 def _tail(block: nn.Module, out: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
     if block.attn_residual_end is not None:
         out = block.attn_residual_end(out)
@@ -42,11 +48,7 @@ class BasicBlock(tv.BasicBlock):
         init_slots(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.conv2(out)
-        if self.attn_mid is not None:
-            out = self.attn_mid(out)
-        out = self.bn2(out)
+        out = self.bn2(_head(self, x))
         identity = x if self.downsample is None else self.downsample(x)
         return _tail(self, out, identity)
 
@@ -59,11 +61,7 @@ class Bottleneck(tv.Bottleneck):
         init_slots(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.conv2(out)
-        if self.attn_mid is not None:
-            out = self.attn_mid(out)
-        out = self.relu(self.bn2(out))
+        out = self.relu(self.bn2(_head(self, x)))
         out = self.bn3(self.conv3(out))
         identity = x if self.downsample is None else self.downsample(x)
         return _tail(self, out, identity)
