@@ -22,6 +22,15 @@ def use_fused(x: torch.Tensor) -> bool:
     return x.is_contiguous() and not torch.compiler.is_compiling()
 
 
+def spatial_mean(x: torch.Tensor) -> torch.Tensor:
+    """``x.mean((2, 3), keepdim=True)`` whose input gradient is a broadcast view, not a full-size tensor.
+
+    mean's backward divides an expanded gradient into a new full-size tensor (a slow strided pass on CPU); sum's
+    backward returns the expanded view itself, which autograd then adds in place into the other gradient of x.
+    """
+    return x.sum((2, 3), keepdim=True) / (x.shape[2] * x.shape[3])
+
+
 class _MaxMeanPools(torch.autograd.Function):
     """For each dim in ``dims``: (max over dim, mean over dim) of x.
 
@@ -52,7 +61,10 @@ class _MaxMeanPools(torch.autograd.Function):
             if g_mean is None:
                 continue
             term = (g_mean / shape[d]).unsqueeze(d)
-            grad = term.expand(shape).contiguous() if grad is None else grad.add_(term)
+            if grad is None:  # copy_ of a broadcast view: ~10x faster on CPU than expand().contiguous()
+                grad = term.new_empty(shape).copy_(term.expand(shape))
+            else:
+                grad.add_(term)
         if grad is None:
             grad = grads[0].new_zeros(shape)
         for i, (d, idx) in enumerate(zip(dims, ctx.saved_tensors)):
@@ -110,9 +122,16 @@ def channel_gate(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return _ChannelGate.apply(x, s)
 
 
-def rank2_outer(u1: torch.Tensor, v1: torch.Tensor, u2: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
-    """u1 v1^T + u2 v2^T per sample as one bmm: (B, C) x (B, N) pairs -> (B, C, N), written once."""
-    return torch.bmm(torch.stack((u1, u2), 2), torch.stack((v1, v2), 1))
+def rank2_outer(
+    u1: torch.Tensor, v1: torch.Tensor, u2: torch.Tensor, v2: torch.Tensor, shape: Sequence[int]
+) -> torch.Tensor:
+    """u1 v1^T + u2 v2^T per sample as one bmm: (B, C) x (B, N) pairs -> a new tensor of ``shape`` (B*C*N values).
+
+    The result is not a view, so autograd can add x's other gradient into it in place.
+    """
+    out = u1.new_empty(shape)
+    torch.bmm(torch.stack((u1, u2), 2), torch.stack((v1, v2), 1), out=out.view(u1.shape[0], u1.shape[1], -1))
+    return out
 
 
 class _DirectionalPool(torch.autograd.Function):

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._ops import use_fused
+from ._ops import spatial_mean, use_fused
 from .registry import AttentionSpec, Knob, register_attention
 
 
@@ -78,7 +78,8 @@ class BAM(nn.Module):
                 "bam: the channel branch uses BatchNorm1d, which needs a batch size of at least 2 in training "
                 "mode (got batch size 1); use a larger batch or call .eval()"
             )
-        mc = self.channel_fc2(torch.relu(self.channel_bn(self.channel_fc1(x.mean((2, 3))))))
+        gap = spatial_mean(x).flatten(1)
+        mc = self.channel_fc2(torch.relu(self.channel_bn(self.channel_fc1(gap))))
         mc = mc.view(b, c, 1, 1)
         ms = self.spatial(x)
         if not use_fused(x):

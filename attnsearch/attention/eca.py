@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._ops import channel_gate
+from ._ops import channel_gate, spatial_mean
 from .registry import AttentionSpec, Knob, register_attention
 
 
@@ -32,7 +32,7 @@ class EfficientChannelAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
-        y = self.conv(x.mean((2, 3)).view(b, 1, c))
+        y = self.conv(spatial_mean(x).view(b, 1, c))
         return channel_gate(x, y.sigmoid().view(b, c, 1, 1))
 
 

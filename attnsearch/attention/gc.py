@@ -22,7 +22,7 @@ class _AttentionPool(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):  # type: ignore[override]
         b, c, h, w = x.shape
         xf = x.view(b, c, h * w)
-        logits = torch.matmul(weight.view(1, 1, c), xf) + bias.view(1, 1, 1)  # the 1x1 conv C -> 1
+        logits = torch.bmm(weight.view(1, 1, c).expand(b, 1, c), xf) + bias.view(1, 1, 1)  # 1x1 conv C -> 1
         attn = logits.softmax(2)  # (B, 1, HW), softmax over positions
         ctx.save_for_backward(x, weight, attn)
         return torch.bmm(xf, attn.transpose(1, 2)).view(b, c, 1, 1)
@@ -36,9 +36,9 @@ class _AttentionPool(torch.autograd.Function):
         g_attn = torch.bmm(gc, xf)  # (B, 1, HW)
         g_logit = attn * (g_attn - (attn * g_attn).sum(2, keepdim=True))  # softmax backward
         hw = h * w
-        dx = rank2_outer(gc.view(b, c), attn.view(b, hw), weight.view(1, c).expand(b, c), g_logit.view(b, hw))
+        dx = rank2_outer(gc.view(b, c), attn.view(b, hw), weight.view(1, c).expand(b, c), g_logit.view(b, hw), x.shape)
         d_weight = torch.bmm(xf, g_logit.transpose(1, 2)).sum(0).view_as(weight)
-        return dx.view(b, c, h, w), d_weight, g_logit.sum().view(1)
+        return dx, d_weight, g_logit.sum().view(1)
 
 
 class GlobalContext(nn.Module):

@@ -35,8 +35,7 @@ class _SimilarityContext(torch.autograd.Function):
         g_sim = attn * (g_attn - (attn * g_attn).sum(1, keepdim=True))  # softmax backward
         g_dev = -g_sim * dev.sign()
         g_m = g_dev - g_dev.mean(1, keepdim=True)
-        dx = rank2_outer(g, attn, g.new_full((b, c), 1.0 / c), g_m)
-        return dx.view(b, c, h, w)
+        return rank2_outer(g, attn, g.new_full((b, c), 1.0 / c), g_m, x.shape)
 
 
 class NormalizationAttention(nn.Module):

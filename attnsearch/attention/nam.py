@@ -8,17 +8,34 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from ._ops import use_fused
 from .registry import AttentionSpec, Knob, register_attention
+
+
+def _channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of NCHW ``x`` over (N, H, W) in two reads (CPU batch norm takes ~8)."""
+    b, c, h, w = x.shape
+    n = b * h * w
+    flat = x.reshape(b * c, 1, h * w)
+    sum_sq = torch.bmm(flat, flat.transpose(1, 2)).view(b, c).sum(0)
+    mean = x.sum((0, 2, 3)) / n
+    return mean, (sum_sq / n - mean * mean).clamp_min_(0)
+
+
+def _well_conditioned(mean: torch.Tensor, var: torch.Tensor) -> bool:
+    """E[x^2] - E[x]^2 and x * k - mean * k keep float precision only while |mean| is not >> std."""
+    return bool((var >= 1e-3 * mean * mean).all())
 
 
 class _NormGate(torch.autograd.Function):
     """y = x * sigmoid(scale * xhat + shift), xhat the batch-normalised x (per channel = dim 1).
 
     ``scale``/``shift`` are NAM's w * gamma and w * beta (computed outside, so autograd handles w's own
-    gradient). Forward is one native_batch_norm call (which also updates the running statistics), an in-place
-    sigmoid and a multiply. Backward, with q = g * x * s * (1 - s), S1 = sum q, S2 = sum q * xhat per channel
+    gradient). Forward on CPU NCHW: batch statistics in two reads (``_channel_moments``, which also update the
+    running statistics), one fused multiply-add, an in-place sigmoid and a multiply; elsewhere one
+    native_batch_norm call. Backward, with q = g * x * s * (1 - s), S1 = sum q, S2 = sum q * xhat per channel
     and N values per channel: dx = g * s + k * (q - S1 / N - xhat * S2 / N) in training (k = scale * rstd) or
     g * s + k * q in eval; d scale = S2, d shift = S1. Two full-size allocations instead of autograd's five.
     """
@@ -27,10 +44,28 @@ class _NormGate(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx, x, scale, shift, running_mean, running_var, training: bool, momentum: float, eps: float
     ) -> torch.Tensor:
-        pre, mean, rstd = torch.native_batch_norm(x, scale, shift, running_mean, running_var, training, momentum, eps)
-        if not training:  # eval: normalised with the running statistics
-            mean, rstd = running_mean.clone(), torch.rsqrt(running_var + eps)
-        sig = pre.sigmoid_()
+        # CPU batch norm is slow on NCHW input (fast on the pixel branch's 2-D view): there the statistics come
+        # from two reads and the affine is one fused multiply-add, unless |mean| >> std would cost precision.
+        # Under a dispatch mode (the FLOP counter, tracing) the canonical batch-norm op is what should be seen.
+        fast = x.dim() == 4 and x.device.type == "cpu" and not is_in_torch_dispatch_mode()
+        if fast:
+            mean, var = _channel_moments(x) if training else (running_mean.clone(), running_var)
+            fast = _well_conditioned(mean, var)
+        if fast:
+            if training:
+                n = x.numel() // x.shape[1]
+                running_mean.lerp_(mean, momentum)
+                running_var.lerp_(var * (n / (n - 1)), momentum)  # unbiased, as batch norm keeps it
+            rstd = torch.rsqrt(var + eps)
+            k = scale * rstd
+            sig = torch.addcmul((shift - mean * k).view(1, -1, 1, 1), x, k.view(1, -1, 1, 1)).sigmoid_()
+        else:
+            pre, mean, rstd = torch.native_batch_norm(
+                x, scale, shift, running_mean, running_var, training, momentum, eps
+            )
+            if not training:  # eval: normalised with the running statistics
+                mean, rstd = running_mean.clone(), torch.rsqrt(running_var + eps)
+            sig = pre.sigmoid_()
         ctx.training = training
         ctx.save_for_backward(x, sig, mean, rstd, scale)
         return x * sig
@@ -120,6 +155,11 @@ class NormalizationBasedAttention(nn.Module):
     def _gate(self, x: torch.Tensor, bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
         """x * sigmoid(w * BN(x)), w = |gamma| / sum |gamma|, statistics over every dim but dim 1."""
         training = self.training or not bn.track_running_stats
+        if training and x.numel() == x.shape[1]:
+            raise ValueError(
+                f"nam needs more than 1 value per channel to normalise in training, got input {tuple(x.shape)}; "
+                "use a batch size > 1 or a larger feature map"
+            )
         if self.training and bn.track_running_stats:
             bn.num_batches_tracked.add_(1)
         w = self._norm_weights(bn.weight)

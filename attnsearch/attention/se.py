@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._ops import channel_gate, spatial_mean
 from .registry import AttentionSpec, Knob, register_attention
 
 
@@ -22,9 +23,8 @@ class SqueezeExcite(nn.Module):
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean((2, 3), keepdim=True)
-        s = self.fc2(self.act(self.fc1(s)))
-        return x * s.sigmoid()
+        s = self.fc2(self.act(self.fc1(spatial_mean(x))))
+        return channel_gate(x, s.sigmoid())
 
 
 def _se_params(channels: int, spatial_size, reduction: int) -> int:
