@@ -8,6 +8,7 @@ the median over rounds (robust to other processes competing for the cores).
 
     python benchmarks/attention_modules.py --threads 2            # eager, CPU
     python benchmarks/attention_modules.py --threads 2 --compile  # also torch.compile'd (slow on CPU)
+    python benchmarks/attention_modules.py --compile-modules      # compiled modules vs the eager block
     python benchmarks/attention_modules.py --device cuda --compile
 
 Writes a markdown table to benchmarks/results/attention_modules.md (or --out).
@@ -31,6 +32,7 @@ from torch import nn
 from torchvision.models.resnet import Bottleneck
 
 from attnsearch.attention import ATTENTION_TYPES, build_attention, get_spec
+from attnsearch.attention._ops import channel_gate, spatial_mean
 
 DEFAULT_SHAPES = ("32x256x28x28", "32x64x56x56")
 
@@ -56,6 +58,15 @@ def variants(channels: int, only: list[str] | None = None) -> list[tuple[str, st
     return out
 
 
+class GateFloor(nn.Module):
+    """x * sigmoid(GAP(x)) with no parameters: the fewest full-size passes any gating module can make in eager
+    PyTorch (forward: one pooling read, one multiply; backward: one batched dot product, one multiply, one
+    in-place add). Every module is at least this expensive, so its ratio bounds what the target can ask."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return channel_gate(x, spatial_mean(x).sigmoid())
+
+
 def make_step(
     module: nn.Module, x: torch.Tensor, grad: torch.Tensor, sync: Callable[[], None]
 ) -> Callable[[], float]:
@@ -71,7 +82,8 @@ def make_step(
     return step
 
 
-def bench_shape(shape: tuple[int, int, int, int], args: argparse.Namespace, compiled: bool) -> list[dict]:
+def bench_shape(shape: tuple[int, int, int, int], args: argparse.Namespace, mode: str) -> list[dict]:
+    """mode: "eager" (all eager), "compiled" (block and modules compiled), "modules compiled" (eager block)."""
     b, c, h, w = shape
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -79,12 +91,13 @@ def bench_shape(shape: tuple[int, int, int, int], args: argparse.Namespace, comp
     x = torch.randn(shape, device=device, requires_grad=True)
     grad = torch.randn(shape, device=device)
 
-    def prep(m: nn.Module) -> nn.Module:
+    def prep(m: nn.Module, compiled: bool = mode != "eager") -> nn.Module:
         m = m.to(device).train()
         return torch.compile(m, dynamic=False) if compiled else m  # see train.py: dynamic shapes break 3 modules
 
-    block = prep(Bottleneck(c, c // 4))
-    entries = []
+    block = prep(Bottleneck(c, c // 4), compiled=mode == "compiled")
+    entries = [{"label": "floor: x * sigmoid(GAP(x))", "params": 0,
+                "step": make_step(prep(GateFloor()), x, grad, sync), "times": [], "ratios": []}]
     for label, name, knobs in variants(c, args.modules):
         size = (h, w) if get_spec(name).uses_spatial_size else None
         m = build_attention(name, c, spatial_size=size, **knobs)
@@ -124,7 +137,8 @@ def table(rows_by_key: dict[tuple[str, str], list[dict]], limit: float) -> str:
         lines.append("| module | params | fwd+bwd ms (median) | / block (median) | IQR of ratio | within target |")
         lines.append("|---|---:|---:|---:|---|:---:|")
         for r in rows:
-            ok = "" if r["label"].startswith("Bottleneck") else ("yes" if r["ratio"] <= limit else "**no**")
+            ref = r["label"].startswith(("Bottleneck", "floor"))
+            ok = "" if ref else ("yes" if r["ratio"] <= limit else "**no**")
             lines.append(f"| {r['label']} | {r['params']:,} | {r['ms']:.1f} | {100 * r['ratio']:.1f} % | "
                          f"{100 * r['iqr'][0]:.1f}-{100 * r['iqr'][1]:.1f} % | {ok} |")
     return "\n".join(lines)
@@ -139,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--modules", nargs="+", default=None, help="subset of registered types (default: all)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd modules and block")
+    ap.add_argument("--compile-modules", action="store_true",
+                    help="also time torch.compile'd modules against the eager block (train.compile: attention)")
     ap.add_argument("--limit", type=float, default=0.15, help="target: module time / block time")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "attention_modules.md"))
     args = ap.parse_args(argv)
@@ -147,11 +163,11 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()
     started = time.perf_counter()
     results: dict[tuple[str, str], list[dict]] = {}
-    modes = ["eager"] + (["compiled"] if args.compile else [])
+    modes = ["eager"] + (["compiled"] if args.compile else []) + (["modules compiled"] if args.compile_modules else [])
     for shape_s in args.shapes:
         shape = tuple(int(v) for v in shape_s.lower().split("x"))
         for mode in modes:
-            results[(shape_s, mode)] = bench_shape(shape, args, compiled=mode == "compiled")
+            results[(shape_s, mode)] = bench_shape(shape, args, mode)
             print(table({(shape_s, mode): results[(shape_s, mode)]}, args.limit), flush=True)
     load_after = os.getloadavg()
     header = [
@@ -167,7 +183,9 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "Block = torchvision Bottleneck(inplanes=C, planes=C/4) in train mode; every module at its defaults "
         "(SA uses the largest G <= 64 with C % 2G == 0). Ratio = module time / mean of the block times "
-        f"measured just before and after it in the same round; target <= {100 * args.limit:.0f} %.",
+        f"measured just before and after it in the same round; target <= {100 * args.limit:.0f} %. "
+        "The floor row is a parameter-free x * sigmoid(GAP(x)) gate: the cheapest gating module eager PyTorch "
+        "can run (5 full-size passes), a lower bound for every module.",
     ]
     text = "\n".join(header) + "\n" + table(results, args.limit) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,28 @@ def test_every_registered_type_is_covered() -> None:
     assert set(ATTENTION_TYPES) == expected
 
 
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name,channels,knobs", CASES, ids=IDS)
+def test_mixed_precision_autocast(name: str, channels: int, knobs: dict, x_dtype: torch.dtype) -> None:
+    # CPU autocast stands in for CUDA AMP: gate maps come out of convs/linears in bf16 while x may be float32
+    # (or bf16 straight from a conv); forward and every hand-written backward must accept the mix
+    torch.manual_seed(0)
+    m = _build(name, channels, knobs)
+    _randomize(m)
+    x32 = torch.randn(4, channels, *HW)
+    ref = m(x32.clone())  # float32 reference (train mode: batch statistics, as below)
+    x = x32.clone().to(x_dtype).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    y.float().square().mean().backward()
+    assert y.shape == x.shape and torch.isfinite(y.float()).all()
+    assert x.grad is not None and x.grad.dtype == x_dtype and torch.isfinite(x.grad.float()).all()
+    for pname, p in m.named_parameters():
+        assert p.grad is None or (p.grad.dtype == p.dtype and torch.isfinite(p.grad).all()), pname
+    # bf16 keeps ~3 significant digits; gates compound a few roundings
+    torch.testing.assert_close(y.float(), ref.detach(), rtol=0.05, atol=0.05)
+
+
 @pytest.mark.parametrize("name,channels,knobs", CASES, ids=IDS)
 def test_shape_grad_params_eval(name: str, channels: int, knobs: dict) -> None:
     torch.manual_seed(0)

@@ -82,3 +82,13 @@ def test_infeasible_model_is_never_trained():
     assert len(reports) == 1 and reports[0][1] is None
     assert reports[0][0]["attnsearch_state"] == "infeasible" and "max_params" in reports[0][0]["attnsearch_reason"]
     assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("attention", [{"type": "coord"}, {"type": "na"}, {"type": "gc"}, {"type": "nam"}])
+def test_amp_on_cpu_trains_modules_with_fused_backward(attention):
+    # amp: true on CPU is bf16 autocast; the fused gates once crashed in backward on mixed bf16/float32 inputs
+    job = tiny_job(lr=0.05, amp=True, epochs=1)
+    plan = TrialPlan(attention={**attention, "stages": [3]}, train=job.train)
+    reports = []
+    assert fit(job, plan, lambda m, s: reports.append(m)) == "completed"
+    assert len(reports) == 1 and math.isfinite(reports[0]["train_loss"])

@@ -8,7 +8,8 @@ expression under torch.compile and for non-NCHW-contiguous input (see ``use_fuse
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import torch
 
@@ -20,6 +21,29 @@ def use_fused(x: torch.Tensor) -> bool:
     layouts do not survive functionalization); other memory layouts (channels-last) also take the plain path.
     """
     return x.is_contiguous() and not torch.compiler.is_compiling()
+
+
+def in_input_precision(forward: Callable) -> Callable:
+    """Run a fused Function's forward with autocast off and every floating tensor argument in x's dtype.
+
+    Under autocast the small gate maps arrive in half precision while x may be float32, and autocast would
+    downcast the batched products; the hand-written backward passes need one dtype (autograd casts each returned
+    gradient back to its input's dtype). Not for Functions that update buffers in place (a cast would copy them).
+    """
+
+    @functools.wraps(forward)
+    def wrapper(ctx, x: torch.Tensor, *args):
+        args = tuple(
+            a.to(x.dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype != x.dtype else a
+            for a in args
+        )
+        device = x.device.type
+        if device in ("cpu", "cuda", "xpu", "mps") and torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
+                return forward(ctx, x, *args)
+        return forward(ctx, x, *args)
+
+    return wrapper
 
 
 def spatial_mean(x: torch.Tensor) -> torch.Tensor:
@@ -41,6 +65,7 @@ class _MaxMeanPools(torch.autograd.Function):
     """
 
     @staticmethod
+    @in_input_precision
     def forward(ctx, x: torch.Tensor, dims: tuple[int, ...]):  # type: ignore[override]
         outs, idxs = [], []
         for d in dims:
@@ -97,6 +122,7 @@ class _ChannelGate(torch.autograd.Function):
     """
 
     @staticmethod
+    @in_input_precision
     def forward(ctx, x: torch.Tensor, s: torch.Tensor):  # type: ignore[override]
         ctx.save_for_backward(x, s)
         return x * s
@@ -138,6 +164,7 @@ class _DirectionalPool(torch.autograd.Function):
     """(mean over W, mean over H) of x; backward writes both broadcast gradients in one pass."""
 
     @staticmethod
+    @in_input_precision
     def forward(ctx, x: torch.Tensor):  # type: ignore[override]
         ctx.hw = x.shape[2:]
         return x.mean(3), x.mean(2)
@@ -163,6 +190,7 @@ class _DirectionalGate(torch.autograd.Function):
     """
 
     @staticmethod
+    @in_input_precision
     def forward(ctx, x: torch.Tensor, a_h: torch.Tensor, a_w: torch.Tensor):  # type: ignore[override]
         gate = a_h * a_w
         ctx.save_for_backward(x, a_h, a_w, gate)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._ops import spatial_mean, use_fused
+from ._ops import in_input_precision, spatial_mean, use_fused
 from .registry import AttentionSpec, Knob, register_attention
 
 
@@ -20,6 +20,7 @@ class _BamGate(torch.autograd.Function):
     """
 
     @staticmethod
+    @in_input_precision
     def forward(ctx, x: torch.Tensor, mc: torch.Tensor, ms: torch.Tensor, product: bool):  # type: ignore[override]
         sig = (mc * ms if product else mc + ms).sigmoid_()
         ctx.product = product

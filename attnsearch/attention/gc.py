@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._ops import rank2_outer, use_fused
+from ._ops import in_input_precision, rank2_outer, use_fused
 from .registry import AttentionSpec, Knob, register_attention
 
 
@@ -19,6 +19,7 @@ class _AttentionPool(torch.autograd.Function):
     """
 
     @staticmethod
+    @in_input_precision
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):  # type: ignore[override]
         b, c, h, w = x.shape
         xf = x.view(b, c, h * w)

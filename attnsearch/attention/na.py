@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._ops import channel_gate, rank2_outer, use_fused
+from ._ops import channel_gate, in_input_precision, rank2_outer, use_fused
 from .registry import AttentionSpec, register_attention
 
 
@@ -18,6 +18,7 @@ class _SimilarityContext(torch.autograd.Function):
     """
 
     @staticmethod
+    @in_input_precision
     def forward(ctx, x: torch.Tensor):  # type: ignore[override]
         b, c, h, w = x.shape
         xf = x.view(b, c, h * w)

@@ -47,7 +47,8 @@ class _NormGate(torch.autograd.Function):
         # CPU batch norm is slow on NCHW input (fast on the pixel branch's 2-D view): there the statistics come
         # from two reads and the affine is one fused multiply-add, unless |mean| >> std would cost precision.
         # Under a dispatch mode (the FLOP counter, tracing) the canonical batch-norm op is what should be seen.
-        fast = x.dim() == 4 and x.device.type == "cpu" and not is_in_torch_dispatch_mode()
+        fast = (x.dim() == 4 and x.device.type == "cpu" and x.dtype == running_mean.dtype == scale.dtype
+                and not is_in_torch_dispatch_mode())
         if fast:
             mean, var = _channel_moments(x) if training else (running_mean.clone(), running_var)
             fast = _well_conditioned(mean, var)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._ops import use_fused
+from ._ops import in_input_precision, use_fused
 from .registry import AttentionSpec, Knob, register_attention
 
 
@@ -25,6 +25,7 @@ class _ShuffleAttentionFunction(torch.autograd.Function):
     """
 
     @staticmethod
+    @in_input_precision
     def forward(  # type: ignore[override]
         ctx, x, cweight, cbias, sweight, sbias, gn_weight, gn_bias, groups: int, eps: float
     ) -> torch.Tensor:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._ops import use_fused
+from ._ops import in_input_precision, use_fused
 from .registry import AttentionSpec, Knob, register_attention
 
 
@@ -20,6 +20,7 @@ class _SimAMFunction(torch.autograd.Function):
     """
 
     @staticmethod
+    @in_input_precision
     def forward(ctx, x: torch.Tensor, e_lambda: float):  # type: ignore[override]
         b, c, h, w = x.shape
         m = h * w
