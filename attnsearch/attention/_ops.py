@@ -46,6 +46,16 @@ def in_input_precision(forward: Callable) -> Callable:
     return wrapper
 
 
+def spatial_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum over H, W of a * b per (sample, channel), shape (B, C, 1, 1), for contiguous NCHW a and b.
+
+    One batched dot product: each operand is read once and no full-size product is written. b goes in as a
+    transposed (1, HW) view; the plain (HW, 1) view takes a much slower CPU bmm path.
+    """
+    n, c, h, w = a.shape
+    return torch.bmm(a.reshape(n * c, 1, h * w), b.reshape(n * c, 1, h * w).transpose(1, 2)).view(n, c, 1, 1)
+
+
 def spatial_mean(x: torch.Tensor) -> torch.Tensor:
     """``x.mean((2, 3), keepdim=True)`` whose input gradient is a broadcast view, not a full-size tensor.
 
@@ -65,7 +75,6 @@ class _MaxMeanPools(torch.autograd.Function):
     """
 
     @staticmethod
-    @in_input_precision
     def forward(ctx, x: torch.Tensor, dims: tuple[int, ...]):  # type: ignore[override]
         outs, idxs = [], []
         for d in dims:
@@ -117,8 +126,8 @@ def zpool_image(mx: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
 class _ChannelGate(torch.autograd.Function):
     """y = x * s for a per-(sample, channel) gate s of shape (B, C, 1, 1).
 
-    Backward gets ds = sum_HW(g * x) from one batched dot product (bmm) instead of a full-size product and a
-    separate reduction.
+    Backward gets ds = sum_HW(g * x) from ``spatial_dot`` instead of a full-size product and a separate
+    reduction.
     """
 
     @staticmethod
@@ -130,12 +139,10 @@ class _ChannelGate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
         x, s = ctx.saved_tensors
-        b, c, h, w = x.shape
         ds = None
         if ctx.needs_input_grad[1]:
             if g.is_contiguous():  # x is (use_fused)
-                ds = torch.bmm(g.view(b * c, 1, h * w), x.view(b * c, 1, h * w).transpose(1, 2))
-                ds = ds.view(b, c, 1, 1)
+                ds = spatial_dot(g, x)
             else:
                 ds = (g * x).sum((2, 3), keepdim=True)
         return (g * s if ctx.needs_input_grad[0] else None), ds
@@ -164,7 +171,6 @@ class _DirectionalPool(torch.autograd.Function):
     """(mean over W, mean over H) of x; backward writes both broadcast gradients in one pass."""
 
     @staticmethod
-    @in_input_precision
     def forward(ctx, x: torch.Tensor):  # type: ignore[override]
         ctx.hw = x.shape[2:]
         return x.mean(3), x.mean(2)

@@ -10,16 +10,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from ._ops import use_fused
+from ._ops import spatial_dot, use_fused
 from .registry import AttentionSpec, Knob, register_attention
 
 
 def _channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and biased variance of NCHW ``x`` over (N, H, W) in two reads (CPU batch norm takes ~8)."""
-    b, c, h, w = x.shape
-    n = b * h * w
-    flat = x.reshape(b * c, 1, h * w)
-    sum_sq = torch.bmm(flat, flat.transpose(1, 2)).view(b, c).sum(0)
+    """Per-channel mean and biased variance of NCHW ``x`` over (N, H, W) in two reads.
+
+    At 32x256x28x28 on one CPU thread these take ~2.5 ms; native_batch_norm's statistics and output ~20 ms.
+    """
+    n = x.numel() // x.shape[1]
+    sum_sq = spatial_dot(x, x).sum(0).flatten()
     mean = x.sum((0, 2, 3)) / n
     return mean, (sum_sq / n - mean * mean).clamp_min_(0)
 
@@ -78,9 +79,8 @@ class _NormGate(torch.autograd.Function):
         q = x * g
         q = torch.ops.aten.sigmoid_backward.grad_input(q, sig, grad_input=q)  # dL/dpre, in place
         if x.dim() == 4:
-            b, c, h, w = x.shape
             s1 = q.sum((0, 2, 3))
-            sqx = torch.bmm(q.view(b * c, 1, h * w), x.view(b * c, 1, h * w).transpose(1, 2)).view(b, c).sum(0)
+            sqx = spatial_dot(q, x).sum(0).flatten()
         else:  # (N, C) or (N, C, L): the pixel branch
             dims = (0,) + tuple(range(2, x.dim()))
             s1 = q.sum(dims)

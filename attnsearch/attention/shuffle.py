@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._ops import in_input_precision, use_fused
+from ._ops import in_input_precision, spatial_dot, use_fused
 from .registry import AttentionSpec, Knob, register_attention
 
 
@@ -59,7 +59,7 @@ class _ShuffleAttentionFunction(torch.autograd.Function):
         q = torch.mul(x.view(b, 2, c // 2, h, w), g5, out=x.new_empty((b, 2, c // 2, h, w)))
         q = torch.ops.aten.sigmoid_backward.grad_input(q, sig5, grad_input=q).reshape(b * c, 1, m)
         s1 = q.sum(2).view(b, g, 2, n)
-        s2 = torch.bmm(q, xhat.reshape(b * c, 1, m).transpose(1, 2)).view(b, g, 2, n)
+        s2 = spatial_dot(q.view(b, c, h, w), xhat).view(b, g, 2, n)
         pr = (sw * gw) * rstd.view(b, g, 2, n)[:, :, 1]  # P * rstd on the spatial half
         zero = torch.zeros_like(pr)
         k1 = torch.stack((zero, pr), 2)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._ops import in_input_precision, use_fused
+from ._ops import in_input_precision, spatial_dot, use_fused
 from .registry import AttentionSpec, Knob, register_attention
 
 
@@ -22,11 +22,9 @@ class _SimAMFunction(torch.autograd.Function):
     @staticmethod
     @in_input_precision
     def forward(ctx, x: torch.Tensor, e_lambda: float):  # type: ignore[override]
-        b, c, h, w = x.shape
-        m = h * w
+        m = x.shape[2] * x.shape[3]
         xc = x - x.mean((2, 3), keepdim=True)
-        flat = xc.reshape(b * c, 1, m)
-        sum_sq = torch.bmm(flat, flat.transpose(1, 2)).view(b, c, 1, 1)  # one read, no temporary
+        sum_sq = spatial_dot(xc, xc)
         s = 1.0 / (4.0 * (sum_sq / (m - 1) + e_lambda))
         sig = (xc * s).mul_(xc).add_(0.5).sigmoid_()
         ctx.save_for_backward(x, xc, sig, s)
@@ -35,13 +33,11 @@ class _SimAMFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
         x, xc, sig, s = ctx.saved_tensors
-        b, c, h, w = x.shape
-        m = h * w
+        m = x.shape[2] * x.shape[3]
         q = x * g  # then dL/de in place, and q (x - mu) in place: every temporary is a fresh allocation on CPU
         qx = torch.ops.aten.sigmoid_backward.grad_input(q, sig, grad_input=q).mul_(xc)
         sum_q = qx.sum((2, 3), keepdim=True)
-        # (m, 1) operand as a transposed (1, m) view: the plain (m, 1) view takes a much slower CPU bmm path
-        sum_q2 = torch.bmm(qx.reshape(b * c, 1, m), xc.reshape(b * c, 1, m).transpose(1, 2)).view(b, c, 1, 1)
+        sum_q2 = spatial_dot(qx, xc)
         dx = torch.addcmul(-2.0 * s * sum_q / m, g, sig)
         dx.addcmul_(qx, 2.0 * s)
         dx.addcmul_(xc, -8.0 * s * s * sum_q2 / (m - 1))
