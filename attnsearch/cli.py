@@ -1,29 +1,45 @@
 """The ``attnsearch`` command.
 
-Exit status: 0 on success, 2 for bad input (a message names the file, the key and the fix; nothing is started),
-1 for a failure while running.
+Exit status: 0 on success, 2 for bad input (``attnsearch.contract.InputError``: a message names the file, the key
+and the fix; nothing is started), 1 for a failure while running.
+
+Each command imports the layers it needs when it runs (the one place in the package with function-level imports
+of its own modules), so that ``attnsearch --help`` or ``attnsearch status`` does not pay for torch, Ray or MLflow.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
-import yaml
+from ._table import format_table
+from .contract import ConfigError, InputError, UsageError
 
-from .config import ConfigError
-
-
-class UsageError(Exception):
-    """Bad input on the command line: exit status 2."""
+if TYPE_CHECKING:
+    from .config import Job
 
 
-def _load(args) -> "Job":  # noqa: F821
+def _load(args) -> "Job":
+    """The command's job file, validated with its search space."""
     from .config import load_job
+    from .space import load_space
 
-    return load_job(args.job, overrides=args.set or ())
+    job = load_job(args.job, overrides=args.set or ())
+    load_space(job)
+    return job
+
+
+@contextlib.contextmanager
+def _argument(what: str) -> Iterator[None]:
+    """A library call on the user's arguments: its ``ValueError`` (the zoo's, the backbones', the Pareto tools'
+    way of naming a bad argument) is bad input here, not a failure."""
+    try:
+        yield
+    except ValueError as exc:
+        raise UsageError(f"{what}: {exc}") from None
 
 
 def cmd_run(args) -> int:
@@ -33,6 +49,11 @@ def cmd_run(args) -> int:
     text = Path(args.job).read_text()
     outcome = run_study(job, resume=args.resume if args.resume is not None else False, job_text=text)
     print(outcome.progress.line())
+    states = list(outcome.progress.states.values())
+    if states and all(state == "failed" for state in states):
+        print(f"attnsearch run: every trial failed ({len(states)} of {len(states)}); the reasons are in MLflow "
+              f"(tag attnsearch.reason) and in the trial folders under {outcome.experiment_path}", file=sys.stderr)
+        return 1
     if args.no_pareto:
         return 0
     from . import pareto
@@ -64,39 +85,42 @@ def cmd_modules(args) -> int:
             params = f"n/a ({exc})"
         knobs = ", ".join(k.describe() for k in spec.knobs.values()) or "-"
         rows.append((name, spec.slot, params, knobs, spec.summary))
-    print(_table(rows))
+    print(format_table(rows[0], rows[1:]))
     return 0
 
 
 def cmd_sites(args) -> int:
     from .models import format_sites, list_sites
 
-    print(format_sites(list_sites(args.backbone, input_size=args.input_size, width_mult=args.width_mult)))
+    with _argument("sites"):
+        sites = list_sites(args.backbone, input_size=args.input_size, width_mult=args.width_mult)
+    print(format_sites(sites))
     return 0
 
 
 def cmd_flops(args) -> int:
+    from .config import parse_yaml
+    from .data import dataset_info
     from .flops import count
     from .models import build_model
 
+    attention = parse_yaml(args.attention, "--attention") if args.attention else None
     if args.job:
-        from .data import dataset_info
-
         job = _load(args)
         info = dataset_info(job.data)
         backbone, width = job.backbone.name, job.backbone.width_mult
         num_classes = job.backbone.num_classes or info.num_classes
         size = args.input_size or info.image_size
-        attention = yaml.safe_load(args.attention) if args.attention else None
     else:
         if not args.backbone:
             raise UsageError("flops: give a JOB file or --backbone NAME (with --attention '{type: se}')")
         backbone, width, num_classes = args.backbone, args.width_mult, args.num_classes
         size = args.input_size or 224
-        attention = yaml.safe_load(args.attention) if args.attention else None
     if attention is not None and not isinstance(attention, dict):
         raise UsageError("--attention must be a YAML mapping, e.g. '{type: se, reduction: 8, stages: [3, 4]}'")
-    model = build_model(backbone, num_classes=num_classes, attention=attention, input_size=size, width_mult=width)
+    with _argument("flops"):
+        model = build_model(backbone, num_classes=num_classes, attention=attention, input_size=size,
+                            width_mult=width)
     c = count(model, input_size=(1, 3, size, size))
     print(f"{backbone} at {size}x{size}, attention={attention or 'none'}")
     for key in ("macs", "flops", "params", "attn_macs", "attn_flops", "attn_params"):
@@ -105,19 +129,19 @@ def cmd_flops(args) -> int:
     if c.get("sites"):
         rows = [("site", "type", "flops", "params")]
         rows += [(name, s.get("type", ""), f"{s['flops']:,}", f"{s['params']:,}") for name, s in c["sites"].items()]
-        print(_table(rows))
+        print(format_table(rows[0], rows[1:]))
     return 0
 
 
-def _experiment_and_uri(target: str, args, overrides) -> tuple[str, str, "Job | None"]:  # noqa: F821
+def _experiment_and_uri(target: str, args, overrides) -> tuple[str, str, "Job | None"]:
     from .config import load_job
+    from .uris import resolve_tracking_uri
 
     if target.endswith((".yaml", ".yml")) or Path(target).is_file():
         job = load_job(target, overrides=overrides or ())
         return job.tracking.experiment or job.name, args.tracking_uri or job.tracking.uri, job
-    from .tracking import resolve_tracking_uri
-
-    return target, resolve_tracking_uri(args.tracking_uri or "sqlite:///mlflow.db", Path.cwd()), None
+    with _argument("--tracking-uri"):
+        return target, resolve_tracking_uri(args.tracking_uri or "sqlite:///mlflow.db"), None
 
 
 def _objectives(text: str | None, job) -> dict[str, str]:
@@ -136,10 +160,11 @@ def cmd_pareto(args) -> int:
     from . import pareto
 
     experiment, uri, job = _experiment_and_uri(args.target, args, args.set)
-    front, hv = pareto.analyze(
-        uri, experiment, objectives=_objectives(args.objectives, job), budget=args.budget,
-        out=args.out, plot=args.plot,
-    )
+    with _argument(args.target):
+        front, hv = pareto.analyze(
+            uri, experiment, objectives=_objectives(args.objectives, job), budget=args.budget,
+            out=args.out, plot=args.plot,
+        )
     print(f"Pareto front of {experiment!r} ({len(front)} trials, budget={args.budget}, hypervolume {hv:.6g}):")
     print(pareto.format_front(front))
     for path in (args.out, args.plot):
@@ -150,7 +175,7 @@ def cmd_pareto(args) -> int:
 
 def cmd_sync(args) -> int:
     from .search import existing_studies, study_path
-    from .tracking import sync_study
+    from .tracking.sync import sync_study
 
     job = _load(args)
     studies = [args.study] if args.study else existing_studies(job)
@@ -172,13 +197,6 @@ def cmd_ui(args) -> int:
     command = ui_command(job.tracking.uri, host=args.host, port=args.port)
     print("running:", " ".join(command))
     return subprocess.call(command)
-
-
-def _table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,23 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _bad_input_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [ConfigError, UsageError, ValueError]
-    # A tracking store that cannot be used is bad input too; the module (MLflow, Ray) is imported only by
-    # commands that track, and an error of that type can only come from an imported module.
-    tracking = sys.modules.get("attnsearch.tracking")
-    if tracking is not None:
-        errors.append(tracking.TrackingError)
-    return tuple(errors)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except Exception as exc:
-        if not isinstance(exc, _bad_input_errors()):
-            raise
+    except InputError as exc:
         print(f"attnsearch {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

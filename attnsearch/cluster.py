@@ -30,7 +30,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from ._table import format_table
 from .config import ConfigError, apply_overrides, load_job, parse_override, read_yaml
+from .space import load_space
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
@@ -219,6 +221,7 @@ def build_working_dir(
     """
     job_path = Path(job_path)
     job = load_job(job_path, overrides)  # the whole job and its space are checked before anything is sent
+    load_space(job)
     raw = read_yaml(job_path, "job file")
     if not isinstance(raw, dict):  # load_job already refused this; keeps the type checker honest
         raise ConfigError(f"{job_path}: expected a mapping")
@@ -311,15 +314,12 @@ def _duration(start: int | None, end: int | None) -> str:
 
 def format_jobs(jobs: Sequence[Any]) -> str:
     """A table of ``JobDetails``: oldest first."""
-    rows = [("submission id", "status", "started", "duration", "entrypoint")]
+    rows = []
     for info in sorted(jobs, key=lambda j: j.start_time or 0):
         entry = info.entrypoint or ""
         rows.append((info.submission_id or info.job_id or "-", str(info.status), _when(info.start_time),
                      _duration(info.start_time, info.end_time), entry if len(entry) <= 70 else entry[:67] + "..."))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return format_table(("submission id", "status", "started", "duration", "entrypoint"), rows)
 
 
 def format_job(info: Any) -> str:

@@ -19,31 +19,21 @@ import difflib
 import re
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-if TYPE_CHECKING:
-    from .space import SearchSpace
+from .contract import EPOCH_METRICS, METRICS, ConfigError
+from .models import BACKBONES
+from .uris import resolve_path, resolve_storage, resolve_tracking_uri
 
-# Metric names of the design doc; the objectives of a search are a subset of these.
-METRICS = ("val_acc", "val_loss", "train_loss", "flops", "macs", "params", "attn_flops", "attn_params")
-# Metrics that change from epoch to epoch: the only ones an early-stopping scheduler can compare.
-EPOCH_METRICS = ("val_acc", "val_loss", "train_loss")
-DATASETS = ("digits", "cifar10", "cifar100", "imagenet", "folder", "fake")
 DATASETS_WITH_ROOT = ("cifar10", "cifar100", "imagenet", "folder")
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
 # Image side the models see when data.image_size is null (ImageNet-style folders are cropped to 224).
 NATIVE_IMAGE_SIZE = {"digits": 16, "cifar10": 32, "cifar100": 32, "imagenet": 224, "folder": 224, "fake": 32}
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-class ConfigError(Exception):
-    """A bad job or search-space file: ``str(err)`` is the whole message for the user (the CLI exits 2)."""
 
 
 # --------------------------------------------------------------------------------------------------- YAML
@@ -106,7 +96,8 @@ def read_yaml(path: str | Path, what: str = "file") -> Any:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN/inf survive a JSON round trip (the job travels to trials and into caches as JSON)
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
 
 
 def _known(value: str, valid: Iterable[str], what: str) -> str:
@@ -132,8 +123,6 @@ class BackboneConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known_backbone(cls, value: str) -> str:
-        from .models import BACKBONES  # lazy: keeps `import attnsearch.config` free of torch
-
         return _known(value, BACKBONES, "backbone")
 
 
@@ -217,6 +206,10 @@ class SearchConfig(_Strict):
     max_concurrent: int = Field(2, ge=1)
     objectives: dict[str, Literal["max", "min"]] = Field(default_factory=lambda: {"val_acc": "max", "flops": "min"})
     seed: int = Field(0, ge=0)
+    # train `attention: none` once at the full budget, first: what every front member is compared with
+    baseline: bool = True
+    # end the study once its trials have trained this many epochs in total (null: after num_samples trials)
+    budget_epochs: int | None = Field(None, ge=1)
 
     @field_validator("space", mode="before")
     @classmethod
@@ -236,7 +229,7 @@ class SearchConfig(_Strict):
 
 
 class SchedulerConfig(_Strict):
-    type: Literal["asha", "none"] = "asha"
+    type: Literal["asha", "moasha", "none"] = "asha"
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(3, gt=1)
 
@@ -289,7 +282,6 @@ class Job(_Strict):
 
     _source: Path | None = PrivateAttr(None)
     _label: str | None = PrivateAttr(None)
-    _space: Any = PrivateAttr(None)
 
     @field_validator("name")
     @classmethod
@@ -300,15 +292,17 @@ class Job(_Strict):
 
     @model_validator(mode="after")
     def _scheduler_fits(self) -> "Job":
-        if self.scheduler.type == "asha":
+        kind = self.scheduler.type
+        if kind in ("asha", "moasha"):
             if self.train.epochs < self.scheduler.grace_period:
                 raise ValueError(
-                    f"train.epochs ({self.train.epochs}) is ASHA's max_t and must be >= scheduler.grace_period "
-                    f"({self.scheduler.grace_period}); raise train.epochs or lower scheduler.grace_period"
+                    f"train.epochs ({self.train.epochs}) is the scheduler's max_t and must be >= "
+                    f"scheduler.grace_period ({self.scheduler.grace_period}); raise train.epochs or lower "
+                    "scheduler.grace_period"
                 )
             if not any(m in EPOCH_METRICS for m in self.search.objectives):
                 raise ValueError(
-                    f"scheduler.type 'asha' stops trials on a per-epoch metric, but search.objectives "
+                    f"scheduler.type {kind!r} stops trials on a per-epoch metric, but search.objectives "
                     f"{list(self.search.objectives)} has none of {list(EPOCH_METRICS)}; add one or set "
                     f"scheduler.type: none"
                 )
@@ -328,15 +322,6 @@ class Job(_Strict):
     def label(self) -> str:
         """How messages name the job file: the path as the user gave it."""
         return self._label or (str(self._source) if self._source else "<job>")
-
-    @property
-    def space(self) -> "SearchSpace":
-        """The validated search space (loaded on first use and cached on the job)."""
-        if self._space is None:
-            from .space import load_space
-
-            self._space = load_space(self)
-        return self._space
 
     def job_dict(self) -> dict[str, Any]:
         """The resolved job as plain YAML/JSON types."""
@@ -465,37 +450,6 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], source: str) 
 # --------------------------------------------------------------------------------------------------- loading
 
 
-def resolve_path(value: str, job_dir: Path | None, cwd: Path | None = None) -> str:
-    """Absolute form of a data/space/weights path: cwd if it exists there, else the job's directory, else cwd."""
-    path = Path(value).expanduser()
-    if path.is_absolute():
-        return str(path)
-    cwd = cwd or Path.cwd()
-    if (cwd / path).exists() or job_dir is None or not (job_dir / path).exists():
-        return str((cwd / path).resolve())
-    return str((job_dir / path).resolve())
-
-
-def resolve_storage(value: str, cwd: Path | None = None) -> str:
-    """Absolute form of a local path relative to cwd; URIs with a scheme (``s3://``, ``file://``) are kept."""
-    if _SCHEME_RE.match(value):
-        return value
-    return str(((cwd or Path.cwd()) / Path(value).expanduser()).resolve())
-
-
-def resolve_tracking_uri(uri: str, cwd: Path | None = None) -> str:
-    """``sqlite:///mlflow.db`` -> ``sqlite:////abs/cwd/mlflow.db``; a bare relative path -> absolute path."""
-    cwd = cwd or Path.cwd()
-    if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///"):]
-        if path and not path.startswith("/") and path != ":memory:":
-            return "sqlite:///" + str((cwd / path).resolve())
-        return uri
-    if _SCHEME_RE.match(uri) or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri):
-        return uri
-    return str((cwd / uri).resolve())
-
-
 def _resolve_paths(job: Job, job_dir: Path | None) -> None:
     if isinstance(job.search.space, str):
         job.search.space = resolve_path(job.search.space, job_dir)
@@ -504,7 +458,10 @@ def _resolve_paths(job: Job, job_dir: Path | None) -> None:
     if job.backbone.weights_path:
         job.backbone.weights_path = resolve_path(job.backbone.weights_path, job_dir)
     job.ray.storage_path = resolve_storage(job.ray.storage_path)
-    job.tracking.uri = resolve_tracking_uri(job.tracking.uri)
+    try:
+        job.tracking.uri = resolve_tracking_uri(job.tracking.uri)
+    except ValueError as exc:
+        raise ConfigError(f"{job.label}: tracking.uri: {exc}") from None
 
 
 def validate_job(raw: Any, source: str = "<job>", job_dir: Path | None = None) -> Job:
@@ -517,13 +474,13 @@ def validate_job(raw: Any, source: str = "<job>", job_dir: Path | None = None) -
         job = Job.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source, Job)) from None
-    _resolve_paths(job, job_dir)
     job._label = source
+    _resolve_paths(job, job_dir)
     return job
 
 
-def load_job(path: str | Path, overrides: Sequence[str] = (), *, load_space: bool = True) -> Job:
-    """Read, override, validate and resolve a job file; with ``load_space`` also validate its search space."""
+def load_job(path: str | Path, overrides: Sequence[str] = ()) -> Job:
+    """Read, override, validate and resolve a job file (its search space: ``attnsearch.space.load_space``)."""
     path = Path(path)
     raw = read_yaml(path, "job file")
     source = str(path)
@@ -534,6 +491,4 @@ def load_job(path: str | Path, overrides: Sequence[str] = (), *, load_space: boo
         source = f"{path} (with --set {' '.join(overrides)})"
     job = validate_job(raw, source, path.resolve().parent)
     job._source = path.resolve()
-    if load_space:
-        _ = job.space
     return job

@@ -172,7 +172,7 @@ def _digits_file() -> Path | None:
 @lru_cache(maxsize=2)
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """(images (1797, 8, 8) in [0, 1], labels). Reads scikit-learn's bundled CSV directly: importing
-    ``sklearn.datasets`` costs ~2 s per process, the file 0.1 s (same array as ``load_digits()``)."""
+    ``sklearn.datasets`` costs seconds per process, the file is the same array as ``load_digits()``."""
     path = _digits_file()
     if path is not None:
         table = np.loadtxt(path, delimiter=",", dtype=np.float32)

@@ -29,7 +29,9 @@ import moocore
 import numpy as np
 import pandas as pd
 
-from .tracking import (
+from ._table import format_table
+from .contract import (
+    EPOCH_METRICS,
     TAG_BUDGET,
     TAG_PARAM_TYPES,
     TAG_PARENT,
@@ -39,11 +41,8 @@ from .tracking import (
     TAG_STATE,
     TAG_STUDY,
     TAG_TRIAL,
-    _fast_http,
-    _quote,
-    _search_all,
-    decode_param,
 )
+from .tracking import decode_param, fast_http, latest_parent, quote, search_all
 
 __all__ = [
     "DEFAULT_OBJECTIVES",
@@ -104,7 +103,7 @@ def load_runs(
     """
     from mlflow import MlflowClient
 
-    with _fast_http():
+    with fast_http():
         client = MlflowClient(tracking_uri)
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
@@ -112,10 +111,10 @@ def load_runs(
             raise ValueError(f"no MLflow experiment named {experiment!r} in this store; experiments: {known}")
         flt = f"tags.`{TAG_ROLE}` = 'trial'"
         if parent_run_id:
-            flt += f" and tags.`{TAG_PARENT}` = {_quote(parent_run_id)}"
+            flt += f" and tags.`{TAG_PARENT}` = {quote(parent_run_id)}"
         if study_id:
-            flt += f" and tags.`{TAG_STUDY}` = {_quote(study_id)}"
-        runs = _search_all(client, [exp.experiment_id], flt)
+            flt += f" and tags.`{TAG_STUDY}` = {quote(study_id)}"
+        runs = search_all(client, [exp.experiment_id], flt)
 
     base, params, kinds, metrics = [], {}, {}, {}
     for i, run in enumerate(sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))):
@@ -302,6 +301,34 @@ def hypervolume(
     return float(moocore.hypervolume(points[better], ref=ref_vec, maximise=maximise))
 
 
+def baseline_row(df: pd.DataFrame) -> pd.Series | None:
+    """The study's baseline: its first ``attention: none`` trial completed at the full budget (None if absent)."""
+    if "attention" not in df.columns:
+        return None
+    full = competing(df, "full")
+    rows = full[full["attention"].astype(str) == "none"]
+    if "start_time" in rows.columns:
+        rows = rows.sort_values("start_time", kind="stable")
+    return None if rows.empty else rows.iloc[0]
+
+
+def relative_to_baseline(front: pd.DataFrame, baseline: pd.Series, objectives: Mapping[str, str]) -> pd.DataFrame:
+    """``front`` with, per objective, ``delta_<m>`` (a per-epoch metric minus the baseline's: accuracy points)
+    or ``<m>_ratio`` (a count over the baseline's: 1.5 = 50 % more FLOPs); ``val_acc`` and ``flops`` always."""
+    out = front.copy()
+    for metric in dict.fromkeys([*objectives, "val_acc", "flops"]):
+        if metric not in out.columns or not _present(baseline.get(metric)):
+            continue
+        values = pd.to_numeric(out[metric], errors="coerce").astype("float64")
+        if metric in EPOCH_METRICS:
+            out[f"delta_{metric}"] = values - float(baseline[metric])
+        elif float(baseline[metric]):
+            out[f"{metric}_ratio"] = values / float(baseline[metric])
+    out.attrs = {**front.attrs, "baseline": {k: baseline.get(k) for k in ("run_id", "run_name", *objectives)
+                                            if k in baseline.index}}
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Output
 
@@ -351,6 +378,11 @@ def plot_front(
         best = front_pts[front_pts["attention"].astype(str) == kind] if kind is not None else front_pts
         ax.scatter(best[x], best[y], s=46, color=colors.get(kind, "C0"), edgecolors="black", linewidths=0.8,
                    label=kind, zorder=3)
+    base = front.attrs.get("baseline") or {}
+    if _present(base.get(x)) and _present(base.get(y)):
+        ax.scatter([base[x]], [base[y]], marker="*", s=180, color="gold", edgecolors="black", linewidths=0.8,
+                   label="baseline (none)", zorder=4)
+        ax.axhline(base[y], color="grey", linestyle=":", linewidth=0.8, zorder=1)
     if len(objectives) == 2 and len(front_pts):
         stair = front_pts.sort_values(x, ascending=objectives[x] == "min")
         ax.step(stair[x], stair[y], where="post", color="black", linewidth=1.0, alpha=0.7, zorder=2)
@@ -417,7 +449,9 @@ def format_front(front: pd.DataFrame, objectives: Mapping[str, str] | None = Non
     if not len(front):
         return "(empty Pareto front: no trial competed at this budget; try budget='any')"
     extra = [k for k in objectives if k not in ("val_acc", "flops", "params")]
-    header = ["attention", "sites", "knobs", "budget", "val_acc", "flops", "params", *extra]
+    relative = [c for c in front.columns if c.startswith("delta_") or c.endswith("_ratio")]
+    header = ["attention", "sites", "knobs", "budget", "val_acc", "flops", "params", *extra,
+              *[f"{c[6:]} vs base" if c.startswith("delta_") else f"{c[:-6]} x base" for c in relative]]
     rows = []
     for _, r in front.iterrows():
         kind = str(r.get("attention", "?"))
@@ -426,7 +460,7 @@ def format_front(front: pd.DataFrame, objectives: Mapping[str, str] | None = Non
             for c in ("stages", "blocks", "position") if c in r.index and _present(r[c])
         )
         knobs = [f"{c.split('.', 1)[1]}={_short(r[c])}" for c in r.index
-                 if (c.startswith(kind + ".") or c.startswith("train.")) and _present(r[c])]
+                 if c.startswith((kind + ".", "train.", "backbone.", "data.")) and _present(r[c])]
         acc = r.get("val_acc")
         rows.append([
             kind, sites or "-", " ".join(knobs) or "-",
@@ -434,12 +468,16 @@ def format_front(front: pd.DataFrame, objectives: Mapping[str, str] | None = Non
             f"{acc:.4f}" if _present(acc) else "-",
             _human(r.get("flops")), _human(r.get("params")),
             *[_human(r.get(k)) for k in extra],
+            *[("-" if not _present(r.get(c)) else f"{r[c]:+.4f}" if c.startswith("delta_") else f"{r[c]:.3g}x")
+              for c in relative],
         ])
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
-    return "\n".join(lines)
+    table = format_table(header, rows)
+    base = front.attrs.get("baseline")
+    if base:
+        shown = ", ".join(f"{k} {_human(v) if k != 'val_acc' else f'{v:.4f}'}" for k, v in base.items()
+                          if k in objectives and _present(v))
+        table += f"\nbaseline: {base.get('run_name', 'none')} ({shown})"
+    return table
 
 
 def _short(value: Any) -> str:
@@ -471,25 +509,17 @@ def analyze(
 
     objectives = _objectives(objectives)
     client = MlflowClient(uri)
-    with _fast_http():
+    with fast_http():
         if parent_run_id is None:
-            exp = client.get_experiment_by_name(experiment)
-            if exp is None:
-                raise ValueError(f"no MLflow experiment named {experiment!r}")
-            flt = f"tags.`{TAG_ROLE}` = 'study'"
-            if study_id is not None:
-                flt += f" and tags.`{TAG_STUDY}` = {_quote(study_id)}"
-            parents = client.search_runs([exp.experiment_id], flt, max_results=1,
-                                         order_by=["attributes.start_time DESC"])
-            if not parents:
-                which = f"study {study_id!r}" if study_id else "any study"
-                raise ValueError(f"no parent run for {which} in MLflow experiment {experiment!r}")
-            parent_run_id = parents[0].info.run_id
+            parent = latest_parent(client, experiment, study_id)
+            parent_run_id = parent.info.run_id
             if study_id is None:
-                logger.info("analysing the latest study of %r: %s", experiment,
-                            parents[0].data.tags.get(TAG_STUDY))
+                logger.info("analysing the latest study of %r: %s", experiment, parent.data.tags.get(TAG_STUDY))
     df = load_runs(experiment, tracking_uri=uri, parent_run_id=parent_run_id)
     front = pareto_front(df, objectives, budget)
+    baseline = baseline_row(df)
+    if baseline is not None:
+        front = relative_to_baseline(front, baseline, objectives)
     ref = _reference(front, objectives, reference if reference is not None else front.attrs["reference"])
     hv = hypervolume(front, objectives, ref)
     front.attrs["reference"] = ref
@@ -507,15 +537,18 @@ def analyze(
         if plot is not None:
             Path(plot).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(png, plot)
-        with _fast_http():
+        with fast_http():
             client.log_artifact(parent_run_id, str(csv))
             client.log_artifact(parent_run_id, str(png))
             from mlflow.entities import Metric
 
             now = int(pd.Timestamp.now().timestamp() * 1000)
+            base = front.attrs.get("baseline") or {}
             client.log_batch(
                 parent_run_id,
-                metrics=[Metric("pareto.hypervolume", hv, now, 0), Metric("pareto.size", len(front), now, 0)],
+                metrics=[Metric("pareto.hypervolume", hv, now, 0), Metric("pareto.size", len(front), now, 0),
+                         *[Metric(f"baseline.{k}", float(v), now, 0) for k, v in base.items()
+                           if k in objectives and _present(v)]],
                 tags=[
                     RunTag("attnsearch.pareto.objectives", json.dumps(objectives)),
                     RunTag("attnsearch.pareto.reference", json.dumps(ref)),

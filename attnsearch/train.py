@@ -6,12 +6,12 @@ so the search-overhead benchmark runs exactly the same code in a bare PyTorch lo
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
@@ -19,26 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import nam_penalty
-from .config import Job, TrainConfig
+from .config import DataConfig, Job, TrainConfig
+from .contract import REASON_KEY, STATE_KEY, STATIC_METRICS
+from .data import build_datasets, build_loaders
 from .flops import count
 from .models import build_model
+from .space import TrialSettings, feasible, materialize
 
-STATE_KEY = "attnsearch_state"
-REASON_KEY = "attnsearch_reason"
 CHECKPOINT_FILE = "checkpoint.pt"
 
 Report = Callable[[dict, "dict | None"], None]  # (metrics, checkpoint state or None)
-
-_DATA_CACHE: dict[str, Any] = {}  # datasets survive across trials when Ray reuses the actor
-
-
-@dataclass
-class TrialPlan:
-    """What a trial trains: the model's attention dict, its training settings and NAM's penalty weight p."""
-
-    attention: dict | None
-    train: TrainConfig
-    nam_penalty: float = 0.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,24 +39,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_data(job: Job):
-    """Datasets for ``job.data``, cached per process so that reused Ray actors load them once."""
-    from .data import build_datasets
-
-    key = job.data.model_dump_json()
-    if key not in _DATA_CACHE:
-        _DATA_CACHE.clear()
-        _DATA_CACHE[key] = build_datasets(job.data)
-    return _DATA_CACHE[key]
+def load_data(job: Job, image_size: int | None = None):
+    """Datasets for ``job.data`` (at ``image_size`` when given), cached per process so that reused Ray actors
+    load them once per size."""
+    cfg = job.data if image_size is None else job.data.model_copy(update={"image_size": image_size})
+    return _datasets(cfg.model_dump_json())
 
 
-def build_for_job(job: Job, plan: TrialPlan, num_classes: int, image_size: int) -> nn.Module:
+@functools.lru_cache(maxsize=4)
+def _datasets(data_json: str):
+    return build_datasets(DataConfig.model_validate_json(data_json))
+
+
+def build_for_job(job: Job, plan: TrialSettings, num_classes: int, image_size: int) -> nn.Module:
     return build_model(
         job.backbone.name,
         num_classes=num_classes,
         attention=plan.attention,
         input_size=image_size,
-        width_mult=job.backbone.width_mult,
+        width_mult=plan.width_mult,
         pretrained=job.backbone.pretrained,
         weights_path=job.backbone.weights_path,
     )
@@ -74,8 +65,7 @@ def build_for_job(job: Job, plan: TrialPlan, num_classes: int, image_size: int) 
 
 def count_model(model: nn.Module, image_size: int) -> dict[str, int]:
     c = count(model, input_size=(1, 3, image_size, image_size))
-    keys = ("flops", "macs", "params", "attn_flops", "attn_macs", "attn_params")
-    return {k: int(c[k]) for k in keys if k in c}
+    return {k: int(c[k]) for k in STATIC_METRICS if k in c}
 
 
 def over_budget(job: Job, counts: Mapping[str, int]) -> str | None:
@@ -148,7 +138,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_ctx, channels_l
 
 def fit(
     job: Job,
-    plan: TrialPlan,
+    plan: TrialSettings,
     report: Report,
     checkpoint: Mapping[str, Any] | None = None,
     counts_out: dict | None = None,
@@ -163,7 +153,7 @@ def fit(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    train_ds, val_ds, info = load_data(job)
+    train_ds, val_ds, info = load_data(job, plan.image_size)
     model = build_for_job(job, plan, info.num_classes, info.image_size)
     counts = count_model(model, info.image_size)
     if counts_out is not None:
@@ -172,8 +162,6 @@ def fit(
     if reason:
         report({STATE_KEY: "infeasible", REASON_KEY: reason, "epoch": 0, **counts}, None)
         return "infeasible"
-
-    from .data import build_loaders
 
     train_loader, val_loader = build_loaders(
         job.data, train_ds, val_ds, seed=cfg.seed, pin_memory=device.type == "cuda"
@@ -202,6 +190,8 @@ def fit(
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
+        # the shuffle of epoch k depends on (seed, k) only: a trial resumed from a checkpoint sees the same order
+        train_loader.generator.manual_seed(cfg.seed + 1_000_003 * epoch)
         model.train()
         loss_sum = pen_sum = 0.0
         seen = 0
@@ -265,18 +255,14 @@ def fit(
     return "completed"
 
 
-def plan_for(job: Job, params: Mapping[str, Any]) -> TrialPlan:
-    from .space import materialize
-
-    settings = materialize(job, dict(params))
-    return TrialPlan(attention=settings.attention, train=settings.train, nam_penalty=settings.nam_penalty)
+def plan_for(job: Job, params: Mapping[str, Any]) -> TrialSettings:
+    """What the trial with these params trains (``attnsearch.space.materialize``)."""
+    return materialize(job, dict(params))
 
 
 def run_trial(config: dict, job_dict: dict) -> None:
     """Ray Tune function trainable: one trial of the study described by ``job_dict``."""
-    from ray import tune
-
-    from .space import feasible
+    from ray import tune  # the trainable runs in a Ray worker; the loop above needs no Ray
 
     job = Job.model_validate(job_dict)
     reason = feasible(job, config)

@@ -1,9 +1,145 @@
-"""Session-wide settings every test's Ray processes must agree on."""
+"""Session-wide settings every test's Ray processes must agree on, the shared Ray fixtures, and the rule that
+the ``slow`` marker marks exactly the tests that start Ray or a server (enforced below, not only by hand).
 
+Plain helpers (free_port, write_job, remove_dir, ray_env) live in tests/_helpers.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
 import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from _helpers import remove_dir
 
 # A ~/.ray/auth_token on the machine turns Ray's token auth on for new clusters, and Ray caches the mode per
 # process: tests that start clusters with auth disabled and tests that start them with the default would then
 # disagree inside one pytest process ("Missing authorization header"). Every cluster the tests start is local.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+# --------------------------------------------------------------------------------------------------- Ray fixtures
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local 2-CPU Ray in this process for the module's tests (Tune searches, run_study joining it).
+
+    Module-scoped rather than session-scoped: other tests shut Ray down on purpose (ray_driver), and a module
+    that needs none never pays for one."""
+    ray = pytest.importorskip("ray")
+    ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def ray_driver(monkeypatch):
+    """This process drives a study (`attnsearch run`, run_study) that starts its own local Ray, or must refuse
+    before starting one: no Ray running before or after, none joined through $RAY_ADDRESS, and Ray's state in
+    a fresh /tmp folder removed afterwards instead of /tmp/ray."""
+    ray = pytest.importorskip("ray")
+    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    monkeypatch.setenv("RAY_TMPDIR", str(temp))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ray.shutdown()
+    try:
+        yield temp
+    finally:
+        ray.shutdown()
+        remove_dir(temp)
+
+
+# --------------------------------------------------------------------------------------------------- slow rule
+#
+# `slow` marks exactly the tests that start Ray or a server. A test not marked slow fails (an error at its
+# teardown) when, from its setup to its teardown, this process called ray.init (tune.Tuner.fit and Ray's
+# auto-init call it too), or spawned `ray start`, `mlflow server|ui` or `attnsearch run|ui`, or Ray came up, or
+# the test uses the local_ray fixture. The reverse (a slow test that starts nothing) is checked by hand.
+
+_STARTS: list[str] = []  # what this process started, in order: "ray.init(...)", "`ray start ...`"
+_SERVER_COMMANDS = {("ray", "start"), ("mlflow", "server"), ("mlflow", "ui"), ("attnsearch", "run"),
+                    ("attnsearch", "ui")}
+_BEFORE = pytest.StashKey[tuple[int, bool]]()
+_UNDO: list = []
+
+
+def _ray_up() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and hasattr(ray, "is_initialized") and ray.is_initialized()
+
+
+def _server_command(args) -> str | None:
+    if isinstance(args, (str, bytes, os.PathLike)):
+        words = os.fsdecode(args).split()  # a shell command line, or one program without arguments
+    else:
+        words = [os.fsdecode(a) for a in args]
+    names = [os.path.basename(w) for w in words]
+    if any(pair in _SERVER_COMMANDS for pair in itertools.pairwise(names)):
+        return " ".join(words)
+    return None
+
+
+def pytest_configure(config):
+    try:
+        import ray
+    except ImportError:
+        ray = None
+    if ray is not None:
+        real_init = ray.init
+
+        @functools.wraps(real_init)
+        def init(*args, **kwargs):
+            _STARTS.append(f"ray.init(address={kwargs.get('address', args[0] if args else None)!r})")
+            return real_init(*args, **kwargs)
+
+        ray.init = init
+        _UNDO.append(lambda: setattr(ray, "init", real_init))
+
+    real_popen_init = subprocess.Popen.__init__
+
+    @functools.wraps(real_popen_init)
+    def popen_init(self, args, *rest, **kwargs):
+        command = _server_command(args)
+        if command:
+            _STARTS.append(f"`{command}`")
+        return real_popen_init(self, args, *rest, **kwargs)
+
+    subprocess.Popen.__init__ = popen_init
+    _UNDO.append(lambda: setattr(subprocess.Popen, "__init__", real_popen_init))
+
+
+def pytest_unconfigure(config):
+    while _UNDO:
+        _UNDO.pop()()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    item.stash[_BEFORE] = (len(_STARTS), _ray_up())  # before any fixture of this test is set up
+
+
+@pytest.fixture(autouse=True)
+def _slow_marks_what_starts_ray_or_a_server(request):
+    yield
+    item = request.node
+    if item.get_closest_marker("slow") is not None:
+        return
+    first, was_up = item.stash.get(_BEFORE, (len(_STARTS), True))
+    started = list(_STARTS[first:])
+    if not started and not was_up and _ray_up():
+        started.append("a Ray that is still initialized")
+    if "local_ray" in request.fixturenames:
+        started.append("the local_ray fixture (it needs one)")
+    if started:
+        pytest.fail(f"{item.nodeid} is not marked slow but started Ray or a server: {'; '.join(started)}. Mark it "
+                    "@pytest.mark.slow (slow marks exactly the tests that start Ray or a server)", pytrace=False)

@@ -11,7 +11,6 @@ import hashlib
 import http.server
 import shutil
 import socket
-import tempfile
 import textwrap
 import threading
 import time
@@ -21,6 +20,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
+
+from _helpers import free_port  # noqa: E402
 
 from attnsearch import search  # noqa: E402
 from attnsearch.cli import main  # noqa: E402
@@ -58,21 +59,6 @@ NAM_SPACE = "attention:\n  type: [none, nam]\n  stages: [[3]]\n  knobs:\n    nam
 PREVIOUS_STUDY = "bad-20260101-000000"
 
 
-def remove_dir(path: Path) -> None:
-    """rmtree that outlasts Ray processes still writing their last log lines while they exit."""
-    for _ in range(10):
-        shutil.rmtree(path, ignore_errors=True)
-        if not path.exists():
-            return
-        time.sleep(0.5)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def previous_store(tmp_path_factory) -> Path:
     """An MLflow store holding a finished earlier study of experiment 'bad': a parent run and a trial run."""
@@ -101,20 +87,12 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def workdir(tmp_path, monkeypatch, previous_store):
+def workdir(tmp_path, monkeypatch, previous_store, ray_driver):
     """The job's folder: job.yaml + space.yaml + the previous study's store; Ray state kept out of /tmp/ray."""
     shutil.copy(previous_store / "mlflow.db", tmp_path / "mlflow.db")
     shutil.copytree(previous_store / "mlartifacts", tmp_path / "mlartifacts")
     monkeypatch.chdir(tmp_path)
-    ray_tmp = Path(tempfile.mkdtemp(prefix="rb", dir="/tmp"))  # short: Ray's socket paths have a length limit
-    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    ray.shutdown()
-    try:
-        yield tmp_path
-    finally:
-        ray.shutdown()
-        remove_dir(ray_tmp)
+    return tmp_path
 
 
 def refuse(workdir: Path, capsys, *, job: str = JOB, space: str = SPACE, args: tuple[str, ...] = (),
@@ -326,7 +304,7 @@ def test_ray_address_where_something_else_answers(workdir, capsys):
 
 
 def test_silent_ray_address_times_out(monkeypatch):
-    monkeypatch.setattr(search, "RAY_CONNECT_TIMEOUT_S", 1.0)
+    monkeypatch.setattr("attnsearch.search._cluster.RAY_CONNECT_TIMEOUT_S", 1.0)
     with socket.socket() as listener:  # the kernel accepts the connection; nobody ever speaks
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _helpers import free_port, ray_env, write_job
 
 from attnsearch import cluster
 from attnsearch.cluster import add_cluster_commands, build_working_dir, check_reachable, resolve_address
 from attnsearch.config import ConfigError, load_job
+from attnsearch.space import load_space
 
 SPACE = textwrap.dedent(
     """\
@@ -38,41 +40,19 @@ SPACE = textwrap.dedent(
 )
 
 
-def write_job(root: Path, extra: str = "", space_ref: str = "../spaces/tiny.yaml") -> Path:
+def cluster_job(root: Path, space_ref: str | dict = "../spaces/tiny.yaml", **sections) -> Path:
     """A job in root/jobs whose space lives in root/spaces and whose data folder sits beside it."""
-    (root / "jobs").mkdir(parents=True, exist_ok=True)
-    (root / "spaces").mkdir(exist_ok=True)
-    (root / "spaces" / "tiny.yaml").write_text(SPACE)
-    (root / "jobs" / "data").mkdir(exist_ok=True)
+    (root / "jobs" / "data").mkdir(parents=True, exist_ok=True)
     (root / "jobs" / "data" / "big.bin").write_bytes(b"\0" * 1024)
-    job = root / "jobs" / "tiny.yaml"
-    job.write_text(
-        textwrap.dedent(
-            f"""\
-            # a comment
-            name: tiny
-            backbone: {{name: resnet20}}
-            data: {{dataset: digits, image_size: 8, batch_size: 64}}
-            train: {{epochs: 2, lr: 0.1, threads: 1}}
-            search:
-              space: {space_ref}
-              sampler: random
-              num_samples: 1
-              max_concurrent: 1
-            scheduler: {{type: none}}
-            resources: {{cpu: 1}}
-            """
-        )
-        + extra
-    )
-    return job
+    return write_job(root, SPACE, job_file="jobs/tiny.yaml", space_file="spaces/tiny.yaml",
+                     search={"space": space_ref}, **sections)
 
 
 # --------------------------------------------------------------------------------------------------- working_dir
 
 
 def test_working_dir_holds_job_and_space_with_rewritten_path(tmp_path, monkeypatch):
-    job_path = write_job(tmp_path / "src")
+    job_path = cluster_job(tmp_path / "src")
     monkeypatch.chdir(tmp_path)
     bundle = build_working_dir(job_path, ["train.epochs=3"], tmp_path / "wd")
 
@@ -92,11 +72,11 @@ def test_working_dir_holds_job_and_space_with_rewritten_path(tmp_path, monkeypat
     job = load_job("tiny.yaml", ["train.epochs=3"])
     assert job.search.space == str(other / "search_spaces" / "tiny.yaml")
     assert job.train.epochs == 3 and job.ray.address == "auto"
-    assert list(job.space.types.choices) == ["none", "se"]
+    assert list(load_space(job).types.choices) == ["none", "se"]
 
 
 def test_space_override_is_applied_locally_and_not_passed_on(tmp_path, monkeypatch):
-    job_path = write_job(tmp_path)
+    job_path = cluster_job(tmp_path)
     other_space = tmp_path / "other.yaml"
     other_space.write_text(SPACE.replace("[none, se]", "[se]"))
     monkeypatch.chdir(tmp_path)
@@ -110,8 +90,8 @@ def test_space_override_is_applied_locally_and_not_passed_on(tmp_path, monkeypat
 
 
 def test_inline_space_and_explicit_address_are_kept(tmp_path, monkeypatch):
-    inline = "{attention: {type: [none]}, train: {lr: [0.1]}}"
-    job_path = write_job(tmp_path, extra="ray: {address: 'ray://head:10001'}\n", space_ref=inline)
+    inline = {"attention": {"type": ["none"]}, "train": {"lr": [0.1]}}
+    job_path = cluster_job(tmp_path, space_ref=inline, ray={"address": "ray://head:10001"})
     monkeypatch.chdir(tmp_path)
     bundle = build_working_dir(job_path, ["search.space.train.lr=[0.2]"], tmp_path / "wd")
     raw = yaml.safe_load((bundle.working_dir / "tiny.yaml").read_text())
@@ -123,7 +103,7 @@ def test_inline_space_and_explicit_address_are_kept(tmp_path, monkeypatch):
 
 def test_paths_that_vanish_on_the_cluster_are_warned_about(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    job_path = write_job(tmp_path)
+    job_path = cluster_job(tmp_path)
     warned = " ".join(build_working_dir(job_path, [], tmp_path / "a").warnings)
     assert "ray.storage_path='ray_results'" in warned and "tracking.uri='sqlite:///mlflow.db'" in warned
 
@@ -138,7 +118,7 @@ def test_paths_that_vanish_on_the_cluster_are_warned_about(tmp_path, monkeypatch
 
 def test_bad_job_fails_before_anything_is_sent(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    job_path = write_job(tmp_path)
+    job_path = cluster_job(tmp_path)
     # the address is dead too: the job's own error must come first, naming the key
     with pytest.raises(ConfigError, match=r"train\.lr"):
         cluster.submit(job_path, ["train.lr=-1"], address="http://127.0.0.1:1")
@@ -166,12 +146,6 @@ def test_address_resolution_order(monkeypatch):
     for bad in ("ftp://head", "http://head:notaport", "http://"):
         with pytest.raises(ConfigError, match=r"http\(s\)://HOST"):
             resolve_address(bad)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_dead_address_is_a_clear_error_not_a_hang():
@@ -243,7 +217,7 @@ def test_commands_register_on_the_cli_parser():
 
 def test_dry_run_writes_the_working_dir(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    job_path = write_job(tmp_path)
+    job_path = cluster_job(tmp_path)
     parser = argparse.ArgumentParser()
     add_cluster_commands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["submit", str(job_path), "--dry-run", str(tmp_path / "wd"), "--resume"])
@@ -272,9 +246,6 @@ def ray_head():
         pytest.skip(f"the Ray Jobs server needs ray[default] (dashboard packages): {missing}")
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
     port = free_port()
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    env.pop("RAY_ADDRESS", None)
     log = open(Path(temp) / "head.log", "w")
     cmd = [
         str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port", "0",
@@ -283,7 +254,7 @@ def ray_head():
         "--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port()),
         "--temp-dir", temp, "--disable-usage-stats",
     ]
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=ray_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{port}"
     try:
         import requests
@@ -323,17 +294,17 @@ def cli_args(*argv: str) -> argparse.Namespace:
 
 # Stands in for `attnsearch run` on the head: loads the job exactly as `run` would, from the job's working_dir.
 PROBE = (
-    "import os, sys; from attnsearch.config import load_job; a = sys.argv[1:]; "
+    "import os, sys; from attnsearch.config import load_job; from attnsearch.space import load_space; a = sys.argv[1:]; "
     "job = load_job(a[0], a[2::2]); "
     "print('SPACE', os.path.relpath(job.search.space, os.getcwd())); print('ADDRESS', job.ray.address); "
-    "print('EPOCHS', job.train.epochs); print('TYPES', list(job.space.types.choices)); print('CWD', os.getcwd())"
+    "print('EPOCHS', job.train.epochs); print('TYPES', list(load_space(job).types.choices)); print('CWD', os.getcwd())"
 )
 
 
 @pytest.mark.slow
 def test_submit_status_logs_on_a_real_head(ray_head, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    job_path = write_job(tmp_path / "src")
+    job_path = cluster_job(tmp_path / "src")
     submission_id = cluster.submit(job_path, ["train.epochs=5"], address=ray_head,
                                    command=[sys.executable, "-c", PROBE], stream=sys.stdout)
     capsys.readouterr()
@@ -367,7 +338,7 @@ def test_submit_status_logs_on_a_real_head(ray_head, tmp_path, monkeypatch, caps
 @pytest.mark.slow
 def test_failed_job_and_unknown_id_on_a_real_head(ray_head, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    job_path = write_job(tmp_path / "src")
+    job_path = cluster_job(tmp_path / "src")
     submission_id = cluster.submit(job_path, address=ray_head, submission_id="attnsearch-test-fail",
                                    command=[sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"],
                                    stream=sys.stdout)

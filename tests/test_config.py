@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from attnsearch.config import ConfigError, Job, TrainConfig, load_job, resolve_tracking_uri
+from attnsearch.space import load_space
+from attnsearch.config import ConfigError, Job, TrainConfig, load_job
+from attnsearch.uris import resolve_tracking_uri
 
 SPACE = """\
 attention:
@@ -48,7 +50,7 @@ def jobdir(tmp_path, monkeypatch):
 
 def load_error(path: Path, overrides=()) -> str:
     with pytest.raises(ConfigError) as info:
-        load_job(path, overrides)
+        load_space(load_job(path, overrides))  # the job, then its search space: what every command checks
     return str(info.value)
 
 
@@ -66,14 +68,14 @@ def test_good_job_loads_with_defaults(jobdir):
     assert job.search.space == str(jobdir / "jobs" / "space.yaml")
     assert job.ray.storage_path == str(jobdir / "run" / "ray_results")
     assert job.tracking.uri == f"sqlite:///{jobdir / 'run' / 'mlflow.db'}"
-    assert job.space.types.values() == ["none", "se", "sa"]
+    assert load_space(job).types.values() == ["none", "se", "sa"]
 
 
 def test_cwd_path_wins_over_job_dir(jobdir):
     write(jobdir / "run" / "space.yaml", "attention: {type: [none, se]}\n")
     job = load_job(jobdir / "jobs" / "job.yaml")
     assert job.search.space == str(jobdir / "run" / "space.yaml")
-    assert job.space.types.values() == ["none", "se"]
+    assert load_space(job).types.values() == ["none", "se"]
 
 
 def test_missing_data_root_resolves_against_cwd(jobdir):
@@ -135,7 +137,7 @@ BAD_JOBS = {
     "backbone_not_mapping": ("backbone: resnet20", "backbone: expected a mapping", "'resnet20'"),
     "backbone": ("backbone: {name: resnet21}", "backbone.name: unknown backbone 'resnet21'", "'resnet20'"),
     "sampler": ("search: {space: space.yaml, sampler: tpee}", "search.sampler:", "did you mean 'tpe'"),
-    "scheduler": ("scheduler: {type: hyperband}", "scheduler.type:", "'asha' or 'none'"),
+    "scheduler": ("scheduler: {type: hyperband}", "scheduler.type:", "'asha', 'moasha' or 'none'"),
     "num_samples": ("search: {space: space.yaml, num_samples: 0}", "search.num_samples:", "greater than or equal to 1"),
     "max_concurrent": ("search: {space: space.yaml, max_concurrent: 0}", "search.max_concurrent:", "(got 0)"),
     "objective_mode": ("search: {space: space.yaml, objectives: {val_acc: maximize}}", "search.objectives.val_acc",

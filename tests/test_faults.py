@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from dataclasses import dataclass
@@ -32,6 +30,8 @@ import pytest
 ray = pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
 
+from _helpers import BIN, free_port, ray_env, remove_dir, write_job  # noqa: E402
+
 from attnsearch.config import load_job  # noqa: E402
 from attnsearch.search import run_study  # noqa: E402
 
@@ -41,25 +41,9 @@ pytestmark = [
 ]
 
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
-BIN = Path(sys.executable).parent
 
 
 # --------------------------------------------------------------------------------------------------- processes
-
-
-def remove_dir(path: Path) -> None:
-    """rmtree that outlasts Ray processes still writing their last log lines while they exit."""
-    for _ in range(10):
-        shutil.rmtree(path, ignore_errors=True)
-        if not path.exists():
-            return
-        time.sleep(0.5)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _loopback_alias_works() -> bool:
@@ -139,14 +123,6 @@ def stop(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
         except subprocess.TimeoutExpired:
             pass
     _kill(proc, tree, timeout_s)
-
-
-def ray_env(**extra: str) -> dict[str, str]:
-    # Token auth turns itself on when ~/.ray/auth_token exists; these throwaway clusters run without it.
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1",
-               PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra)
-    env.pop("RAY_ADDRESS", None)
-    return env
 
 
 def wait_for(what: str, check, timeout_s: float, poll_s: float = 0.25, log: Path | None = None):
@@ -257,27 +233,6 @@ def cluster():
 # --------------------------------------------------------------------------------------------------- helpers
 
 
-def write_job(root: Path, name: str, *, space: str, search: str, extra: str, train: str = "epochs: 3, lr: 0.05",
-              data: str = "image_size: 8") -> Path:
-    (root / "space.yaml").write_text(textwrap.dedent(space))
-    job = root / "job.yaml"
-    job.write_text(
-        textwrap.dedent(
-            f"""\
-            name: {name}
-            backbone: {{name: resnet20}}
-            data: {{dataset: digits, batch_size: 64, {data}}}
-            train: {{{train}, threads: 1}}
-            search: {{space: space.yaml, sampler: random, {search}}}
-            scheduler: {{type: none}}
-            tracking: {{uri: sqlite:///{root}/mlflow.db}}
-            """
-        )
-        + textwrap.dedent(extra)
-    )
-    return job
-
-
 NONE_SPACE = """\
 attention:
   type: [none]
@@ -381,11 +336,10 @@ def test_fractional_gpu_trials_survive_losing_a_node(cluster, tmp_path):
     """
     epochs = 4
     job_path = write_job(
-        tmp_path, "nodes", space=NONE_SPACE, train=f"epochs: {epochs}, lr: 0.05", data="image_size: 16",
-        search="seed: 0, num_samples: 2, max_concurrent: 2", extra=f"""\
-        resources: {{cpu: 0.5, gpu: 0.5}}
-        ray: {{address: '{cluster.address}', storage_path: {tmp_path}/ray_results, max_failures: 1}}
-        """)
+        tmp_path, NONE_SPACE, name="nodes", train={"epochs": epochs, "lr": 0.05}, data={"image_size": 16},
+        search={"seed": 0, "num_samples": 2, "max_concurrent": 2}, tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"},
+        resources={"cpu": 0.5, "gpu": 0.5},
+        ray={"address": cluster.address, "storage_path": f"{tmp_path}/ray_results", "max_failures": 1})
     job = load_job(job_path)
     worker = cluster.workers[-1]
     blocker = Blocker(cluster.address, HEAD_IP, tmp_path / "blocker.log")
@@ -448,11 +402,10 @@ def test_killed_driver_resumes_without_rerunning_or_losing_trials(tmp_path):
     """SIGKILL `attnsearch run` after two trials finished and a third has trained an epoch; `--resume` ends it."""
     epochs, samples = 3, 3
     job_path = write_job(
-        tmp_path, "driver", space=NONE_SPACE, train=f"epochs: {epochs}, lr: 0.05",
-        search=f"seed: 0, num_samples: {samples}, max_concurrent: 1", extra="""\
-        resources: {cpu: 1}
-        ray: {storage_path: ray_results, num_cpus: 1, max_failures: 1}
-        """)
+        tmp_path, NONE_SPACE, name="driver", train={"epochs": epochs, "lr": 0.05},
+        search={"seed": 0, "num_samples": samples, "max_concurrent": 1},
+        tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"}, resources={"cpu": 1},
+        ray={"storage_path": "ray_results", "num_cpus": 1, "max_failures": 1})
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     temp = Path(tempfile.mkdtemp(prefix="rf", dir="/tmp"))  # the drivers' local Ray lives here, nowhere else
     env = ray_env(RAY_TMPDIR=str(temp))
@@ -517,20 +470,6 @@ def test_killed_driver_resumes_without_rerunning_or_losing_trials(tmp_path):
     assert all(r.data.tags["attnsearch.state"] == "completed" for r in runs.values())
 
 
-@pytest.fixture
-def local_ray_driver(monkeypatch):
-    """This process drives a study on a local Ray that run_study starts; shut down whatever happens."""
-    temp = Path(tempfile.mkdtemp(prefix="rf", dir="/tmp"))
-    monkeypatch.setenv("RAY_TMPDIR", str(temp))
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    ray.shutdown()
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        remove_dir(temp)
-
-
 def _unusable_device() -> str | None:
     import torch
 
@@ -541,24 +480,23 @@ def _unusable_device() -> str | None:
     return None
 
 
-def test_raising_and_diverging_trials_fail_with_their_reason_and_the_rest_completes(local_ray_driver, tmp_path):
+def test_raising_and_diverging_trials_fail_with_their_reason_and_the_rest_completes(ray_driver, tmp_path):
     bad_device = _unusable_device()
     if bad_device is None:
         pytest.skip("every device this test could ask for exists here")
     epochs = 2
     # seed 5 draws all four (lr, device) pairs in four trials (random sampler, fixed order)
     job_path = write_job(
-        tmp_path, "faults", space=f"""\
+        tmp_path, f"""\
             attention:
               type: [none]
             train:
               lr: [0.05, 1.0e+6]
               device: [cpu, {bad_device}]
             """,
-        train=f"epochs: {epochs}, lr: 0.05", search="seed: 5, num_samples: 4, max_concurrent: 2", extra=f"""\
-        resources: {{cpu: 1}}
-        ray: {{storage_path: {tmp_path}/ray_results, num_cpus: 2, max_failures: 0}}
-        """)
+        name="faults", train={"epochs": epochs, "lr": 0.05}, search={"seed": 5, "num_samples": 4, "max_concurrent": 2},
+        tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"}, resources={"cpu": 1},
+        ray={"storage_path": f"{tmp_path}/ray_results", "num_cpus": 2, "max_failures": 0})
     job = load_job(job_path)
     outcome = run_study(job)
 

@@ -79,8 +79,7 @@ def resnet50_plain():
 
 @pytest.mark.parametrize("type_,knobs,delta", DELTAS, ids=[d[0] for d in DELTAS])
 def test_resnet50_parameter_deltas(resnet50_plain, type_, knobs, delta):
-    if type_ not in ATTENTION_TYPES:
-        pytest.skip(f"attention type {type_!r} is not registered yet")
+    assert type_ in ATTENTION_TYPES, f"attention type {type_!r} is not registered"
     att = {"type": type_, "position": "residual_end", **knobs}
     c = count(meta_model("resnet50", attention=att), 224)
     assert c["params"] - resnet50_plain["params"] == delta
@@ -92,8 +91,7 @@ def test_resnet50_parameter_deltas(resnet50_plain, type_, knobs, delta):
 
 
 def test_bam_official_placement_matches_reference(resnet50_plain):
-    if "bam" not in ATTENTION_TYPES:
-        pytest.skip("attention type 'bam' is not registered yet")
+    assert "bam" in ATTENTION_TYPES, "attention type 'bam' is not registered"
     c = count(meta_model("resnet50", attention={"type": "bam", "stages": [1, 2, 3]}), 224)
     assert list(c["sites"]) == ["layer1.2.stage_end", "layer2.3.stage_end", "layer3.5.stage_end"]
     assert c["attn_params"] == c["params"] - resnet50_plain["params"] == 358_067  # sheet §0: 25.92M total

@@ -105,8 +105,8 @@ def test_cifar_stem(name):
 def test_bad_build_arguments():
     with pytest.raises(ValueError, match="num_classes"):
         build_model("resnet20", 0)
-    with pytest.raises(ValueError, match="width_mult=0.5 is not supported by resnet20.*mobilenet_v2"):
-        build_model("resnet20", 10, width_mult=0.5)
+    with pytest.raises(ValueError, match="width_mult=0.5 is not supported by resnet50.*mobilenet_v2.*resnet20"):
+        build_model("resnet50", 10, width_mult=0.5)
     with pytest.raises(ValueError, match="pretrained.*no ImageNet weights for resnet20"):
         build_model("resnet20", 10, pretrained=True)
     with pytest.raises(ValueError, match="input_size"):
@@ -224,9 +224,7 @@ def test_default_position_is_the_official_slot(type_):
 
 
 def test_invalid_placement_names_the_site():
-    sa = ATTENTION_TYPES.get("sa")
-    if sa is None:
-        pytest.skip("Shuffle Attention ('sa') is not registered")
+    assert "sa" in ATTENTION_TYPES, "Shuffle Attention ('sa') is not registered"
     # G=64 needs C % 128 == 0: resnet20's 16-channel first stage cannot take it
     with pytest.raises(ValueError, match=r"^layer1\.0\.residual_end \(16 channels, 32x32\): .*groups"):
         check_attention_placement("resnet20", {"type": "sa", "groups": 64, "position": "residual_end"}, 32)
@@ -396,3 +394,20 @@ def test_models_and_flops_import_without_search_stack():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet32"])
+def test_cifar_resnet_width_multiplier(name):
+    from attnsearch.flops import count
+    from attnsearch.models.resnet import cifar_widths
+
+    assert cifar_widths(1.0) == (16, 32, 64) and cifar_widths(0.5) == (8, 16, 32) and cifar_widths(0.1) == (4, 4, 8)
+    plain = build_model(name, 10, input_size=16)
+    assert count(plain, input_size=(1, 3, 16, 16))["params"] == count(build_model(name, 10, input_size=16,
+                                                                                  width_mult=1.0), (1, 3, 16, 16))["params"]
+    half = build_model(name, 10, input_size=16, width_mult=0.5, attention={"type": "se", "reduction": 4})
+    sites = list_sites(name, 16, 0.5)
+    assert sorted({s.channels for s in sites}) == [8, 16, 32]
+    assert half(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+    flops = [count(build_model(name, 10, input_size=16, width_mult=w), (1, 3, 16, 16))["flops"] for w in (0.5, 1, 2)]
+    assert flops[0] * 3 < flops[1] and flops[1] * 3 < flops[2]  # convolutions scale with the width squared

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from attnsearch import pareto as P
+from attnsearch import contract as C
 from attnsearch import tracking as T
 
 
@@ -203,7 +204,7 @@ def _record(tid, config, epochs, acc, flops, state=None, reason=None, max_t=3):
 def store(tmp_path):
     uri = T.resolve_tracking_uri("sqlite:///mlflow.db", tmp_path)
     parent = T.start_study(uri, "exp", "study-1", "name: exp\n", {"attention": {"type": ["se", "sa"]}}, False)
-    s = T._Store(uri, parent)
+    s = T.Store(uri, parent)
     records = [
         _record("t0", {"attention": "sa", "stages": "3", "sa.groups": 4, "train.lr": 0.1}, 3, 0.9, 2e6),
         _record("t1", {"attention": "se", "stages": "2,3", "se.reduction": 8, "train.lr": 0.05}, 3, 0.8, 1e6),
@@ -249,7 +250,7 @@ def test_load_runs_guesses_types_without_type_tag(store):
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("exp").experiment_id
     for stages, groups in (("3", "4"), ("2,3", "8")):
-        run = client.create_run(exp, tags={T.TAG_ROLE: "trial", T.TAG_PARENT: parent, "attnsearch.trial_id": stages})
+        run = client.create_run(exp, tags={C.TAG_ROLE: "trial", C.TAG_PARENT: parent, "attnsearch.trial_id": stages})
         client.log_batch(run.info.run_id, params=[
             __import__("mlflow").entities.Param("stages", stages),
             __import__("mlflow").entities.Param("sa.groups", groups),
@@ -312,10 +313,42 @@ def test_analyze_without_completed_trials_gives_an_empty_front(tmp_path):
 
     uri = T.resolve_tracking_uri("sqlite:///mlflow.db", tmp_path)
     parent = T.start_study(uri, "exp", "s", "name: exp\n", {}, False)
-    store = T._Store(uri, parent)
+    store = T.Store(uri, parent)
     store.reconcile(_record("t0", {"attention": "se", "se.reduction": 4}, 1, 0.9, 1e6))  # early stopped
     front, hv = P.analyze(uri, "exp")  # no study named: the latest one
     assert len(front) == 0 and hv == 0.0
     assert {"pareto.csv", "pareto.png"} <= {a.path for a in MlflowClient(uri).list_artifacts(parent)}
     front, hv = P.analyze(uri, "exp", "s", budget="any")
     assert list(front["trial_id"]) == ["t0"] and hv == pytest.approx(0.9 * 0.1e6)
+
+
+def test_front_relative_to_the_baseline(store, tmp_path):
+    from mlflow import MlflowClient
+
+    uri, parent = store
+    front, _ = P.analyze(uri, "exp", "study-1", out=tmp_path / "front.csv", plot=tmp_path / "front.png")
+    assert front.attrs["baseline"]["run_name"] == "none" and front.attrs["baseline"]["val_acc"] == pytest.approx(0.7)
+    by = front.set_index("trial_id")
+    assert by.loc["t0", "delta_val_acc"] == pytest.approx(0.9 - 0.7)
+    assert by.loc["t0", "flops_ratio"] == pytest.approx(2e6 / 0.9e6)
+    assert by.loc["t5", "delta_val_acc"] == 0 and by.loc["t5", "flops_ratio"] == 1  # the baseline itself
+    table = P.format_front(front)
+    assert "val_acc vs base" in table and "flops x base" in table and "+0.2000" in table and "2.22x" in table
+    assert table.splitlines()[-1].startswith("baseline: none (val_acc 0.7000, flops 900K)")
+    assert MlflowClient(uri).get_run(parent).data.metrics["baseline.val_acc"] == pytest.approx(0.7)
+    assert {"delta_val_acc", "flops_ratio"} <= set(pd.read_csv(tmp_path / "front.csv").columns)
+
+
+def test_baseline_is_the_first_none_trial_at_the_full_budget():
+    df = pd.DataFrame({
+        "attention": ["none", "se", "none", "none"],
+        "state": ["early_stopped", "completed", "completed", "completed"],
+        "budget": [1, 3, 3, 3],
+        "start_time": pd.to_datetime([1, 2, 3, 4], unit="s"),
+        "val_acc": [0.1, 0.8, 0.6, 0.9],
+        "flops": [1.0, 2.0, 1.0, 1.0],
+    })
+    assert P.baseline_row(df)["val_acc"] == 0.6  # not the early-stopped one, not the later one
+    assert P.baseline_row(df[df["attention"] != "none"]) is None
+    front = P.pareto_front(df)
+    assert "delta_val_acc" not in front.columns  # pareto_front alone adds nothing; analyze adds the comparison

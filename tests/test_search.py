@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -10,58 +9,41 @@ import pytest
 ray = pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
 
+from _helpers import write_job  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from attnsearch.config import load_job  # noqa: E402
-from attnsearch.search import existing_studies, run_study, trial_state  # noqa: E402
+from attnsearch.config import ConfigError, load_job  # noqa: E402
+from attnsearch.contract import REASON_KEY, STATE_KEY, result_state  # noqa: E402
+from attnsearch.search import (  # noqa: E402
+    StudySearcher,
+    check_cluster_resources,
+    constraint_values,
+    existing_studies,
+    make_sampler,
+    run_study,
+)
+from attnsearch.search._study import _restored_run_config  # noqa: E402
 
-pytestmark = pytest.mark.slow
+SPACE = """\
+attention:
+  type: [none, se]
+  stages: [[3]]
+  position: [default]
+  knobs:
+    se: {reduction: [4]}
+train:
+  lr: [1.0e-6, 0.2]
+"""
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-def write_job(tmp_path: Path, *, num_samples: int, extra: str = "", space: str | None = None) -> Path:
-    space = space or textwrap.dedent(
-        """\
-        attention:
-          type: [none, se]
-          stages: [[3]]
-          position: [default]
-          knobs:
-            se: {reduction: [4]}
-        train:
-          lr: [1.0e-6, 0.2]
-        """
-    )
-    (tmp_path / "space.yaml").write_text(space)
-    job = tmp_path / "job.yaml"
-    job.write_text(
-        textwrap.dedent(
-            f"""\
-            name: e2e
-            backbone: {{name: resnet20}}
-            data: {{dataset: digits, image_size: 16, batch_size: 128}}
-            train: {{epochs: 3, lr: 0.1, threads: 1}}
-            search:
-              space: space.yaml
-              sampler: random
-              num_samples: {num_samples}
-              max_concurrent: 1
-              seed: 10  # random order: none@0.2 first, later none@1e-6 (stopped by ASHA) and se (infeasible)
-            scheduler: {{type: asha, grace_period: 1, reduction_factor: 2}}
-            resources: {{cpu: 1}}
-            tracking: {{uri: sqlite:///{tmp_path}/mlflow.db}}
-            ray: {{storage_path: {tmp_path}/ray_results, max_failures: 0}}
-            """
-        )
-        + extra
-    )
-    return job
+def e2e_job(tmp_path: Path, *, num_samples: int, **sections) -> Path:
+    return write_job(
+        tmp_path, SPACE, name="e2e", data={"image_size": 16, "batch_size": 128}, train={"epochs": 3},
+        # seed 10, random order: none@0.2 first, later none@1e-6 (stopped by ASHA) and se (infeasible)
+        search={"num_samples": num_samples, "seed": 10},
+        scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"},
+        ray={"storage_path": f"{tmp_path}/ray_results", "max_failures": 0}, **sections)
 
 
 def child_runs(job):
@@ -74,20 +56,99 @@ def child_runs(job):
 
 
 def test_trial_state_rule():
-    assert trial_state({"epoch": 3, "val_acc": 0.5}, max_t=3) == "completed"
-    assert trial_state({"epoch": 1, "val_acc": 0.5}, max_t=3) == "early_stopped"
-    assert trial_state({"epoch": 0, "attnsearch_state": "infeasible"}, max_t=3) == "infeasible"
-    assert trial_state({"epoch": 2, "attnsearch_state": "failed"}, max_t=3) == "failed"
-    assert trial_state({"epoch": 3}, max_t=3, errored=True) == "failed"
+    assert result_state({"epoch": 3, "val_acc": 0.5}, max_t=3) == "completed"
+    assert result_state({"epoch": 1, "val_acc": 0.5}, max_t=3) == "early_stopped"
+    assert result_state({"epoch": 0, "attnsearch_state": "infeasible"}, max_t=3) == "infeasible"
+    assert result_state({"epoch": 2, "attnsearch_state": "failed"}, max_t=3) == "failed"
+    assert result_state({"epoch": 3}, max_t=3, errored=True) == "failed"
 
 
+def _attention_space(trial):
+    trial.suggest_categorical("attention", ["none", "se"])
+
+
+def test_searcher_tells_optuna_what_each_trial_was():
+    """Without Ray running: each end of a trial reaches Optuna as what it was, through OptunaSearch's own tell."""
+    import pickle
+
+    searcher = StudySearcher(space=_attention_space, metric=["val_acc", "flops"], mode=["max", "min"],
+                             sampler=make_sampler("nsga2", seed=0), max_t=3)
+    for trial_id in "abcdef":
+        assert searcher.suggest(trial_id) is not None
+    searcher.on_trial_complete("a", {"epoch": 3, "val_acc": 0.9, "flops": 100})
+    searcher.on_trial_complete("b", {"epoch": 1, "val_acc": 0.95, "flops": 100})  # stopped by ASHA at epoch 1
+    searcher.on_trial_complete("c", {"epoch": 0, "flops": 500, STATE_KEY: "infeasible",
+                                     REASON_KEY: "flops 500 > max_flops 200"})
+    searcher.on_trial_complete("d", {"epoch": 2, "val_acc": 0.1, "flops": 100, STATE_KEY: "failed",
+                                     REASON_KEY: "loss is nan"})
+    searcher.on_trial_complete("e", None, error=True)  # a Ray error: no result
+    searcher.on_trial_complete("a", {"epoch": 3, "val_acc": 0.1, "flops": 1})  # told twice: ignored
+    searcher.on_trial_complete("nope", {"epoch": 3, "val_acc": 0.1, "flops": 1})  # not this searcher's: ignored
+
+    a, b, c, d, e, f = searcher._ot_study.get_trials(deepcopy=False)
+    assert (a.state, a.values, a.user_attrs[STATE_KEY]) == (TrialState.COMPLETE, [0.9, 100.0], "completed")
+    assert constraint_values(a) == [0.0]
+    # the partly trained accuracy never enters the study: pruned, no values
+    assert (b.state, b.values, b.user_attrs[STATE_KEY]) == (TrialState.PRUNED, None, "early_stopped")
+    # infeasible: complete with the worst accuracy and its measured FLOPs, and the sampler's constraint violated
+    assert (c.state, c.values, c.user_attrs[STATE_KEY]) == (TrialState.COMPLETE, [0.0, 500.0], "infeasible")
+    assert constraint_values(c) == [1.0] and c.user_attrs[REASON_KEY] == "flops 500 > max_flops 200"
+    assert c.system_attrs.get("constraints") == (1.0,)  # what Optuna's constrained samplers read
+    assert (d.state, d.values, d.user_attrs[STATE_KEY]) == (TrialState.FAIL, None, "failed")
+    assert (e.state, e.user_attrs[STATE_KEY]) == (TrialState.FAIL, "failed")
+    assert f.state == TrialState.RUNNING and STATE_KEY not in f.user_attrs
+    # Ray pickles the searcher (tuner.pkl, searcher state) and restores it on --resume
+    restored = pickle.loads(pickle.dumps(searcher))
+    assert type(restored) is StudySearcher and restored._max_t == 3
+    restored.on_trial_complete("f", {"epoch": 3, "val_acc": 0.5, "flops": 7})
+    assert restored._ot_study.get_trials(deepcopy=False)[-1].values == [0.5, 7.0]
+
+
+def _noop(config):
+    pass
+
+
+class _Remember(ray.tune.Callback):
+    def __init__(self, name: str):
+        self.name = name
+
+
+def test_restored_tuner_takes_this_drivers_callbacks(tmp_path):
+    """Canary for the one private access of --resume: fails when Ray renames what it reaches."""
+    from ray import tune
+
+    tune.Tuner(_noop, run_config=tune.RunConfig(name="canary", storage_path=str(tmp_path),
+                                                 callbacks=[_Remember("previous driver")]))
+    assert tune.Tuner.can_restore(tmp_path / "canary")  # Tuner() writes tuner.pkl: nothing has to run
+    restored = tune.Tuner.restore(str(tmp_path / "canary"), trainable=_noop)
+    assert restored._is_ray_client is False  # what tells Ray Client from a renamed attribute
+    config = _restored_run_config(restored)
+    assert isinstance(config, tune.RunConfig) and config.name == "canary"
+    assert [c.name for c in config.callbacks] == ["previous driver"]  # the pickled ones: to be replaced
+    config.callbacks = [_Remember("this driver")]
+    assert [c.name for c in _restored_run_config(restored).callbacks] == ["this driver"]
+
+
+def test_resume_over_ray_client_is_refused_with_where_to_resume():
+    class ClientTuner:  # what Tuner.restore gives under Ray Client: a remote tuner, no local one
+        _is_ray_client = True
+        _remote_tuner = object()
+
+    with pytest.raises(ConfigError, match=r"Ray Client.*ray://.*attnsearch run JOB --resume.*ray.address: auto"
+                                          r".*attnsearch submit"):
+        _restored_run_config(ClientTuner())
+    with pytest.raises(RuntimeError, match="_local_tuner"):  # neither: a Ray this code does not know
+        _restored_run_config(object())
+
+
+@pytest.mark.slow  # starts Ray and runs 8 trials, then resumes
 def test_search_states_optuna_mlflow_and_resume(tmp_path, local_ray):
     from attnsearch.flops import count
     from attnsearch.models import build_model
 
     plain = count(build_model("resnet20", num_classes=10, input_size=16), input_size=(1, 3, 16, 16))["params"]
     # Any SE model is over this budget: SE trials must be infeasible and never trained.
-    path = write_job(tmp_path, num_samples=8, extra=f"constraints: {{max_params: {plain}}}\n")
+    path = e2e_job(tmp_path, num_samples=8, constraints={"max_params": plain})
     job = load_job(path)
     outcome = run_study(job)
 
@@ -124,6 +185,7 @@ def test_search_states_optuna_mlflow_and_resume(tmp_path, local_ray):
     resumed = run_study(job, resume=True)
     assert resumed.study_id == outcome.study_id
     assert resumed.progress.states == {}
+    assert resumed.searcher is None  # Ray restores the searcher inside the Tuner
     parents, children = child_runs(job)
     assert len(parents) == 1 and len(children) == 8
     ids = [c.data.tags["attnsearch.trial_id"] for c in children]
@@ -133,15 +195,50 @@ def test_search_states_optuna_mlflow_and_resume(tmp_path, local_ray):
 def test_resource_check_refuses_missing_gpus_unless_autoscaling(monkeypatch, tmp_path):
     import ray as ray_module
 
-    from attnsearch.config import ConfigError
-    from attnsearch.search import check_cluster_resources
-
     nodes = [{"Alive": True, "Resources": {"CPU": 2.0}}]
     monkeypatch.setattr(ray_module, "nodes", lambda: nodes)
-    job = load_job(write_job(tmp_path, num_samples=1), overrides=["resources.gpu=1"])
+    job = load_job(e2e_job(tmp_path, num_samples=1), overrides=["resources.gpu=1"])
     with pytest.raises(ConfigError, match=r"1 GPU.*node 0: 2 CPU, 0 GPU.*ray.autoscaling"):
         check_cluster_resources(job)
-    check_cluster_resources(load_job(write_job(tmp_path, num_samples=1), overrides=["resources.gpu=1",
+    check_cluster_resources(load_job(e2e_job(tmp_path, num_samples=1), overrides=["resources.gpu=1",
                                                                                   "ray.autoscaling=true"]))
     nodes.append({"Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0}})
     check_cluster_resources(job)
+
+
+@pytest.mark.slow  # starts Ray: MOASHA through the real Ray Tune, Optuna and MLflow path
+def test_moasha_study_stops_on_every_objective(tmp_path, local_ray):
+    path = e2e_job(tmp_path, num_samples=6, scheduler={"type": "moasha", "grace_period": 1, "reduction_factor": 2})
+    job = load_job(path)
+    outcome = run_study(job)
+    assert len(outcome.progress.states) == 6
+    trials = {t.user_attrs["attnsearch_state"]: t for t in outcome.searcher._ot_study.get_trials(deepcopy=False)}
+    assert "early_stopped" in trials, "six trials, half kept per rung: MOASHA must have stopped one"
+    assert trials["early_stopped"].state == TrialState.PRUNED
+    parents, children = child_runs(job)
+    assert len(parents) == 1 and len(children) == 6
+    for c in children:
+        state, budget = c.data.tags["attnsearch.state"], int(c.data.tags["attnsearch.budget"])
+        if state == "early_stopped":  # stopped at a rung (epochs 1 and 2 with max_t 3, reduction factor 2)
+            assert budget in (1, 2), budget
+        elif state == "completed":
+            assert budget == 3
+    assert sorted(c.data.tags["attnsearch.state"] for c in children) == sorted(outcome.progress.states.values())
+
+
+@pytest.mark.slow  # starts Ray: a study whose every trial diverges
+def test_a_study_whose_every_trial_failed_exits_1(tmp_path, local_ray, capsys):
+    from attnsearch import cli
+
+    path = write_job(
+        tmp_path, "attention: {type: [none]}\ntrain: {lr: [1.0e+30, 1.0e+31]}\n", name="doomed",
+        data={"image_size": 16, "batch_size": 128}, train={"epochs": 2},
+        search={"num_samples": 2, "seed": 0}, scheduler={"type": "none"},
+        tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"},
+        ray={"storage_path": f"{tmp_path}/ray_results", "max_failures": 0})
+    assert cli.main(["run", str(path), "--no-pareto"]) == 1
+    err = capsys.readouterr().err
+    assert "every trial failed (2 of 2)" in err and "attnsearch.reason" in err
+    _, children = child_runs(load_job(path))
+    assert [c.data.tags["attnsearch.state"] for c in children] == ["failed", "failed"]
+    assert all("loss is" in c.data.tags["attnsearch.reason"] for c in children)

@@ -64,7 +64,7 @@ def space_error(tmp_path: Path, space_text: str, backbone: str = "resnet20") -> 
     (tmp_path / "bad_job.yaml").write_text(JOB.replace("space.yaml", "bad_space.yaml").replace("resnet20", backbone))
     with pytest.raises(ConfigError) as info:
         job = load_job(tmp_path / "bad_job.yaml")
-        check_space(job, job.space)
+        check_space(job, load_space(job))
     return str(info.value)
 
 
@@ -115,7 +115,7 @@ def check_trial(space, config: dict, params: dict) -> None:
 
 @pytest.mark.parametrize("sampler", ["random", "tpe"])
 def test_define_by_run_with_a_real_study(job, sampler):
-    space = job.space
+    space = load_space(job)
     optuna_sampler = (optuna.samplers.RandomSampler(seed=0) if sampler == "random"
                       else optuna.samplers.TPESampler(seed=0, n_startup_trials=10, multivariate=True))
     trials = run_study(space, optuna_sampler, 60)
@@ -131,7 +131,7 @@ def test_define_by_run_pickles(job):
     # Ray's OptunaSearch.save pickles its __dict__ (space included) when it checkpoints the searcher
     import pickle
 
-    fn = pickle.loads(pickle.dumps(define_by_run(job.space)))
+    fn = pickle.loads(pickle.dumps(define_by_run(load_space(job))))
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
     assert "attention" in fn(trial)
 
@@ -139,7 +139,7 @@ def test_define_by_run_pickles(job):
 def test_ray_optuna_search_uses_the_flat_names(job, tmp_path):
     from ray.tune.search.optuna import OptunaSearch
 
-    searcher = OptunaSearch(space=define_by_run(job.space), metric=["val_acc", "flops"], mode=["max", "min"],
+    searcher = OptunaSearch(space=define_by_run(load_space(job)), metric=["val_acc", "flops"], mode=["max", "min"],
                             sampler=optuna.samplers.RandomSampler(seed=1))
     configs = [searcher.suggest(f"t{i}") for i in range(12)]
     for config in configs:
@@ -188,7 +188,7 @@ def test_feasible_sa_groups_vs_stage_set(tmp_path, monkeypatch):
     (tmp_path / "s.yaml").write_text(space)
     (tmp_path / "j.yaml").write_text(JOB.replace("space.yaml", "s.yaml"))
     job = load_job(tmp_path / "j.yaml")
-    check_space(job, job.space)  # G=16 fits stage 3 (64 channels), so the space is fine as a whole
+    check_space(job, load_space(job))  # G=16 fits stage 3 (64 channels), so the space is fine as a whole
     base = {"attention": "sa", "blocks": "all", "position": "default"}
     assert feasible(job, {**base, "stages": "3", "sa.groups": 16}) is None
     assert feasible(job, {**base, "stages": "1,2,3", "sa.groups": 4}) is None
@@ -208,11 +208,14 @@ def test_subsets_and_all(tmp_path, monkeypatch):
     (tmp_path / "s.yaml").write_text("attention: {type: [none, se], stages: subsets}\n")
     (tmp_path / "j.yaml").write_text(JOB.replace("space.yaml", "s.yaml"))
     job = load_job(tmp_path / "j.yaml")
-    assert job.space.stages.values() == ["1", "2", "3", "1,2", "1,3", "2,3", "1,2,3"]
+    assert load_space(job).stages.values() == ["1", "2", "3", "1,2", "1,3", "2,3", "1,2,3"]
     (tmp_path / "s.yaml").write_text("attention: {type: se, stages: all}\n")
-    job = load_job(tmp_path / "j.yaml")
-    assert job.space.stages.is_const and job.space.stages.value == "1,2,3"
-    config = define_by_run(job.space)(optuna.create_study().ask())
+    # the baseline adds `none` to a space without it (search.baseline, default true)
+    assert load_space(load_job(tmp_path / "j.yaml")).types.values() == ["none", "se"]
+    job = load_job(tmp_path / "j.yaml", ["search.baseline=false"])
+    assert load_space(job).types.is_const and load_space(job).types.value == "se"
+    assert load_space(job).stages.is_const and load_space(job).stages.value == "1,2,3"
+    config = define_by_run(load_space(job))(optuna.create_study().ask())
     assert config == {"attention": "se", "stages": "1,2,3", "blocks": "all", "position": "default"}
 
 
@@ -222,18 +225,18 @@ def test_inline_space(tmp_path, monkeypatch):
                            "search: {space: {attention: {type: [none, eca], knobs: {eca: {kernel_size: [3, 5]}}}}}")
     (tmp_path / "j.yaml").write_text(job_text)
     job = load_job(tmp_path / "j.yaml")
-    assert job.space.knobs["eca"]["kernel_size"].choices == (3, 5)
+    assert load_space(job).knobs["eca"]["kernel_size"].choices == (3, 5)
     (tmp_path / "j.yaml").write_text(job_text.replace("kernel_size", "kernel"))
     with pytest.raises(ConfigError, match=r"j.yaml: search.space.attention.knobs.eca.kernel: .*has no knob 'kernel'"):
-        load_job(tmp_path / "j.yaml")
+        load_space(load_job(tmp_path / "j.yaml"))
 
 
 def test_space_to_dict_loads_back_unchanged(job):
-    dumped = space_to_dict(job.space)
+    dumped = space_to_dict(load_space(job))
     yaml.safe_dump(dumped)  # plain types only
     again = parse_space(dumped, job, "dumped")
-    assert [p for p in again.params()] == [p for p in job.space.params()]
-    assert again.knobs == job.space.knobs and again.train == job.space.train
+    assert [p for p in again.params()] == [p for p in load_space(job).params()]
+    assert again.knobs == load_space(job).knobs and again.train == load_space(job).train
 
 
 BAD_SPACES = {
@@ -274,8 +277,8 @@ BAD_SPACES = {
     "train_epochs": ("attention: {type: [se]}\ntrain: {epochs: [5, 10]}", "train.epochs", "budget"),
     "train_value": ("attention: {type: [se]}\ntrain: {lr: {low: 0, high: 0.1}}", "train.lr", "greater than 0"),
     "log_low": ("attention: {type: [se]}\ntrain: {weight_decay: {low: 0, high: 0.1, log: true}}",
-                "train.weight_decay.low", "log range"),
-    "range_order": ("attention: {type: [se]}\ntrain: {lr: {low: 0.3, high: 0.1}}", "train.lr", "low (0.3)"),
+                "train.weight_decay", "`low > 0` must hold for `log=True`"),
+    "range_order": ("attention: {type: [se]}\ntrain: {lr: {low: 0.3, high: 0.1}}", "train.lr", "`low <= high` must hold, but got (low=0.3, high=0.1)"),
     "range_keys": ("attention: {type: [se]}\ntrain: {lr: {min: 0.1, high: 0.3}}", "train.lr.min",
                    "{low, high, log?, step?}"),
     "sa_channels": ("attention: {type: [sa], stages: [[1]], knobs: {sa: {groups: [16]}}}",
@@ -328,8 +331,8 @@ def test_materialized_trials_build_models(tmp_path, monkeypatch):
                                                           "spatial": [False, True]}}}}))
     (tmp_path / "j.yaml").write_text(JOB.replace("space.yaml", "s.yaml"))
     job = load_job(tmp_path / "j.yaml")
-    check_space(job, job.space)
-    fn = define_by_run(job.space)
+    check_space(job, load_space(job))
+    fn = define_by_run(load_space(job))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     built = set()
     for i in range(40):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-import socket
 import sys
 import time
 from pathlib import Path
@@ -13,12 +12,17 @@ from pathlib import Path
 import pytest
 
 ray = pytest.importorskip("ray")
+from _helpers import free_port  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
+from attnsearch import contract as C  # noqa: E402
 from attnsearch import tracking as T  # noqa: E402
+from attnsearch.tracking._connection import _http_get  # noqa: E402
+from attnsearch.tracking.callback import MLflowTracker  # noqa: E402
+from attnsearch.tracking.sync import read_ray_trials, sync_study  # noqa: E402
 
 MAX_T = 3
 CONFIGS = [
@@ -90,7 +94,7 @@ def trainable(config, marker_dir=None):
             return
 
 
-def run_search(tmp: Path, tracker: T.MLflowTracker, name: str = "exp", configs=CONFIGS,
+def run_search(tmp: Path, tracker: MLflowTracker, name: str = "exp", configs=CONFIGS,
                first_callbacks=()) -> Path:
     (tmp / "markers").mkdir(exist_ok=True)
     tuner = tune.Tuner(
@@ -110,12 +114,9 @@ def run_search(tmp: Path, tracker: T.MLflowTracker, name: str = "exp", configs=C
 
 
 @pytest.fixture(scope="module")
-def ray_session():
+def ray_session(local_ray):
     # workers cannot import this test module: ship the trainable by value
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +126,7 @@ def search(ray_session, tmp_path_factory):
     T.check_tracking(uri)
     parent = T.start_study(uri, "exp", "study-a", "name: exp\n", {"attention": {"type": ["se", "sa"]}}, False)
     t0 = time.perf_counter()
-    exp_dir = run_search(tmp, T.MLflowTracker(uri, "exp", parent, "study-a", MAX_T, strict=True))
+    exp_dir = run_search(tmp, MLflowTracker(uri, "exp", parent, "study-a", MAX_T, strict=True))
     return {"tmp": tmp, "uri": uri, "parent": parent, "exp_dir": exp_dir, "seconds": time.perf_counter() - t0}
 
 
@@ -190,19 +191,17 @@ def test_run_name():
 
 
 def test_trial_state_rule():
-    assert T.trial_state(None, 3, 3) == "completed"
-    assert T.trial_state(None, 1, 3) == "early_stopped"
-    assert T.trial_state("infeasible", 0, 3) == "infeasible"
-    assert T.trial_state(None, 3, 3, errored=True) == "failed"
+    assert C.trial_state(None, 3, 3) == "completed"
+    assert C.trial_state(None, 1, 3) == "early_stopped"
+    assert C.trial_state("infeasible", 0, 3) == "infeasible"
+    assert C.trial_state(None, 3, 3, errored=True) == "failed"
     rec = T.TrialRecord("x", {})
     rec.finish(3)
     assert rec.state == "failed" and "without reporting" in rec.reason
 
 
 def test_check_tracking_dead_port_is_fast_and_clear():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     uri = f"http://user:secret@127.0.0.1:{port}"
     t0 = time.perf_counter()
     with pytest.raises(T.TrackingError) as err:
@@ -230,9 +229,9 @@ def test_ui_command():
 
 
 def test_tracker_is_picklable_without_runtime_state():
-    tracker = T.MLflowTracker("sqlite:////x.db", "e", "abc", "s", 3)
+    tracker = MLflowTracker("sqlite:////x.db", "e", "abc", "s", 3)
     tracker._records["t"] = T.TrialRecord("t", {"a": 1})
-    rel = T.MLflowTracker("sqlite:///rel.db", "e", "abc", "s", 3)
+    rel = MLflowTracker("sqlite:///rel.db", "e", "abc", "s", 3)
     assert rel.tracking_uri == f"sqlite:///{Path.cwd().resolve()}/rel.db"
     clone = pickle.loads(pickle.dumps(tracker))
     assert (clone.tracking_uri, clone.experiment, clone.parent_run_id, clone.study_id, clone.max_t) == \
@@ -243,7 +242,7 @@ def test_tracker_is_picklable_without_runtime_state():
 def test_tracker_recreates_a_missing_parent_from_the_study_id(tmp_path):
     uri = T.resolve_tracking_uri("sqlite:///m.db", tmp_path)
     T.check_tracking(uri)
-    tracker = T.MLflowTracker(uri, "e", "f" * 32, "study-x", 3, strict=True)
+    tracker = MLflowTracker(uri, "e", "f" * 32, "study-x", 3, strict=True)
     tracker.setup()
     record = T.TrialRecord("t1", {"attention": "none"})
     record.add_result({"epoch": 1, "val_acc": 0.5})
@@ -277,6 +276,7 @@ def test_start_study_refuses_a_second_study_with_the_same_id(tmp_path, monkeypat
 # ------------------------------------------------------------------------------------------------ Ray searches
 
 
+@pytest.mark.slow
 def test_tracker_logs_every_trial(search):
     uri, parent = search["uri"], search["parent"]
     client = MlflowClient(uri)
@@ -286,7 +286,7 @@ def test_tracker_logs_every_trial(search):
     assert parents[0].data.tags["attnsearch.study"] == "study-a" and parents[0].info.status == "FINISHED"
     runs = children(client, parent)
     assert len(runs) == len(CONFIGS)
-    ray_ids = {r.trial_id for r in T.read_ray_trials(search["exp_dir"], MAX_T)}
+    ray_ids = {r.trial_id for r in read_ray_trials(search["exp_dir"], MAX_T)}
     assert {r.data.tags["attnsearch.trial_id"] for r in runs} == ray_ids
     snap = snapshot(uri, parent)
     for config in CONFIGS:
@@ -298,7 +298,7 @@ def test_tracker_logs_every_trial(search):
         assert got["name"] == T.run_name(config)
         values, _ = T.encode_params(config)
         assert got["params"] == values, kind  # every sampled knob, nothing else
-        for key in T.STATIC_METRICS:
+        for key in C.STATIC_METRICS:
             assert [s for s, _ in got["hist"][key]] == [0], (kind, key)  # logged once
         if budget:
             for key in ("val_acc", "val_loss", "train_loss", "nam_penalty", "lr", "epoch_time_s", "epoch"):
@@ -316,9 +316,10 @@ def test_tracker_logs_every_trial(search):
     assert types["eca.kernel_size"] == "none" and types["train.lr"] == "float"
 
 
+@pytest.mark.slow
 def test_sync_fills_a_fresh_store_and_adds_nothing_twice(search, tmp_path):
     uri2 = T.resolve_tracking_uri("sqlite:///fresh.db", tmp_path)
-    counts = T.sync_study(search["exp_dir"], uri2, "exp", "study-a", MAX_T)
+    counts = sync_study(search["exp_dir"], uri2, "exp", "study-a", MAX_T)
     assert counts["trials"] == len(CONFIGS) and counts["runs_created"] == len(CONFIGS)
     assert counts["metrics"] > 0 and counts["finished"] == len(CONFIGS)
     parent2 = MlflowClient(uri2).search_runs(
@@ -327,27 +328,29 @@ def test_sync_fills_a_fresh_store_and_adds_nothing_twice(search, tmp_path):
     # the same picture as the live callback wrote (reason texts of Ray errors included)
     live, synced = snapshot(search["uri"], search["parent"]), snapshot(uri2, parent2)
     assert synced == live, diff(synced, live)
-    again = T.sync_study(search["exp_dir"], uri2, "exp", "study-a", MAX_T)
+    again = sync_study(search["exp_dir"], uri2, "exp", "study-a", MAX_T)
     assert again == {"trials": len(CONFIGS), "runs_created": 0, "params": 0, "metrics": 0, "tags": 0,
                      "finished": 0}
     assert snapshot(uri2, parent2) == synced
 
 
+@pytest.mark.slow
 def test_resumed_study_replay_creates_no_duplicates(search):
     uri, parent = search["uri"], search["parent"]
     before = snapshot(uri, parent)
     assert T.start_study(uri, "exp", "study-a", "name: exp\n", {}, resume=True) == parent
-    counts = T.sync_study(search["exp_dir"], uri, "exp", "study-a", MAX_T)
+    counts = sync_study(search["exp_dir"], uri, "exp", "study-a", MAX_T)
     assert counts["runs_created"] == counts["metrics"] == counts["params"] == counts["tags"] == 0
     # a fresh tracker replaying every result of every trial (as after a driver restart) adds nothing either
-    tracker = T.MLflowTracker(uri, "exp", parent, "study-a", MAX_T, strict=True)
+    tracker = MLflowTracker(uri, "exp", parent, "study-a", MAX_T, strict=True)
     tracker.setup()
-    for record in T.read_ray_trials(search["exp_dir"], MAX_T):
+    for record in read_ray_trials(search["exp_dir"], MAX_T):
         tracker._records[record.trial_id] = record
         tracker._flush([record.trial_id])
     assert snapshot(uri, parent) == before, diff(snapshot(uri, parent), before)
 
 
+@pytest.mark.slow
 def test_tuner_restore_resuming_errored_trial_keeps_one_run(search):
     """Tuner.restore unpickles the tracker from tuner.pkl; the errored trial runs again into its own run.
 
@@ -368,7 +371,7 @@ def test_tuner_restore_resuming_errored_trial_keeps_one_run(search):
         assert after[kind] == before[kind], diff(after[kind], before[kind])
 
 
-class FlakyTracker(T.MLflowTracker):
+class FlakyTracker(MLflowTracker):
     """Fails the first `fail_calls` store writes, like a tracking server that is down for a while."""
 
     fail_calls = 4
@@ -380,6 +383,7 @@ class FlakyTracker(T.MLflowTracker):
         super()._reconcile(record)
 
 
+@pytest.mark.slow
 def test_outage_warns_once_and_catches_up(ray_session, tmp_path, caplog):
     uri = T.resolve_tracking_uri("sqlite:///mlflow.db", tmp_path)
     parent = T.start_study(uri, "exp", "study-b", "name: exp\n", {}, False)
@@ -394,18 +398,16 @@ def test_outage_warns_once_and_catches_up(ray_session, tmp_path, caplog):
     assert [s for s, _ in snap["se"]["hist"]["val_acc"]] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_dead_server_does_not_stop_the_search_and_sync_recovers(ray_session, tmp_path, caplog):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    tracker = T.MLflowTracker(f"http://127.0.0.1:{port}", "exp", "0" * 32, "study-c", MAX_T)
+    tracker = MLflowTracker(f"http://127.0.0.1:{free_port()}", "exp", "0" * 32, "study-c", MAX_T)
     t0 = time.perf_counter()
     with caplog.at_level(logging.WARNING, logger="attnsearch.tracking"):
         exp_dir = run_search(tmp_path, tracker, name="dead", configs=CONFIGS[:2])
     assert time.perf_counter() - t0 < 60
     assert "unavailable" in caplog.text and tracker.errors >= 1
     uri = T.resolve_tracking_uri("sqlite:///later.db", tmp_path)
-    counts = T.sync_study(exp_dir, uri, "exp", "study-c", MAX_T)
+    counts = sync_study(exp_dir, uri, "exp", "study-c", MAX_T)
     assert counts["runs_created"] == 2
     assert {k: v["tags"]["attnsearch.state"] for k, v in snapshot(uri, MlflowClient(uri).search_runs(
         [MlflowClient(uri).get_experiment_by_name("exp").experiment_id],
@@ -413,12 +415,6 @@ def test_dead_server_does_not_stop_the_search_and_sync_recovers(ray_session, tmp
 
 
 # ------------------------------------------------------------------------------------------------ real server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -437,7 +433,7 @@ class Server:
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()[-3000:]
             try:
-                if T._http_get(f"http://127.0.0.1:{self.port}/health", 1.0) == 200:
+                if _http_get(f"http://127.0.0.1:{self.port}/health", 1.0) == 200:
                     return self
             except OSError:
                 pass
@@ -478,7 +474,7 @@ class KillServerOnFirstResult(tune.Callback):
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # until it really stops answering
             try:
-                T._http_get(f"http://127.0.0.1:{self.port}/health", 0.5)
+                _http_get(f"http://127.0.0.1:{self.port}/health", 0.5)
             except OSError:
                 return
             time.sleep(0.2)
@@ -498,7 +494,7 @@ def test_real_mlflow_server_end_to_end(ray_session, tmp_path):
     try:
         T.check_tracking(uri)
         parent = T.start_study(uri, "exp", "study-s", "name: exp\n", {"attention": {"type": ["se"]}}, False)
-        tracker = T.MLflowTracker(uri, "exp", parent, "study-s", MAX_T, strict=True)
+        tracker = MLflowTracker(uri, "exp", parent, "study-s", MAX_T, strict=True)
         run_search(tmp_path, tracker, name="live", configs=configs)
         client = MlflowClient(uri)
         assert len(children(client, parent)) == len(configs)
@@ -515,13 +511,13 @@ def test_real_mlflow_server_end_to_end(ray_session, tmp_path):
         assert flags == {"se": "true", "sa": "false", "bam": "false", "none": "false"}
         # "resume": the same parent, a replay of the whole Ray directory, still one run per trial
         assert T.start_study(uri, "exp", "study-s", "name: exp\n", {}, resume=True) == parent
-        counts = T.sync_study(tmp_path / "ray" / "live", uri, "exp", "study-s", MAX_T)
+        counts = sync_study(tmp_path / "ray" / "live", uri, "exp", "study-s", MAX_T)
         assert counts["runs_created"] == counts["metrics"] == 0
         assert len(children(client, parent)) == len(configs)
 
         # the server goes away in the middle of a second study: the search finishes, sync fills MLflow later
         parent2 = T.start_study(uri, "exp", "study-t", "name: exp\n", {}, False)
-        tracker = T.MLflowTracker(uri, "exp", parent2, "study-t", MAX_T, retry_interval_s=5)
+        tracker = MLflowTracker(uri, "exp", parent2, "study-t", MAX_T, retry_interval_s=5)
         (tmp_path / "second").mkdir()
         t0 = time.perf_counter()
         exp_dir = run_search(tmp_path / "second", tracker, name="lost", configs=configs,
@@ -533,13 +529,13 @@ def test_real_mlflow_server_end_to_end(ray_session, tmp_path):
 
     server = Server(cmd, port, tmp_path / "server.log").start()
     try:
-        counts = T.sync_study(exp_dir, uri, "exp", "study-t", MAX_T)
+        counts = sync_study(exp_dir, uri, "exp", "study-t", MAX_T)
         assert counts["trials"] == len(configs)
         snap2 = snapshot(uri, parent2)
         assert set(snap2) == {c["attention"] for c in configs}
         assert {k: v["tags"]["attnsearch.state"] for k, v in snap2.items()} == {
             c["attention"]: EXPECTED[c["attention"]][0] for c in configs}
-        assert T.sync_study(exp_dir, uri, "exp", "study-t", MAX_T)["metrics"] == 0
+        assert sync_study(exp_dir, uri, "exp", "study-t", MAX_T)["metrics"] == 0
         assert len(children(MlflowClient(uri), parent)) == len(configs)  # the first study is untouched
     finally:
         server.stop()

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 
 from attnsearch.config import TrainConfig, validate_job
-from attnsearch.train import TrialPlan, fit, lr_factor, over_budget
+from attnsearch.space import TrialSettings
+from attnsearch.train import fit, lr_factor, over_budget
 
 
-def tiny_job(**train):
+def tiny_job(batch_size: int = 32, **train):
     return validate_job(
         {
             "name": "unit",
             "backbone": {"name": "resnet20"},
-            "data": {"dataset": "fake", "image_size": 8, "batch_size": 32, "fake_train_size": 64,
+            "data": {"dataset": "fake", "image_size": 8, "batch_size": batch_size, "fake_train_size": 64,
                      "fake_val_size": 32, "fake_num_classes": 4},
             "train": {"epochs": 2, "threads": 1, **train},
             "search": {"space": {"attention": {"type": ["none"]}}},
@@ -41,31 +43,75 @@ def test_over_budget_names_the_constraint():
     assert over_budget(job, {"params": 1000, "flops": 5}) is None
 
 
-def test_fit_reports_every_epoch_and_resumes_from_checkpoint():
-    job = tiny_job(lr=0.05)
-    plan = TrialPlan(attention={"type": "se", "reduction": 4, "stages": [3]}, train=job.train)
+def run_fit(job, plan, checkpoint=None) -> list[tuple[dict, dict | None]]:
+    """fit's reports as (metrics, state); each state deep-copied when reported, as run_trial saves it to disk
+    then: fit hands out live state_dicts, which the next epoch's steps would change in place."""
     reports = []
-    assert fit(job, plan, lambda m, s: reports.append((m, s))) == "completed"
-    assert [m["epoch"] for m, _ in reports] == [1, 2]
-    first, state = reports[0]
+    assert fit(job, plan, lambda m, s: reports.append((m, copy.deepcopy(s))), checkpoint=checkpoint) == "completed"
+    return reports
+
+
+def max_weight_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a if a[k].is_floating_point())
+
+
+def momentum_buffers(state: dict) -> list[torch.Tensor]:
+    return [s["momentum_buffer"] for _, s in sorted(state["optimizer"]["state"].items())]
+
+
+def test_fit_reports_every_epoch_and_resumes_from_checkpoint(monkeypatch):
+    # batch_size 64 = the whole training set: one step per epoch, so the data order the resumed epoch sees
+    # (its loader's generator starts again from the seed) only reorders one batch, and a resumed epoch 2 must
+    # equal the uninterrupted run's epoch 2 up to float summation order.
+    job = tiny_job(lr=0.05, momentum=0.9, batch_size=64)
+    plan = TrialSettings(attention={"type": "se", "reduction": 4, "stages": [3]}, train=job.train)
+    full = run_fit(job, plan)
+    assert [m["epoch"] for m, _ in full] == [1, 2]
+    (first, state), (second, final) = full
     assert 0.0 <= first["val_acc"] <= 1.0 and first["attn_params"] > 0 and first["flops"] > first["macs"]
     assert state["epoch"] == 1 and set(state) >= {"model", "optimizer"}
-    resumed = []
-    fit(job, plan, lambda m, s: resumed.append(m), checkpoint=state)
-    assert [m["epoch"] for m in resumed] == [2]
+    assert momentum_buffers(state) and all(b.abs().sum() > 0 for b in momentum_buffers(state))  # momentum kept
+    tol = 1e-5  # float reordering only; every corrupted resume below is off by orders of magnitude more
+
+    # The weights, the momentum buffers and the epoch come back: epoch 2 only, as if never interrupted.
+    resumed = run_fit(job, plan, checkpoint=copy.deepcopy(state))
+    assert [m["epoch"] for m, _ in resumed] == [2]
+    (again, after) = resumed[0]
+    for key in ("val_acc", "val_loss", "train_loss", "lr"):
+        assert again[key] == pytest.approx(second[key], rel=1e-4, abs=1e-5), key
+    assert max_weight_diff(after["model"], final["model"]) < tol
+    for got, want in zip(momentum_buffers(after), momentum_buffers(final), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=tol)
+
+    # Without the model restore (fresh weights), epoch 2 trains another model: the check above would fail.
+    with monkeypatch.context() as m:
+        m.setattr(torch.nn.Module, "load_state_dict", lambda self, *a, **k: None)
+        (no_model, no_model_state), = run_fit(job, plan, checkpoint=copy.deepcopy(state))
+    assert max_weight_diff(no_model_state["model"], final["model"]) > 100 * tol
+    assert no_model["train_loss"] != pytest.approx(second["train_loss"], rel=1e-3)
+
+    # Without the optimizer restore (no momentum from epoch 1), the epoch-2 step differs too.
+    with monkeypatch.context() as m:
+        m.setattr(torch.optim.Optimizer, "load_state_dict", lambda self, *a, **k: None)
+        (no_optim, no_optim_state), = run_fit(job, plan, checkpoint=copy.deepcopy(state))
+    assert max_weight_diff(no_optim_state["model"], final["model"]) > 100 * tol
+    assert no_optim["val_loss"] != pytest.approx(second["val_loss"], rel=1e-3)
+    buffers = zip(momentum_buffers(no_optim_state), momentum_buffers(final), strict=True)
+    assert max((a - b).abs().max().item() for a, b in buffers) > 100 * tol
 
 
 def test_diverging_trial_reports_failed_with_reason():
     job = tiny_job(lr=1e8, momentum=0.0)
     reports = []
-    assert fit(job, TrialPlan(attention=None, train=job.train), lambda m, s: reports.append(m)) == "failed"
+    assert fit(job, TrialSettings(attention=None, train=job.train), lambda m, s: reports.append(m)) == "failed"
     assert reports[-1]["attnsearch_state"] == "failed"
     assert "loss" in reports[-1]["attnsearch_reason"]
 
 
 def test_nam_penalty_is_added_and_reported():
     job = tiny_job(lr=0.05, epochs=1)
-    plan = TrialPlan(attention={"type": "nam", "stages": [1]}, train=job.train, nam_penalty=1e-2)
+    plan = TrialSettings(attention={"type": "nam", "stages": [1]}, train=job.train, nam_penalty=1e-2)
     reports = []
     fit(job, plan, lambda m, s: reports.append(m))
     # 3 NAM modules of 16 channels, gamma initialised to 1: L1 = 48 at the start, weight decay shrinks it a little.
@@ -78,7 +124,8 @@ def test_infeasible_model_is_never_trained():
                         "data": {"dataset": "fake", "image_size": 8, "fake_train_size": 8, "fake_val_size": 8},
                         "search": {"space": {"attention": {"type": ["none"]}}}})
     reports = []
-    assert fit(job, TrialPlan(attention=None, train=job.train), lambda m, s: reports.append((m, s))) == "infeasible"
+    plan = TrialSettings(attention=None, train=job.train)
+    assert fit(job, plan, lambda m, s: reports.append((m, s))) == "infeasible"
     assert len(reports) == 1 and reports[0][1] is None
     assert reports[0][0]["attnsearch_state"] == "infeasible" and "max_params" in reports[0][0]["attnsearch_reason"]
     assert torch.is_grad_enabled()
@@ -88,7 +135,7 @@ def test_infeasible_model_is_never_trained():
 def test_amp_on_cpu_trains_modules_with_fused_backward(attention):
     # amp: true on CPU is bf16 autocast; the fused gates once crashed in backward on mixed bf16/float32 inputs
     job = tiny_job(lr=0.05, amp=True, epochs=1)
-    plan = TrialPlan(attention={**attention, "stages": [3]}, train=job.train)
+    plan = TrialSettings(attention={**attention, "stages": [3]}, train=job.train)
     reports = []
     assert fit(job, plan, lambda m, s: reports.append(m)) == "completed"
     assert len(reports) == 1 and math.isfinite(reports[0]["train_loss"])

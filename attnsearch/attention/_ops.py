@@ -95,7 +95,7 @@ class _MaxMeanPools(torch.autograd.Function):
             if g_mean is None:
                 continue
             term = (g_mean / shape[d]).unsqueeze(d)
-            if grad is None:  # copy_ of a broadcast view: ~10x faster on CPU than expand().contiguous()
+            if grad is None:  # copy_ of a broadcast view: cheaper on CPU than expand().contiguous()
                 grad = term.new_empty(shape).copy_(term.expand(shape))
             else:
                 grad.add_(term)

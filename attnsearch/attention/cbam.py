@@ -63,7 +63,7 @@ CBAM_SPEC = register_attention(
         cls=CBAM,
         knobs={
             "reduction": Knob("reduction", "int", 16, low=1, high=1024, doc="MLP hidden width = C // r"),
-            "kernel_size": Knob("kernel_size", "int", 7, low=1, high=15, doc="odd spatial conv size"),
+            "kernel_size": Knob("kernel_size", "int", 7, low=1, high=15, odd=True, doc="odd spatial conv size"),
         },
         slot="residual_end",
         param_count=_cbam_params,

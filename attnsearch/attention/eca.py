@@ -37,12 +37,15 @@ class EfficientChannelAttention(nn.Module):
 
 
 def _check_eca(channels: int, spatial_size: Any, *, kernel_size: int | None, gamma: float, beta: float) -> None:
-    if kernel_size is not None and kernel_size % 2 == 0:
+    """The constructor's rules; the registry's knobs (odd, ranges, finite) enforce the same on the search space."""
+    if kernel_size is not None and (kernel_size < 1 or kernel_size % 2 == 0):
         raise ValueError(
-            f"eca.kernel_size must be odd (zero padding (k-1)/2) or None (adaptive), got {kernel_size}"
+            f"eca.kernel_size must be odd (zero padding (k-1)/2): 1, 3, 5, ...; or None (adaptive), got {kernel_size}"
         )
-    if gamma <= 0:
-        raise ValueError(f"eca.gamma must be > 0, got {gamma}")
+    if not gamma > 0 or not math.isfinite(gamma):  # NaN fails every comparison
+        raise ValueError(f"eca.gamma must be a finite number > 0, got {gamma}")
+    if not math.isfinite(beta):
+        raise ValueError(f"eca.beta must be a finite number, got {beta}")
 
 
 def _eca_params(channels: int, spatial_size: Any, kernel_size: int | None, gamma: float, beta: float) -> int:
@@ -54,12 +57,15 @@ ECA = register_attention(
         name="eca",
         cls=EfficientChannelAttention,
         knobs={
-            "kernel_size": Knob("kernel_size", "int", None, low=1, high=31, doc="odd; None = adaptive from C"),
+            "kernel_size": Knob(
+                "kernel_size", "int", None, low=1, high=31, odd=True, doc="odd; None = adaptive from C"
+            ),
             "gamma": Knob("gamma", "float", 2.0, low=0.1, high=16.0, doc="adaptive-k gamma"),
             "beta": Knob("beta", "float", 1.0, low=-16.0, high=16.0, doc="adaptive-k b"),
         },
         slot="residual_end",
         param_count=_eca_params,
         summary="ECA: channel gate from a k-tap 1-D conv over GAP(x), k adaptive in C",
+        check=_check_eca,
     )
 )

@@ -17,7 +17,7 @@ from .registry import AttentionSpec, Knob, register_attention
 def _channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and biased variance of NCHW ``x`` over (N, H, W) in two reads.
 
-    At 32x256x28x28 on one CPU thread these take ~2.5 ms; native_batch_norm's statistics and output ~20 ms.
+    Two passes instead of CPU ``native_batch_norm``'s (timings: benchmarks/results/attention_modules_1thread.md).
     """
     n = x.numel() // x.shape[1]
     sum_sq = spatial_dot(x, x).sum(0).flatten()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -16,7 +17,12 @@ class Knob:
 
     ``kind`` is ``"int"``, ``"float"``, ``"bool"`` or ``"choice"``; ``low``/``high`` bound numbers (inclusive),
     ``choices`` lists the legal values of a ``"choice"`` knob. ``default=None`` on a number means "derived"
-    (e.g. ECA's adaptive kernel size).
+    (e.g. ECA's adaptive kernel size). ``odd=True`` on an int knob admits odd values only (same-size padding
+    (k - 1) / 2 of a conv kernel). Numbers must be finite (NaN passes every comparison, inf no ``int()``).
+
+    Every rule a module's constructor enforces on a knob value alone belongs here, and every rule that depends
+    on the channels or the map size in the spec's ``check``: the search space validates knobs with ``validate``
+    and placements with ``AttentionSpec.validate`` before any trial starts (tests/test_knob_rules.py).
     """
 
     name: str
@@ -25,7 +31,12 @@ class Knob:
     low: float | None = None
     high: float | None = None
     choices: tuple[Any, ...] | None = None
+    odd: bool = False
     doc: str = ""
+
+    def __post_init__(self) -> None:
+        if self.odd and self.kind != "int":
+            raise ValueError(f"knob {self.name!r}: odd=True needs kind 'int', got {self.kind!r}")
 
     def validate(self, module: str, value: Any) -> Any:
         """Return ``value`` coerced to the knob's type or raise ``ValueError`` naming module, knob and range."""
@@ -41,16 +52,36 @@ class Knob:
                 raise ValueError(f"{where} must be one of {list(self.choices)}, got {value!r}")
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where} must be a number ({self._range()}), got {value!r}")
-        if self.kind == "int":
-            if float(value) != int(value):
-                raise ValueError(f"{where} must be an integer ({self._range()}), got {value!r}")
-            value = int(value)
-        else:
-            value = float(value)
+            raise ValueError(f"{where} must be a number ({self._valid()}), got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):  # NaN would pass the range check below
+            raise ValueError(f"{where} must be a finite number ({self._valid()}), got {value!r}")
+        if self.kind == "int" and isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{where} must be an integer ({self._valid()}), got {value!r}")
+        # compared before any conversion: int vs float comparison is exact, float(10**400) would overflow
         if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
-            raise ValueError(f"{where} must be in {self._range()}, got {value!r}")
+            raise ValueError(f"{where} must be in {self._valid()}, got {value!r}")
+        try:
+            value = int(value) if self.kind == "int" else float(value)
+        except OverflowError:  # only without bounds
+            raise ValueError(f"{where} must be in {self._valid()}, got {value!r}") from None
+        if self.odd and value % 2 == 0:
+            raise ValueError(f"{where} must be odd, {self._odd_values()}{self._null()}, got {value!r}")
         return value
+
+    def _valid(self) -> str:
+        """The legal values in words, for messages: the range, odd-only, and null where the default is derived."""
+        return f"{self._range()}{' and odd' if self.odd else ''}{self._null()}"
+
+    def _null(self) -> str:
+        return " or null (default: derived)" if self.default is None else ""
+
+    def _odd_values(self) -> str:
+        lo = -math.inf if self.low is None else math.ceil(self.low)
+        hi = math.inf if self.high is None else math.floor(self.high)
+        if math.isfinite(lo) and math.isfinite(hi) and hi - lo < 48:
+            lo += 1 - lo % 2  # first odd value
+            return f"one of {list(range(int(lo), int(hi) + 1, 2))}"
+        return f"an odd integer in {self._range()}"
 
     def _range(self) -> str:
         lo = "-inf" if self.low is None else f"{self.low:g}"
@@ -63,7 +94,7 @@ class Knob:
         if self.kind == "bool":
             return f"{self.name}={self.default}"
         default = "auto" if self.default is None else self.default
-        return f"{self.name}={default} {self.kind}{self._range()}"
+        return f"{self.name}={default} {'odd ' if self.odd else ''}{self.kind}{self._range()}"
 
 
 @dataclass(frozen=True)

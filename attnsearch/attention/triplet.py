@@ -69,7 +69,7 @@ TRIPLET = register_attention(
         name="triplet",
         cls=TripletAttention,
         knobs={
-            "kernel_size": Knob("kernel_size", "int", 7, low=1, high=15, doc="odd Z-gate conv size"),
+            "kernel_size": Knob("kernel_size", "int", 7, low=1, high=15, odd=True, doc="odd Z-gate conv size"),
             "no_spatial": Knob("no_spatial", "bool", False, doc="drop the H-W branch (average of 2 branches)"),
         },
         slot="residual_end",

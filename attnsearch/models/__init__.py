@@ -7,6 +7,7 @@
 from .backbones import BACKBONES, Backbone, get_backbone
 from .build import attention_modules, build_model, load_weights, read_state_dict
 from .sites import (
+    BLOCK_CHOICES,
     Placement,
     Site,
     check_attention_placement,
@@ -15,12 +16,14 @@ from .sites import (
     parse_attention,
     resolve_placement,
 )
-from .slots import POSITIONS
+from .slots import POSITION_CHOICES, POSITIONS
 
 __all__ = [
     "BACKBONES",
+    "BLOCK_CHOICES",
     "Backbone",
     "POSITIONS",
+    "POSITION_CHOICES",
     "Placement",
     "Site",
     "attention_modules",

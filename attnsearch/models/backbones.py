@@ -44,10 +44,12 @@ def _cifar_resnet(name: str) -> Backbone:
         name=name,
         num_stages=3,
         default_input_size=32,
-        build=lambda num_classes, width_mult: resnet.CifarResNet(n, num_classes),
-        blocks=lambda hw, width_mult: resnet.cifar_resnet_blocks(name, hw),
+        build=lambda num_classes, width_mult: resnet.CifarResNet(n, num_classes, width_mult),
+        blocks=lambda hw, width_mult: resnet.cifar_resnet_blocks(name, hw, width_mult),
         classifier="fc.",
-        summary=f"He et al. 2016 CIFAR ResNet-{6 * n + 2} (16/32/64 channels, {n} BasicBlocks per stage, option A)",
+        width_mult=True,
+        summary=f"He et al. 2016 CIFAR ResNet-{6 * n + 2} (16/32/64 channels x width_mult, {n} BasicBlocks per "
+                "stage, option A)",
     )
 
 

@@ -120,17 +120,28 @@ class PadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, 0, self.extra)) if self.extra else x
 
 
+def cifar_widths(width_mult: float = 1.0) -> tuple[int, int, int]:
+    """Channels of the three stages: 16/32/64 times ``width_mult``, rounded to a multiple of 4 (at least 4).
+
+    # NOTE: He et al. have no width knob; this is Wide ResNet's widening factor k (Zagoruyko & Komodakis 2016,
+    # arXiv:1605.07146) allowed below 1, so a search can trade accuracy for cost with the width as well.
+    """
+    return tuple(max(4, int(round(c * width_mult / 4)) * 4) for c in (16, 32, 64))  # type: ignore[return-value]
+
+
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32x32 inputs (He et al. 2016, §4.2): 3x3 conv 16, three stages of n BasicBlocks with
-    16/32/64 channels (stride 2 at stages 2 and 3), global average pool, FC. Option-A shortcuts."""
+    16/32/64 channels (stride 2 at stages 2 and 3), global average pool, FC. Option-A shortcuts. ``width_mult``
+    scales the channels (``cifar_widths``); 1.0 is the paper's network."""
 
-    def __init__(self, n: int, num_classes: int = 10) -> None:
+    def __init__(self, n: int, num_classes: int = 10, width_mult: float = 1.0) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, kernel_size=3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
+        widths = cifar_widths(width_mult)
+        self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
-        inplanes = 16
-        for stage, planes in enumerate((16, 32, 64), start=1):
+        inplanes = widths[0]
+        for stage, planes in enumerate(widths, start=1):
             stride = 1 if stage == 1 else 2
             blocks = []
             for i in range(n):
@@ -140,7 +151,7 @@ class CifarResNet(nn.Module):
                 inplanes = planes
             self.add_module(f"layer{stage}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(64, num_classes)
+        self.fc = nn.Linear(widths[-1], num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -157,11 +168,11 @@ class CifarResNet(nn.Module):
 CIFAR_RESNETS = {"resnet20": 3, "resnet32": 5, "resnet56": 9}  # depth = 6n + 2
 
 
-def cifar_resnet_blocks(name: str, input_size: tuple[int, int]) -> list[BlockInfo]:
+def cifar_resnet_blocks(name: str, input_size: tuple[int, int], width_mult: float = 1.0) -> list[BlockInfo]:
     n = CIFAR_RESNETS[name]
     hw = input_size
     out: list[BlockInfo] = []
-    for stage, planes in enumerate((16, 32, 64), start=1):
+    for stage, planes in enumerate(cifar_widths(width_mult), start=1):
         if stage > 1:
             hw = conv_out(hw, 3, 2, 1)
         for i in range(n):

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
+from .._table import format_table
 from ..attention.registry import get_spec
 from .backbones import BACKBONES, get_backbone
 from .geometry import as_hw
-from .slots import POSITIONS
+from .slots import POSITION_CHOICES, POSITIONS
 
 BLOCK_CHOICES = ("all", "first", "last")
 PLACEMENT_KEYS = ("type", "stages", "blocks", "position")
@@ -135,8 +136,8 @@ def parse_attention(attention: Mapping[str, Any] | None, backbone: str) -> Place
     position = attention.get("position", "default")
     if position is None:
         position = "default"
-    if position != "default" and position not in POSITIONS:
-        raise ValueError(f"attention.position must be one of {['default', *POSITIONS]}, got {position!r}")
+    if position not in POSITION_CHOICES:
+        raise ValueError(f"attention.position must be one of {list(POSITION_CHOICES)}, got {position!r}")
     if position == "default":
         position = spec.slot
     knobs = {k: v for k, v in attention.items() if k not in PLACEMENT_KEYS}
@@ -210,10 +211,4 @@ def format_sites(sites: Sequence[Site]) -> str:
         (s.name, str(s.stage), str(s.block), s.position, str(s.channels), f"{s.spatial_size[0]}x{s.spatial_size[1]}")
         for s in sites
     ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    right = {1, 2, 4, 5}
-
-    def fmt(row: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
-
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)])
+    return format_table(header, rows, right={1, 2, 4, 5})

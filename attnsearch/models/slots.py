@@ -9,6 +9,8 @@ from __future__ import annotations
 from torch import nn
 
 POSITIONS = ("mid", "residual_end", "post_add", "stage_end")
+# What an attention dict's ``position`` may say: a slot, or "default" (the module's official slot).
+POSITION_CHOICES = ("default", *POSITIONS)
 ATTN_PREFIX = "attn_"
 
 

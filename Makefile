@@ -1,0 +1,47 @@
+# attnsearch from a fresh clone (README "Quick start"):
+#   make quickstart   set up, then run the quickstart study (jobs/quickstart.yaml)
+#   make test         set up, then the full tests
+#   make test-fast    set up, then the tests with -m "not slow" (none that starts Ray or a server)
+# Setup (make setup) makes a virtual environment in $(VENV), installs torch for this machine, then the project with
+# every extra, pinned by docker/constraints.txt; it reruns only when pyproject.toml or docker/constraints.txt change.
+# Torch: without a working nvidia-smi, PyTorch's CPU wheels if that index answers within 3 s, otherwise pip's default
+# index (what a GPU machine uses). Overrides: VENV=, PYTHON=, TORCH_INDEX_URL=, PYTEST_ARGS=.
+
+VENV ?= .venv
+PYTHON ?= python3
+TORCH_INDEX_URL ?=
+CPU_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+TORCH := torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.attnsearch-setup
+export PATH := $(abspath $(BIN)):$(PATH)
+
+# The whole probe (DNS included) is bounded by the thread's join: no pip timeouts against an unreachable index.
+PROBE := import threading, urllib.request as u; ok = []; \
+	t = threading.Thread(target=lambda: ok.append(u.urlopen("$(CPU_INDEX_URL)/", timeout=3).status), daemon=True); \
+	t.start(); t.join(3); raise SystemExit(ok != [200])
+
+.PHONY: setup venv quickstart test test-fast
+setup venv: $(STAMP)
+
+$(STAMP): pyproject.toml docker/constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@index='$(TORCH_INDEX_URL)'; \
+	if [ -z "$$index" ] && ! nvidia-smi >/dev/null 2>&1 && $(BIN)/python -c '$(PROBE)' 2>/dev/null; then \
+		index='$(CPU_INDEX_URL)'; fi; \
+	echo "torch: $(TORCH) from $${index:-the default index}"; \
+	$(BIN)/python -m pip install -q $(TORCH) $${index:+--index-url "$$index"}
+	$(BIN)/python -m pip install -q -e ".[all]" -c docker/constraints.txt
+	touch $@
+
+quickstart: setup
+	$(BIN)/attnsearch run jobs/quickstart.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)

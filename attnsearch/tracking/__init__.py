@@ -1,0 +1,43 @@
+"""MLflow tracking: one parent run per study, one child run per Ray trial, all written by the driver.
+
+Layout (design.md, "MLflow layout"): one experiment per job; a parent run tagged ``attnsearch.study`` holds the
+job YAML, the resolved search space and the Pareto artifacts; each Ray trial gets one child run
+(``mlflow.parentRunId``, ``attnsearch.trial_id``) with the trial config as params, per-epoch metrics at
+``step=epoch``, the static counts once (step 0) and the ``attnsearch.state``/``budget``/``reason`` tags.
+
+One module per job: ``_connection`` (health check, short HTTP retries, UI command), ``_params`` (typed params,
+run names), ``_records`` (what a trial reported), ``_store`` (the idempotent store), ``_study`` (the parent run),
+``callback`` (the Ray Tune callback) and ``sync`` (replaying a Ray experiment directory). Only the last two
+import Ray; import them by their module (``attnsearch.tracking.callback``, ``attnsearch.tracking.sync``).
+"""
+
+from ..contract import TrackingError
+from ..uris import redact_uri, resolve_tracking_uri
+from ._connection import check_tracking, fast_http, first_line, ui_command
+from ._params import decode_param, encode_params, run_name
+from ._records import TrialRecord, error_summary
+from ._store import Store, quote, search_all
+from ._study import ensure_experiment, find_parent, latest_parent, open_or_create_parent, start_study
+
+__all__ = [
+    "TrackingError",
+    "TrialRecord",
+    "Store",
+    "redact_uri",
+    "resolve_tracking_uri",
+    "check_tracking",
+    "ui_command",
+    "fast_http",
+    "first_line",
+    "encode_params",
+    "decode_param",
+    "run_name",
+    "error_summary",
+    "quote",
+    "search_all",
+    "ensure_experiment",
+    "find_parent",
+    "latest_parent",
+    "open_or_create_parent",
+    "start_study",
+]

@@ -1,0 +1,80 @@
+"""Paths and URIs resolved on the driver (standard library only).
+
+Ray runs every trial in its own working directory, so whatever a job names relatively (data, search space,
+weights, Ray's storage, a local MLflow store) is made absolute on the driver before anything travels.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.parse
+from pathlib import Path
+
+__all__ = ["redact_uri", "redact_text", "resolve_tracking_uri", "sqlite_path", "resolve_path", "resolve_storage"]
+
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` without inline credentials (``https://user:pw@host`` -> ``https://***@host``)."""
+    return re.sub(r"^([A-Za-z][\w+.-]*://)[^/@\s]+@", r"\1***@", uri)
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every ``scheme://user:password@`` credential replaced by ``***``."""
+    return re.sub(r"([A-Za-z][\w+.-]*://)[^/@\s:]+:[^/@\s]+@", r"\1***@", text)
+
+
+def resolve_tracking_uri(uri: str, base_dir: str | os.PathLike | None = None) -> str:
+    """Make a local store URI absolute against ``base_dir`` (default: the current directory) on the driver.
+
+    ``sqlite:///mlflow.db`` (relative: three slashes) -> ``sqlite:////abs/dir/mlflow.db``; a plain path or
+    relative ``file:`` URI -> absolute ``file://`` URI; server URIs (``http(s)://``, ``databricks``...) unchanged.
+    Raises ``ValueError`` for an empty or malformed SQLite URI.
+    """
+    uri = str(uri).strip()
+    if not uri:
+        raise ValueError("tracking.uri must not be empty (e.g. sqlite:///mlflow.db or http://127.0.0.1:5000)")
+    base = Path(base_dir if base_dir is not None else Path.cwd()).expanduser()
+    if uri.startswith("sqlite:///"):
+        path, sep, query = uri[len("sqlite:///"):].partition("?")
+        if path in ("", ":memory:") or path.startswith("/"):
+            return uri
+        return "sqlite:///" + (base / Path(path).expanduser()).resolve().as_posix() + sep + query
+    if uri.startswith("sqlite:"):
+        raise ValueError(f"tracking.uri {uri!r}: SQLite URIs look like sqlite:///relative.db or sqlite:////abs.db")
+    if uri.startswith("file:"):
+        parsed = urllib.parse.urlparse(uri)
+        if parsed.netloc or parsed.path.startswith("/"):
+            return uri
+        return (base / parsed.path).resolve().as_uri()
+    if re.match(r"^[A-Za-z][\w+.-]*:", uri) and not re.match(r"^[A-Za-z]:[\\/]", uri):
+        return uri  # http(s), databricks, postgresql..., left to MLflow
+    return (base / Path(uri).expanduser()).resolve().as_uri()
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores and in-memory databases)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].partition("?")[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def resolve_path(value: str, job_dir: Path | None, cwd: Path | None = None) -> str:
+    """Absolute form of a data/space/weights path: cwd if it exists there, else the job's directory, else cwd."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    cwd = cwd or Path.cwd()
+    if (cwd / path).exists() or job_dir is None or not (job_dir / path).exists():
+        return str((cwd / path).resolve())
+    return str((job_dir / path).resolve())
+
+
+def resolve_storage(value: str, cwd: Path | None = None) -> str:
+    """Absolute form of a local path relative to cwd; URIs with a scheme (``s3://``, ``file://``) are kept."""
+    if _SCHEME_RE.match(value):
+        return value
+    return str(((cwd or Path.cwd()) / Path(value).expanduser()).resolve())

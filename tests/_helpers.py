@@ -1,0 +1,80 @@
+"""Plain helpers shared by the test modules (the fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+BIN = Path(sys.executable).parent  # the venv's `ray`, `attnsearch`, `mlflow` scripts
+
+# The job every test module starts from: one flow-style line per top-level key (see write_job).
+BASE_JOB: dict[str, Any] = {
+    "name": "tiny",
+    "backbone": {"name": "resnet20"},
+    "data": {"dataset": "digits", "image_size": 8, "batch_size": 64},
+    "train": {"epochs": 2, "lr": 0.1, "threads": 1},
+    "search": {"space": "space.yaml", "sampler": "random", "num_samples": 1, "max_concurrent": 1},
+    "scheduler": {"type": "none"},
+    "resources": {"cpu": 1},
+}
+
+
+def write_job(folder: Path, space: str, *, job_file: str = "job.yaml", space_file: str = "space.yaml",
+              **sections: Any) -> Path:
+    """Write ``folder/space_file`` (``space``, dedented) and ``folder/job_file``; return the job's path.
+
+    The job is BASE_JOB with ``sections`` applied per top-level key: a dict is merged into the base section
+    (``train={"epochs": 3}`` keeps lr and threads), None drops the key, anything else replaces it. Each key is
+    one flow-style YAML line, under a comment line (jobs are hand-written files; comments must survive).
+    """
+    job: dict[str, Any] = {key: dict(value) if isinstance(value, dict) else value for key, value in BASE_JOB.items()}
+    for key, value in sections.items():
+        if value is None:
+            job.pop(key, None)
+        elif isinstance(value, dict) and isinstance(job.get(key), dict):
+            job[key].update(value)
+        else:
+            job[key] = value
+    space_path, job_path = folder / space_file, folder / job_file
+    space_path.parent.mkdir(parents=True, exist_ok=True)
+    job_path.parent.mkdir(parents=True, exist_ok=True)
+    space_path.write_text(textwrap.dedent(space))
+    lines = [f"{key}: {yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10**6).strip()}"
+             for key, value in job.items()]
+    lines = [line.removesuffix("\n...") for line in lines]  # safe_dump ends a bare scalar with a document end
+    job_path.write_text("# written by tests/_helpers.write_job\n" + "\n".join(lines) + "\n")
+    return job_path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (for servers the tests start, or an address nobody answers)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def remove_dir(path: Path) -> None:
+    """rmtree that outlasts Ray processes still writing their last log lines while they exit."""
+    for _ in range(10):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+        time.sleep(0.5)
+
+
+def ray_env(**extra: str) -> dict[str, str]:
+    """The environment of the Ray processes the tests start (`ray start`, `attnsearch run`): throwaway local
+    clusters without token auth (it turns itself on when ~/.ray/auth_token exists) or usage stats, the venv's
+    scripts first on PATH, no inherited RAY_ADDRESS."""
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1",
+               PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra)
+    env.pop("RAY_ADDRESS", None)
+    return env
