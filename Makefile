@@ -1,6 +1,6 @@
 # attnsearch from a fresh clone (README "Quick start"):
 #   make quickstart   set up, then run the quickstart study (jobs/quickstart.yaml)
-#   make test         set up, then the full tests
+#   make test         set up (with the optional DALI extra where it installs), then the full tests
 #   make test-fast    set up, then the tests with -m "not slow" (none that starts Ray or a server)
 # Setup (make setup) makes a virtual environment in $(VENV), installs torch for this machine, then the project with
 # every extra, pinned by docker/constraints.txt; it reruns only when pyproject.toml or docker/constraints.txt change.
@@ -16,6 +16,7 @@ PYTEST_ARGS ?=
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.attnsearch-setup
+DALI_STAMP := $(VENV)/.attnsearch-dali
 export PATH := $(abspath $(BIN)):$(PATH)
 
 # The whole probe (DNS included) is bounded by the thread's join: no pip timeouts against an unreachable index.
@@ -40,7 +41,15 @@ $(STAMP): pyproject.toml docker/constraints.txt
 quickstart: setup
 	$(BIN)/attnsearch run jobs/quickstart.yaml
 
-test: setup
+# The tests also install the optional DALI extra where its wheel exists (Linux x86_64), so that the DALI pipeline's
+# tests run on its CPU backend instead of skipping.
+$(DALI_STAMP): $(STAMP)
+	@if [ "$$(uname -sm)" = "Linux x86_64" ]; then \
+		$(BIN)/python -m pip install -q -e ".[dali]" -c docker/constraints.txt; \
+	else echo "no DALI wheel for $$(uname -sm): its tests will skip"; fi
+	touch $@
+
+test: setup $(DALI_STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: setup

@@ -33,6 +33,7 @@ import yaml
 from ._table import format_table
 from .config import ConfigError, apply_overrides, load_job, parse_override, read_yaml
 from .space import load_space
+from .uris import sqlite_path
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
@@ -174,8 +175,8 @@ def _is_local_relative(path: str) -> bool:
 def _is_relative_store(uri: str) -> bool:
     """A tracking URI naming a local file by a relative path (``sqlite:///mlflow.db``, ``mlruns``)."""
     if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///"):]
-        return bool(path) and path != ":memory:" and not path.startswith("/")
+        db = sqlite_path(uri)
+        return db is not None and not db.is_absolute()
     return not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri) and not Path(uri).expanduser().is_absolute()
 
 

@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .contract import EPOCH_METRICS, METRICS, ConfigError
 from .models import BACKBONES
@@ -133,9 +141,13 @@ class DataConfig(_Strict):
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int | None = Field(None, ge=1)  # null -> batch_size
     num_workers: int = Field(0, ge=0)
+    prefetch_factor: int = Field(2, ge=1)  # batches each loader worker keeps ready (used with num_workers > 0)
     download: bool = False
     val_fraction: float = Field(0.2, gt=0, lt=1)
     augment: bool = True
+    # auto: NVIDIA DALI on CUDA for imagenet/folder when installed, else torchvision; dali: always DALI (its CPU
+    # backend off CUDA); torch: always torchvision (attnsearch.data)
+    loader: Literal["auto", "dali", "torch"] = "auto"
     fake_train_size: int = Field(512, ge=1)
     fake_val_size: int = Field(128, ge=1)
     fake_num_classes: int = Field(10, ge=2)
@@ -229,7 +241,8 @@ class SearchConfig(_Strict):
 
 
 class SchedulerConfig(_Strict):
-    type: Literal["asha", "moasha", "none"] = "asha"
+    # auto: moasha when the search has several objectives, asha with one (benchmarks/results/search_quality.md)
+    type: Literal["auto", "asha", "moasha", "none"] = "auto"
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(3, gt=1)
 
@@ -256,6 +269,7 @@ class ConstraintsConfig(_Strict):
 class TrackingConfig(_Strict):
     uri: str = "sqlite:///mlflow.db"
     experiment: str | None = None  # null -> the job's name
+    log_models: Literal["front", "completed", "none"] = "front"  # trials whose final weights become MLflow models
 
 
 class RayConfig(_Strict):
@@ -292,7 +306,7 @@ class Job(_Strict):
 
     @model_validator(mode="after")
     def _scheduler_fits(self) -> "Job":
-        kind = self.scheduler.type
+        kind = self.scheduler_type
         if kind in ("asha", "moasha"):
             if self.train.epochs < self.scheduler.grace_period:
                 raise ValueError(
@@ -307,6 +321,13 @@ class Job(_Strict):
                     f"scheduler.type: none"
                 )
         return self
+
+    @property
+    def scheduler_type(self) -> str:
+        """``scheduler.type`` with ``auto`` resolved: ``moasha`` for several objectives, else ``asha``."""
+        if self.scheduler.type != "auto":
+            return self.scheduler.type
+        return "moasha" if len(self.search.objectives) > 1 else "asha"
 
     @property
     def max_t(self) -> int:

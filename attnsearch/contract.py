@@ -18,6 +18,8 @@ __all__ = [
     "TrackingError",
     "EPOCH_METRICS",
     "STATIC_METRICS",
+    "MEASURED_METRICS",
+    "LATENCY_LOAD",
     "METRICS",
     "LOGGED_EPOCH_METRICS",
     "STATES",
@@ -58,10 +60,17 @@ class TrackingError(InputError, RuntimeError):
 EPOCH_METRICS = ("val_acc", "val_loss", "train_loss")
 # Counted once per trial before training (attnsearch.flops.count); known from epoch 0.
 STATIC_METRICS = ("flops", "macs", "params", "attn_flops", "attn_macs", "attn_params")
+# Measured once per trial on its own device before the first epoch (attnsearch.latency) and reported with every
+# result, like the counts: known from epoch 1, so early stopping can compare them at every rung. Logged to MLflow
+# with the per-epoch metrics (the same value at every step).
+MEASURED_METRICS = ("latency_ms", "throughput")
+# Reported next to MEASURED_METRICS: how many other trials used the same device on the node while they were
+# measured (0: none that attnsearch knows of). Not an objective.
+LATENCY_LOAD = "latency_load"
 # Every metric a search objective may name.
-METRICS = EPOCH_METRICS + STATIC_METRICS
+METRICS = EPOCH_METRICS + STATIC_METRICS + MEASURED_METRICS
 # Per-epoch metrics a trial reports besides the objectives (logged to MLflow at step=epoch).
-LOGGED_EPOCH_METRICS = EPOCH_METRICS + ("nam_penalty", "lr", "epoch_time_s")
+LOGGED_EPOCH_METRICS = EPOCH_METRICS + ("nam_penalty", "lr", "epoch_time_s") + MEASURED_METRICS + (LATENCY_LOAD,)
 
 # --------------------------------------------------------------------------------------------------- states
 
@@ -95,7 +104,7 @@ def result_state(result: Mapping[str, Any] | None, max_t: int, errored: bool = F
 
 TAG_PARENT = "mlflow.parentRunId"
 TAG_STUDY = "attnsearch.study"
-TAG_ROLE = "attnsearch.role"  # "study" (parent run) | "trial" (child run)
+TAG_ROLE = "attnsearch.role"  # "study" (parent run) | "trial" (child run) | ROLE_RETRAIN (a retrain's parent)
 TAG_TRIAL = "attnsearch.trial_id"
 TAG_STATE = "attnsearch.state"
 TAG_BUDGET = "attnsearch.budget"
@@ -103,5 +112,38 @@ TAG_PARETO = "attnsearch.pareto"
 TAG_REASON = "attnsearch.reason"
 TAG_FAILURES = "attnsearch.failures"
 TAG_PARAM_TYPES = "attnsearch.param_types"  # JSON {param: type} so readers can cast params back exactly
+# The study's own definition, on its parent run (written when the study starts, or by `attnsearch sync`): what its
+# recorded Pareto front means. JSON {metric: "max"|"min"} in the job's order, and the full budget in epochs.
+TAG_OBJECTIVES = "attnsearch.objectives"
+TAG_MAX_T = "attnsearch.max_t"
+# The recorded front of another objective set or budget lives under its own names: tag ``attnsearch.pareto.<key>``
+# on trials, tags ``attnsearch.pareto.{objectives,budget,reference}.<key>`` and metrics
+# ``pareto.{hypervolume,size}.<key>`` on the parent, artifacts under ``pareto/<key>/`` (key: attnsearch.pareto.front_key).
+# The study's own front keeps the plain names: TAG_PARETO, ``pareto.hypervolume``, ``pareto.csv``...
+TAG_PARETO_OBJECTIVES = "attnsearch.pareto.objectives"  # parent: the recorded front's objectives (JSON)
+TAG_PARETO_BUDGET = "attnsearch.pareto.budget"  # parent: its budget ("full", "any" or epochs)
+TAG_PARETO_REFERENCE = "attnsearch.pareto.reference"  # parent: its hypervolume reference point (JSON)
+METRIC_HYPERVOLUME = "pareto.hypervolume"  # parent: the recorded front's hypervolume
+METRIC_FRONT_SIZE = "pareto.size"  # parent: trials on it
+# MLflow's own names the UI reads: the experiment's kind (MLflow 3.17 opens a GenAI traces page without it) and a
+# run's description (markdown; the parent's holds the study's recorded front).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_MODELS = "custom_model_development"
+TAG_NOTE = "mlflow.note.content"
+# tracking.log_models: whose final weights the driver logs as MLflow models (attnsearch.export), each tagged with
+# TAG_TRIAL and TAG_STUDY like its run and registered under the experiment's name.
+LOG_MODELS = ("front", "completed", "none")
+# `attnsearch retrain`: a parent run of its own (role ROLE_RETRAIN, TAG_STUDY = the retrain's id, so its child runs
+# never join a study's), linked to the study it re-evaluates; each child run's params name the study run it retrains.
+ROLE_RETRAIN = "retrain"
+TAG_RETRAIN_STUDY = "attnsearch.retrain.study"  # retrain parent: the source study's id
+TAG_RETRAIN_PARENT = "attnsearch.retrain.parent_run"  # retrain parent: the source study's parent run id
+TAG_RETRAIN_SEEDS = "attnsearch.retrain.seeds"  # retrain parent: the seeds, JSON list
+PARAM_RETRAIN_SOURCE = "retrain.source_run"  # retrain child param: the study's child run id it retrains
+PARAM_RETRAIN_BASELINE = "retrain.baseline"  # retrain child param: True for the baseline configuration
+METRIC_RETRAIN_FRONT_SIZE = "retrain.front_size"  # retrain parent: configurations on the front of the seed means
+METRIC_RETRAIN_FRONT_KEPT = "retrain.front_kept"  # retrain parent: study front members still on it
+METRIC_RETRAIN_BASELINE_MEAN = "retrain.baseline.val_acc_mean"  # retrain parent: the baseline's mean over seeds
+METRIC_RETRAIN_BASELINE_STD = "retrain.baseline.val_acc_std"  # retrain parent: and its standard deviation
 
-__all__ += [name for name in dict(globals()) if name.startswith("TAG_")]
+__all__ += [name for name in dict(globals()) if name.startswith(("TAG_", "METRIC_", "ROLE_", "PARAM_"))]

@@ -2,6 +2,18 @@
 
 The loop itself (``fit``) knows nothing about Ray: it takes a ``report`` callback and an optional checkpoint,
 so the search-overhead benchmark runs exactly the same code in a bare PyTorch loop.
+
+No host sync per step: the loss and NAM-penalty sums stay on the device (float64), and whether the loss is
+still finite is read back every ``FINITE_CHECK_STEPS`` steps and at the end of every epoch (a non-finite value
+stays non-finite in a sum, so one read covers every step since the last). A diverged trial still ends
+``failed``; its reason names the steps between two checks (``loss is nan between step 100 and 149 of epoch 2``,
+steps counted from 0 in each epoch). The steps up to the check train on: nothing of them is reported or
+checkpointed.
+
+Before its first epoch a trial measures what its model costs on its device (``attnsearch.latency.measure``:
+``latency_ms`` at batch 1, ``throughput`` at the evaluation batch size, eval mode, the precision and memory
+format it trains in, eager even when ``train.compile`` is on) and reports both with every result, next to the
+FLOPs, with ``latency_load``: how many other attnsearch trials used the same device on the node meanwhile.
 """
 
 from __future__ import annotations
@@ -11,7 +23,6 @@ import math
 import os
 import tempfile
 import time
-from contextlib import nullcontext
 from typing import Any, Callable, Mapping
 
 import torch
@@ -20,23 +31,26 @@ from torch import nn
 
 from .attention import nam_penalty
 from .config import DataConfig, Job, TrainConfig
-from .contract import REASON_KEY, STATE_KEY, STATIC_METRICS
+from .contract import LATENCY_LOAD, REASON_KEY, STATE_KEY, STATIC_METRICS
 from .data import build_datasets, build_loaders
 from .flops import count
+from .latency import (
+    DeviceClaim,
+    amp_dtype,
+    autocast,
+    measure,
+    resolve_device,
+    use_channels_last,
+)
 from .models import build_model
 from .space import TrialSettings, feasible, materialize
 
 CHECKPOINT_FILE = "checkpoint.pt"
+# Steps between two reads of whether the loss is still finite (each read is a host sync on CUDA); every epoch
+# also ends with one.
+FINITE_CHECK_STEPS = 50
 
 Report = Callable[[dict, "dict | None"], None]  # (metrics, checkpoint state or None)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name!r} but CUDA is not available on this node")
-    return torch.device(name)
 
 
 def load_data(job: Job, image_size: int | None = None):
@@ -105,17 +119,20 @@ def lr_factor(cfg: TrainConfig, progress: float) -> float:
 
 
 def _autocast(device: torch.device, cfg: TrainConfig):
-    use_amp = cfg.amp is True or (cfg.amp == "auto" and device.type == "cuda")
-    if not use_amp:
-        return nullcontext(), None
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-        return torch.autocast("cuda", dtype=dtype), scaler
-    return torch.autocast("cpu", dtype=torch.bfloat16), None
+    """(autocast context, grad scaler or None) for ``train.amp`` on ``device`` (``attnsearch.latency.amp_dtype``)."""
+    dtype = amp_dtype(device, cfg.amp)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and dtype == torch.float16 else None
+    return autocast(device, dtype), scaler
+
+
+def _accumulator(device: torch.device) -> torch.Tensor:
+    """A zero on ``device`` to sum losses into: float64 (as the Python floats the loop once summed), except
+    where the device has none (MPS)."""
+    return torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
 
 
 def _batch_to(images: torch.Tensor, targets: torch.Tensor, device: torch.device, channels_last: bool):
+    # asynchronous from the loader's pinned memory on CUDA (pin_memory is on there); a plain copy elsewhere
     images = images.to(device, non_blocking=True)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
@@ -124,16 +141,28 @@ def _batch_to(images: torch.Tensor, targets: torch.Tensor, device: torch.device,
 
 def evaluate(model: nn.Module, loader, device: torch.device, amp_ctx, channels_last: bool) -> tuple[float, float]:
     model.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum, correct, seen = _accumulator(device), torch.zeros((), dtype=torch.int64, device=device), 0
     with torch.inference_mode():
         for images, targets in loader:
             images, targets = _batch_to(images, targets, device, channels_last)
             with amp_ctx:
                 logits = model(images)
-            loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").item()
-            correct += (logits.argmax(1) == targets).sum().item()
+            loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum")
+            correct += (logits.argmax(1) == targets).sum()
             seen += targets.numel()
-    return correct / max(seen, 1), loss_sum / max(seen, 1)
+    return int(correct.item()) / max(seen, 1), loss_sum.item() / max(seen, 1)
+
+
+def measure_cost(model: nn.Module, job: Job, cfg: TrainConfig, device: torch.device, image_size: int,
+                 claim: DeviceClaim) -> dict[str, float]:
+    """``latency_ms`` and ``throughput`` of the trial's model as it trains (device, precision, memory format),
+    at batch 1 and at the evaluation batch size, and ``latency_load`` when known (``attnsearch.latency``)."""
+    cost = measure(model, image_size, batch_size=job.data.eval_batch_size or job.data.batch_size,
+                   dtype=amp_dtype(device, cfg.amp), channels_last=use_channels_last(device, cfg.channels_last))
+    load = claim.others()
+    if load is not None:
+        cost[LATENCY_LOAD] = load
+    return cost
 
 
 def fit(
@@ -163,10 +192,11 @@ def fit(
         report({STATE_KEY: "infeasible", REASON_KEY: reason, "epoch": 0, **counts}, None)
         return "infeasible"
 
+    channels_last = use_channels_last(device, cfg.channels_last)
     train_loader, val_loader = build_loaders(
-        job.data, train_ds, val_ds, seed=cfg.seed, pin_memory=device.type == "cuda"
+        job.data, train_ds, val_ds, seed=cfg.seed, pin_memory=device.type == "cuda", device=device,
+        channels_last=channels_last,
     )
-    channels_last = cfg.channels_last is True or (cfg.channels_last == "auto" and device.type == "cuda")
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -188,71 +218,91 @@ def fit(
 
     steps_per_epoch = max(len(train_loader), 1)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    for epoch in range(start_epoch, cfg.epochs):
-        started = time.perf_counter()
-        # the shuffle of epoch k depends on (seed, k) only: a trial resumed from a checkpoint sees the same order
-        train_loader.generator.manual_seed(cfg.seed + 1_000_003 * epoch)
-        model.train()
-        loss_sum = pen_sum = 0.0
-        seen = 0
-        for i, (images, targets) in enumerate(train_loader):
-            factor = lr_factor(cfg, epoch + i / steps_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * factor
-            images, targets = _batch_to(images, targets, device, channels_last)
-            with amp_ctx:
-                logits = step_model(images)
-                loss = criterion(logits.float(), targets)
-            total = loss
-            if uses_nam:
-                penalty = plan.nam_penalty * nam_penalty(model)
-                total = loss + penalty
-                pen_sum += penalty.item() * targets.numel()
-            if not torch.isfinite(total):
-                report(
-                    {STATE_KEY: "failed", REASON_KEY: f"loss is {total.item()} at epoch {epoch + 1}, step {i}",
-                     "epoch": epoch, **counts},
-                    None,
-                )
+    with DeviceClaim(device) as claim:
+        counts = {**counts, **measure_cost(model, job, cfg, device, info.image_size, claim)}
+        if counts_out is not None:
+            counts_out.update(counts)
+        for epoch in range(start_epoch, cfg.epochs):
+            started = time.perf_counter()
+            # the shuffle of epoch k depends on (seed, k) only: a trial resumed from a checkpoint sees the same order
+            train_loader.generator.manual_seed(cfg.seed + 1_000_003 * epoch)
+            model.train()
+            loss_sum, pen_sum = _accumulator(device), _accumulator(device)
+            seen, steps, checked = 0, 0, 0  # checked: steps known to have had a finite loss
+            reason = None
+            for i, (images, targets) in enumerate(train_loader):
+                factor = lr_factor(cfg, epoch + i / steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * factor
+                images, targets = _batch_to(images, targets, device, channels_last)
+                with amp_ctx:
+                    logits = step_model(images)
+                    loss = criterion(logits.float(), targets)
+                total = loss
+                n = targets.numel()
+                if uses_nam:
+                    penalty = plan.nam_penalty * nam_penalty(model)
+                    total = loss + penalty
+                    pen_sum.add_(penalty.detach(), alpha=n)
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(total).backward()
+                    if cfg.grad_clip:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    total.backward()
+                    if cfg.grad_clip:
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    optimizer.step()
+                loss_sum.add_(loss.detach(), alpha=n)
+                seen, steps = seen + n, i + 1
+                if steps - checked == FINITE_CHECK_STEPS:
+                    reason = _nonfinite(loss_sum + pen_sum, checked, i, epoch)
+                    if reason:
+                        break
+                    checked = steps
+            if reason is None and steps > checked:  # the epoch's last steps
+                reason = _nonfinite(loss_sum + pen_sum, checked, steps - 1, epoch)
+            if reason:
+                report({STATE_KEY: "failed", REASON_KEY: reason, "epoch": epoch, **counts}, None)
                 return "failed"
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(total).backward()
-                if cfg.grad_clip:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                total.backward()
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-            loss_sum += loss.item() * targets.numel()
-            seen += targets.numel()
-        val_acc, val_loss = evaluate(step_model, val_loader, device, amp_ctx, channels_last)
-        if not math.isfinite(val_loss):
-            report({STATE_KEY: "failed", REASON_KEY: f"validation loss is {val_loss} after epoch {epoch + 1}",
-                    "epoch": epoch + 1, **counts}, None)
-            return "failed"
-        metrics = {
-            "epoch": epoch + 1,
-            "val_acc": val_acc,
-            "val_loss": val_loss,
-            "train_loss": loss_sum / max(seen, 1),
-            "nam_penalty": pen_sum / max(seen, 1),
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_time_s": time.perf_counter() - started,
-            **counts,
-        }
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "epoch": epoch + 1,
-        }
-        report(metrics, state)
+            val_acc, val_loss = evaluate(step_model, val_loader, device, amp_ctx, channels_last)
+            if not math.isfinite(val_loss):
+                report({STATE_KEY: "failed", REASON_KEY: f"validation loss is {val_loss} after epoch {epoch + 1}",
+                        "epoch": epoch + 1, **counts}, None)
+                return "failed"
+            metrics = {
+                "epoch": epoch + 1,
+                "val_acc": val_acc,
+                "val_loss": val_loss,
+                "train_loss": loss_sum.item() / max(seen, 1),
+                "nam_penalty": pen_sum.item() / max(seen, 1),
+                "lr": optimizer.param_groups[0]["lr"],
+                "epoch_time_s": time.perf_counter() - started,
+                **counts,
+            }
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "epoch": epoch + 1,
+            }
+            report(metrics, state)
     return "completed"
+
+
+def _nonfinite(total: torch.Tensor, first: int, last: int, epoch: int) -> str | None:
+    """The failure reason when the sum of the losses of steps ``first``..``last`` (and before) is not finite.
+
+    The one host sync of the check; a NaN or an infinity in any summed step makes the sum non-finite."""
+    value = total.item()
+    if math.isfinite(value):
+        return None
+    steps = f"at step {last}" if first == last else f"between step {first} and {last}"
+    return f"loss is {value} {steps} of epoch {epoch + 1}"
 
 
 def plan_for(job: Job, params: Mapping[str, Any]) -> TrialSettings:
@@ -262,7 +312,9 @@ def plan_for(job: Job, params: Mapping[str, Any]) -> TrialSettings:
 
 def run_trial(config: dict, job_dict: dict) -> None:
     """Ray Tune function trainable: one trial of the study described by ``job_dict``."""
-    from ray import tune  # the trainable runs in a Ray worker; the loop above needs no Ray
+    from ray import (
+        tune,  # the trainable runs in a Ray worker; the loop above needs no Ray
+    )
 
     job = Job.model_validate(job_dict)
     reason = feasible(job, config)

@@ -43,7 +43,7 @@ OBJECTIVES = {"val_acc": "max", "flops": "min"}
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 
 
-def job_dict(method: str, seed: int, budget: int, workdir: Path, epochs: int) -> dict[str, Any]:
+def job_dict(method: str, seed: int, budget: int, workdir: Path, epochs: int, grace: int = 1) -> dict[str, Any]:
     sampler, _, scheduler = method.partition("+")
     return {
         "name": f"sq-{method.replace('+', '-')}-s{seed}",
@@ -53,7 +53,7 @@ def job_dict(method: str, seed: int, budget: int, workdir: Path, epochs: int) ->
         "search": {"space": str(ROOT / "search_spaces" / "quickstart.yaml"), "sampler": sampler,
                    "num_samples": 10 * budget, "max_concurrent": 2, "seed": seed, "objectives": OBJECTIVES,
                    "budget_epochs": budget},
-        "scheduler": {"type": {"": "none", "synetune": "none"}.get(scheduler, scheduler), "grace_period": 1,
+        "scheduler": {"type": {"": "none", "synetune": "none"}.get(scheduler, scheduler), "grace_period": grace,
                       "reduction_factor": 3},
         "resources": {"cpu": 1},
         "tracking": {"uri": f"sqlite:///{workdir}/mlflow.db"},
@@ -91,19 +91,19 @@ def hypervolume_at(points: list[tuple[int, float, float]], spent: int, ref_flops
     return float(moocore.hypervolume(pts, ref=np.array([0.0, ref_flops]), maximise=[True, False]))
 
 
-def run_one(method: str, seed: int, budget: int, epochs: int, workdir: Path) -> dict[str, Any]:
+def run_one(method: str, seed: int, budget: int, epochs: int, workdir: Path, grace: int = 1) -> dict[str, Any]:
     from attnsearch.config import validate_job
     from attnsearch.search import run_study
     from attnsearch.space import load_space
     from attnsearch.tracking.sync import read_ray_trials
 
-    job = validate_job(job_dict(method, seed, budget, workdir, epochs), f"{method} seed {seed}")
+    job = validate_job(job_dict(method, seed, budget, workdir, epochs, grace), f"{method} seed {seed}")
     load_space(job)
     scheduler = None
     if method.endswith("synetune"):
         from _peer_synetune import SyneTuneMOASHA
 
-        scheduler = SyneTuneMOASHA(OBJECTIVES, max_t=epochs, grace_period=1, reduction_factor=3)
+        scheduler = SyneTuneMOASHA(OBJECTIVES, max_t=epochs, grace_period=grace, reduction_factor=3)
     started = time.perf_counter()
     with open(workdir / f"{job.name}.log", "w") as log:
         outcome = run_study(job, stream=log, scheduler=scheduler)
@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--budget", type=int, default=54, help="total training epochs per study (default 54)")
     p.add_argument("--epochs", type=int, default=6, help="a trial's full budget (default 6)")
+    p.add_argument("--grace-period", type=int, default=1, help="the first rung of the early-stopping methods")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--workdir", help="where the studies' Ray and MLflow files go (default: a temporary folder)")
     p.add_argument("--raw", help="also write every run's points as JSON here")
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         for method in methods:  # interleaved: a slower machine later in the run hits every method alike
-            run = run_one(method, seed, args.budget, args.epochs, workdir)
+            run = run_one(method, seed, args.budget, args.epochs, workdir, args.grace_period)
             runs.append(run)
             print(f"{method} seed {seed}: {run['trials']} trials, {run['epochs_spent']} epochs, "
                   f"{len(run['points'])} at the full budget, {run['wall_s']:.0f} s", flush=True)

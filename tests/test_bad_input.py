@@ -324,6 +324,29 @@ def test_gpus_the_cluster_lacks(workdir, capsys):
     has(msg, "resources", "1 CPU and 1 GPU", "node 0: 1 CPU, 0 GPU", "resources.gpu")
 
 
+@pytest.mark.slow  # starts a local Ray: a job refused for its resources leaves no new store behind
+def test_refused_job_creates_no_tracking_store(tmp_path, monkeypatch, capsys, ray_driver):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "job.yaml").write_text(JOB.replace("resources: {cpu: 1}", "resources: {cpu: 1, gpu: 1}")
+                                       .replace("num_cpus: 1", "num_cpus: 1, num_gpus: 0"))
+    (tmp_path / "space.yaml").write_text(SPACE)
+    assert main(["run", "job.yaml"]) == 2
+    assert "resources.gpu" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml", "space.yaml"]  # no mlflow.db, no ray_results
+
+
+def test_a_value_error_while_running_is_a_failure_not_bad_input(workdir, monkeypatch):
+    # only the project's own input-error type means exit 2; a bug deep inside a study must surface as one
+    def broken(*args, **kwargs):
+        raise ValueError("deep inside a running study")
+
+    monkeypatch.setattr("attnsearch.search.run_study", broken)
+    (workdir / "job.yaml").write_text(JOB)
+    (workdir / "space.yaml").write_text(SPACE)
+    with pytest.raises(ValueError, match="deep inside"):
+        main(["run", "job.yaml"])
+
+
 # --------------------------------------------------------------------------------------------------- resume
 
 

@@ -22,7 +22,12 @@ import yaml
 from _helpers import free_port, ray_env, write_job
 
 from attnsearch import cluster
-from attnsearch.cluster import add_cluster_commands, build_working_dir, check_reachable, resolve_address
+from attnsearch.cluster import (
+    add_cluster_commands,
+    build_working_dir,
+    check_reachable,
+    resolve_address,
+)
 from attnsearch.config import ConfigError, load_job
 from attnsearch.space import load_space
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from attnsearch.space import load_space
 from attnsearch.config import ConfigError, Job, TrainConfig, load_job
+from attnsearch.space import load_space
 from attnsearch.uris import resolve_tracking_uri
 
 SPACE = """\
@@ -61,7 +61,7 @@ def test_good_job_loads_with_defaults(jobdir):
     assert job.data.batch_size == 128 and job.data.val_fraction == 0.2 and job.data.augment is True
     assert job.search.sampler == "tpe" and job.search.num_samples == 20
     assert list(job.search.objectives.items()) == [("val_acc", "max"), ("flops", "min")]
-    assert job.scheduler.type == "asha" and job.max_t == 4
+    assert job.scheduler.type == "auto" and job.scheduler_type == "moasha" and job.max_t == 4  # two objectives
     assert job.resources.cpu == 1 and job.resources.gpu == 0
     assert job.constraints.max_flops is None and job.tracking.experiment is None
     # relative paths become absolute on the driver: the space next to the job file, storage and DB in the cwd
@@ -112,6 +112,28 @@ def test_overrides(jobdir):
     assert load_job(path, ["constraints.max_flops=1.0e9"]).constraints.max_flops == 1e9
 
 
+def test_measured_latency_and_throughput_are_objectives(jobdir):
+    path = jobdir / "jobs" / "job.yaml"
+    job = load_job(path, ["search.objectives={val_acc: max, latency_ms: min, throughput: max}",
+                          "scheduler.type=moasha"])
+    assert job.search.objectives == {"val_acc": "max", "latency_ms": "min", "throughput": "max"}
+    # measured, not per-epoch: alone they give ASHA nothing to compare, as FLOPs alone do
+    assert load_job(path, ["search.objectives={latency_ms: min}", "scheduler.type=none"]).search.objectives == {
+        "latency_ms": "min"}
+    msg = load_error(path, ["search.objectives={latency_ms: min}"])
+    assert "scheduler.type 'asha'" in msg and "val_acc" in msg
+    # the load next to the figures is reported, not optimised
+    msg = load_error(path, ["search.objectives={val_acc: max, latency_load: min}"])
+    assert "search.objectives" in msg and "latency_load" in msg
+
+
+def test_prefetch_factor(jobdir):
+    path = jobdir / "jobs" / "job.yaml"
+    assert load_job(path).data.prefetch_factor == 2
+    assert load_job(path, ["data.prefetch_factor=4", "data.num_workers=2"]).data.prefetch_factor == 4
+    assert "data.prefetch_factor" in load_error(path, ["data.prefetch_factor=0"])
+
+
 @pytest.mark.parametrize(
     "override, expected",
     [
@@ -137,7 +159,7 @@ BAD_JOBS = {
     "backbone_not_mapping": ("backbone: resnet20", "backbone: expected a mapping", "'resnet20'"),
     "backbone": ("backbone: {name: resnet21}", "backbone.name: unknown backbone 'resnet21'", "'resnet20'"),
     "sampler": ("search: {space: space.yaml, sampler: tpee}", "search.sampler:", "did you mean 'tpe'"),
-    "scheduler": ("scheduler: {type: hyperband}", "scheduler.type:", "'asha', 'moasha' or 'none'"),
+    "scheduler": ("scheduler: {type: hyperband}", "scheduler.type:", "'auto', 'asha', 'moasha' or 'none'"),
     "num_samples": ("search: {space: space.yaml, num_samples: 0}", "search.num_samples:", "greater than or equal to 1"),
     "max_concurrent": ("search: {space: space.yaml, max_concurrent: 0}", "search.max_concurrent:", "(got 0)"),
     "objective_mode": ("search: {space: space.yaml, objectives: {val_acc: maximize}}", "search.objectives.val_acc",
@@ -206,3 +228,13 @@ def test_train_config_standalone_validation():
     with pytest.raises(Exception, match="milestones"):
         TrainConfig(epochs=10, schedule="step")
     assert TrainConfig(epochs=10, schedule="step", milestones=[3, 6]).milestones == [3, 6]
+
+
+def test_auto_scheduler_is_moasha_for_several_objectives_and_asha_for_one(jobdir):
+    path = jobdir / "jobs" / "job.yaml"
+    assert load_job(path, ["search.objectives={val_acc: max}"]).scheduler_type == "asha"
+    assert load_job(path, ["search.objectives={val_acc: max, params: min}"]).scheduler_type == "moasha"
+    assert load_job(path, ["scheduler.type=asha"]).scheduler_type == "asha"
+    assert load_job(path, ["scheduler.type=none", "search.objectives={flops: min}"]).scheduler_type == "none"
+    with pytest.raises(ConfigError, match="scheduler.type 'moasha' stops trials on a per-epoch metric"):
+        load_job(path, ["search.objectives={flops: min, params: min}"])

@@ -10,10 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attnsearch import pareto as P
 from attnsearch import contract as C
+from attnsearch import pareto as P
 from attnsearch import tracking as T
-
 
 # ------------------------------------------------------------------------------------------------ brute force
 
@@ -279,11 +278,13 @@ def test_analyze_logs_artifacts_and_tags(store, tmp_path):
     assert df["pareto"].to_dict() == {t: t in ("t0", "t1", "t5") for t in df.index}
     assert pd.read_parquet(tmp_path / "front.parquet")["trial_id"].tolist() == ["t0", "t1", "t5"]
     assert (tmp_path / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # budget="any": the early-stopped NAM trial (0.95 at 1 epoch) now dominates t0
+    # budget="any": the early-stopped NAM trial (0.95 at 1 epoch) now dominates t0; an exploratory query, so the
+    # study's record (its own objectives at the full budget) stays as it was
     front_any, _ = P.analyze(uri, "exp", parent_run_id=parent, budget="any")
     assert "t2" in set(front_any["trial_id"]) and "t0" not in set(front_any["trial_id"])
+    assert front_any.attrs["recorded"] is False and front_any.attrs["study"] == "study-1"
     df = P.load_runs("exp", tracking_uri=uri, parent_run_id=parent).set_index("trial_id")
-    assert bool(df.loc["t2", "pareto"]) and not bool(df.loc["t0", "pareto"])
+    assert not bool(df.loc["t2", "pareto"]) and bool(df.loc["t0", "pareto"])
     table = P.format_front(front)
     assert "sa" in table and "groups=4" in table and "lr=0.1" in table and "2M" in table
     assert "reduction=8" in table.splitlines()[3] or "reduction=8" in table
@@ -352,3 +353,199 @@ def test_baseline_is_the_first_none_trial_at_the_full_budget():
     assert P.baseline_row(df[df["attention"] != "none"]) is None
     front = P.pareto_front(df)
     assert "delta_val_acc" not in front.columns  # pareto_front alone adds nothing; analyze adds the comparison
+
+
+# ------------------------------------------------------------------------------------------------ the study's record
+
+
+def _files(folder) -> dict[str, str]:
+    """The store (the SQLite file and its artifacts) by content hash, as tests/test_bad_input.py compares it."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.parts[len(folder.parts)] != "out"}
+
+
+def _parent(uri, parent):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    run = client.get_run(parent)
+    history = {k: [(m.step, m.value) for m in client.get_metric_history(parent, k)] for k in run.data.metrics}
+    return run.data.tags, history, {a.path for a in client.list_artifacts(parent)}
+
+
+def _flags(uri, parent, tag=C.TAG_PARETO) -> dict[str, str | None]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_run(parent).info.experiment_id
+    runs = client.search_runs([exp], f"tags.`{C.TAG_PARENT}` = '{parent}'", max_results=100)
+    return {r.data.tags[C.TAG_TRIAL]: r.data.tags.get(tag) for r in runs}
+
+
+def _pareto_cli(capsys, *args) -> tuple[int, str, str]:
+    from attnsearch.cli import main
+
+    capsys.readouterr()
+    rc = main(["pareto", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _second_study(uri, objectives=None):
+    """A later study of experiment 'exp' (two trials that beat study-1's on accuracy and FLOPs)."""
+    parent = T.start_study(uri, "exp", "study-2", "name: exp\n", {}, False, objectives=objectives, max_t=3)
+    s = T.Store(uri, parent)
+    s.reconcile(_record("u0", {"attention": "gc", "stages": "3", "train.lr": 0.1}, 3, 0.97, 5e6))
+    s.reconcile(_record("u1", {"attention": "se", "stages": "3", "se.reduction": 4, "train.lr": 0.1}, 3, 0.6,
+                        0.5e6))
+    return parent
+
+
+def test_exploratory_query_leaves_the_store_byte_identical(store, tmp_path, monkeypatch, capsys):
+    uri, parent = store
+    monkeypatch.chdir(tmp_path)
+    P.analyze(uri, "exp")  # the study's own front: recorded
+    before = _files(tmp_path)
+    assert {"mlflow.db"} < set(before) and any(k.endswith("pareto.csv") for k in before)
+    # the issue's query: other objectives, any budget (a trial trained 1 of 3 epochs would be on its front)
+    rc, out, err = _pareto_cli(capsys, "exp", "--tracking-uri", uri, "--objectives", "val_acc:max,params:min",
+                               "--budget", "any", "--out", "out/front.csv", "--plot", "out/front.png")
+    assert rc == 0, err
+    assert "study study-1" in out.splitlines()[0]
+    assert "nam" in out and "not recorded in MLflow" in out and "--record" in out
+    assert (tmp_path / "out" / "front.csv").is_file() and (tmp_path / "out" / "front.png").is_file()
+    assert _files(tmp_path) == before  # tags, metrics, artifacts, description: nothing moved
+    # the study's objectives at another budget, and another objective set at the full budget: read-only too
+    for kwargs in ({"budget": "any"}, {"objectives": {"val_acc": "max", "params": "min"}}):
+        front, _ = P.analyze(uri, "exp", "study-1", **kwargs)
+        assert front.attrs["recorded"] is False
+    assert _files(tmp_path) == before
+    assert _flags(uri, parent) == {"t0": "true", "t1": "true", "t2": "false", "t3": "false", "t4": "false",
+                                   "t5": "true"}
+
+
+def test_the_studys_own_query_records_and_twice_adds_nothing(store, tmp_path, monkeypatch, capsys):
+    uri, parent = store
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = _pareto_cli(capsys, "exp", "--tracking-uri", uri)
+    assert rc == 0, err
+    assert "recorded in MLflow as the study's own front" in out
+    tags, history, artifacts = _parent(uri, parent)
+    assert {"pareto.csv", "pareto.png"} <= artifacts and len(history["pareto.hypervolume"]) == 1
+    assert json.loads(tags["attnsearch.pareto.objectives"]) == {"val_acc": "max", "flops": "min"}
+    # same question again: same values, so no new metric points and no tag rewrites
+    P.analyze(uri, "exp", "study-1", objectives={"flops": "min", "val_acc": "max"})  # order changes no front
+    assert _parent(uri, parent)[1] == history
+
+
+def test_record_writes_namespaced_names_and_keeps_the_studys_own(store, tmp_path, monkeypatch, capsys):
+    uri, parent = store
+    monkeypatch.chdir(tmp_path)
+    own_front, own_hv = P.analyze(uri, "exp")
+    own_tags, own_history, _ = _parent(uri, parent)
+    own_flags = _flags(uri, parent)
+    rc, out, err = _pareto_cli(capsys, "exp", "--tracking-uri", uri, "--objectives", "val_acc:max,params:min",
+                               "--budget", "any", "--record")
+    assert rc == 0, err
+    key = P.front_key({"val_acc": "max", "params": "min"}, "any")
+    assert key == "params-min.val_acc-max.budget-any" and f"under key {key}" in out
+    tags, history, artifacts = _parent(uri, parent)
+    # the study's own record is untouched: flags, tags, metric histories
+    assert _flags(uri, parent) == own_flags
+    assert {k: v for k, v in tags.items() if k in own_tags} == own_tags
+    assert {k: history[k] for k in own_history} == own_history
+    assert history["pareto.hypervolume"] == [(0, pytest.approx(own_hv))]
+    # the query's own names
+    assert json.loads(tags[f"attnsearch.pareto.objectives.{key}"]) == {"val_acc": "max", "params": "min"}
+    assert tags[f"attnsearch.pareto.budget.{key}"] == "any"
+    assert set(json.loads(tags[f"attnsearch.pareto.reference.{key}"])) == {"val_acc", "params"}
+    flags = _flags(uri, parent, f"attnsearch.pareto.{key}")
+    front, hv = P.analyze(uri, "exp", objectives={"val_acc": "max", "params": "min"}, budget="any", record=False)
+    assert {t for t, v in flags.items() if v == "true"} == set(front["trial_id"]) and "t2" in set(front["trial_id"])
+    assert set(flags) == {f"t{i}" for i in range(6)} and all(v in ("true", "false") for v in flags.values())
+    assert history[f"pareto.hypervolume.{key}"] == [(0, pytest.approx(hv))]
+    assert history[f"pareto.size.{key}"] == [(0, len(front))]
+    client_paths = {a.path for a in __import__("mlflow").MlflowClient(uri).list_artifacts(parent, f"pareto/{key}")}
+    assert client_paths == {f"pareto/{key}/pareto.csv", f"pareto/{key}/pareto.png"}
+    # the baseline metrics follow the study's own front only
+    assert not any(k.startswith("baseline.params") for k in history)
+    # --record on the study's own question writes the plain names (nothing new here: same values)
+    P.analyze(uri, "exp", record=True)
+    assert _flags(uri, parent) == own_flags and _parent(uri, parent)[1]["pareto.hypervolume"] == own_history[
+        "pareto.hypervolume"]
+    assert own_front.attrs["record_key"] is None and own_front.attrs["recorded"] is True
+
+
+def test_study_selects_the_trials_of_one_study_or_of_all(store, tmp_path, monkeypatch, capsys):
+    uri, parent1 = store
+    monkeypatch.chdir(tmp_path)
+    parent2 = _second_study(uri)
+    # default: the newest study, named in the output
+    rc, out, err = _pareto_cli(capsys, "exp", "--tracking-uri", uri, "--out", "out/latest.csv")
+    assert rc == 0, err
+    assert "study study-2" in out.splitlines()[0]
+    assert set(pd.read_csv(tmp_path / "out" / "latest.csv")["trial_id"]) == {"u0", "u1"}
+    assert _flags(uri, parent1) == dict.fromkeys([f"t{i}" for i in range(6)])  # study-1 untouched
+    assert _flags(uri, parent2) == {"u0": "true", "u1": "true"}
+    # an older study by id
+    before = _files(tmp_path)
+    rc, out, err = _pareto_cli(capsys, "exp", "--tracking-uri", uri, "--study", "study-1", "--budget", "any",
+                               "--out", "out/one.csv")
+    assert rc == 0, err
+    assert "study study-1" in out.splitlines()[0]
+    assert set(pd.read_csv(tmp_path / "out" / "one.csv")["trial_id"]) == {"t1", "t2", "t5"}  # t2 beats t0 at any budget
+    # every study of the experiment at equal budget: rows of both, the study on each row, never recorded
+    rc, out, err = _pareto_cli(capsys, "exp", "--tracking-uri", uri, "--study", "all", "--out", "out/all.csv")
+    assert rc == 0, err
+    assert "all studies (study-1, study-2)" in out.splitlines()[0]
+    assert out.splitlines()[1].split()[0] == "study"
+    rows = pd.read_csv(tmp_path / "out" / "all.csv")
+    # completed trials of both studies: u0 (0.97, 5e6), t0 (0.9, 2e6), t1 (0.8, 1e6), t5 (0.7, 0.9e6), u1 (0.6, 5e5)
+    assert list(rows["trial_id"]) == ["u0", "t0", "t1", "t5", "u1"]
+    assert dict(zip(rows["trial_id"], rows["study"]))["u1"] == "study-2"
+    assert any(line.startswith("study-1 ") for line in out.splitlines())
+    assert "a comparison of several studies is never recorded" in out
+    assert _files(tmp_path) == before
+    # asking to record a comparison, or a study that is not there: bad input, nothing written
+    for args, words in ((("--study", "all", "--record"), "one study"),
+                        (("--study", "study-9"), "study-1, study-2")):
+        rc, out, err = _pareto_cli(capsys, "exp", "--tracking-uri", uri, *args)
+        assert rc == 2 and err.startswith("attnsearch pareto: error: ") and words in err, err
+        assert _files(tmp_path) == before
+    rc, _, err = _pareto_cli(capsys, "exp", "--tracking-uri", T.resolve_tracking_uri("sqlite:///no.db", tmp_path))
+    assert rc == 2 and "no MLflow store" in err and not (tmp_path / "no.db").exists()
+
+
+def test_a_study_without_a_job_file_is_analysed_with_its_own_objectives(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    uri = T.resolve_tracking_uri("sqlite:///mlflow.db", tmp_path)
+    parent = _second_study(uri, objectives={"val_acc": "max", "params": "min"})
+    assert P.study_definition(__import__("mlflow").MlflowClient(uri).get_run(parent).data.tags) == (
+        {"val_acc": "max", "params": "min"}, 3)
+    rc, out, err = _pareto_cli(capsys, "exp", "--tracking-uri", uri)
+    assert rc == 0, err
+    assert "recorded in MLflow as the study's own front" in out
+    tags, history, _ = _parent(uri, parent)
+    assert json.loads(tags["attnsearch.pareto.objectives"]) == {"val_acc": "max", "params": "min"}
+    # the default objectives are now an exploratory question for this study
+    front, _ = P.analyze(uri, "exp", objectives=dict(P.DEFAULT_OBJECTIVES))
+    assert front.attrs["recorded"] is False and front.attrs["own"]["objectives"] == {"val_acc": "max",
+                                                                                     "params": "min"}
+
+
+def test_record_study_needs_a_completed_trial(tmp_path):
+    uri = T.resolve_tracking_uri("sqlite:///mlflow.db", tmp_path)
+    parent = T.start_study(uri, "exp", "s", "name: exp\n", {}, False, objectives={"val_acc": "max"}, max_t=3)
+    T.Store(uri, parent).reconcile(_record("t0", {"attention": "se", "se.reduction": 4}, 1, 0.9, 1e6))
+    before = _files(tmp_path)
+    assert P.record_study(uri, "exp", "s") is None  # only an early-stopped trial: nothing to record
+    assert _files(tmp_path) == before
+    T.Store(uri, parent).reconcile(_record("t1", {"attention": "none"}, 3, 0.5, 1e6))
+    front, hv = P.record_study(uri, "exp", "s")
+    assert list(front["trial_id"]) == ["t1"] and front.attrs["record_key"] is None
+    tags, history, artifacts = _parent(uri, parent)
+    assert json.loads(tags["attnsearch.pareto.objectives"]) == {"val_acc": "max"} and "pareto.csv" in artifacts
+    with pytest.raises(ValueError, match="one study"):
+        P.record_study(uri, "exp", "all")

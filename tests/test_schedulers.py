@@ -10,7 +10,12 @@ import pytest
 
 pytest.importorskip("ray")
 
-from attnsearch.search import MOASHAScheduler, rung_milestones, rung_order, rung_position  # noqa: E402
+from attnsearch.search import (  # noqa: E402
+    MOASHAScheduler,
+    rung_milestones,
+    rung_order,
+    rung_position,
+)
 
 CONTINUE, STOP = "CONTINUE", "STOP"
 OBJ = {"val_acc": "max", "flops": "min"}
@@ -195,3 +200,21 @@ def test_epoch_budget_counts_the_epochs_every_trial_trained():
     assert budget.used == 7 and budget.stop_all()
     with pytest.raises(ValueError, match="positive number of epochs"):
         EpochBudget(0)
+
+
+def test_progress_counts_what_ray_runs():
+    # reused actors start trials without the callbacks' start/complete pairing: count Ray's trial states
+    from attnsearch.search import ProgressPrinter, StudyProgress
+
+    progress = StudyProgress(num_samples=4, max_t=3, objectives=OBJ)
+    printer = ProgressPrinter(progress, stream=open("/dev/null", "w"))
+    trials = [SimpleNamespace(trial_id=t, status=s, last_result=None)
+              for t, s in (("a", "RUNNING"), ("b", "RUNNING"), ("c", "PENDING"), ("d", "TERMINATED"))]
+    printer.on_step_end(0, trials)
+    assert "2 running" in progress.line()
+    done = trials[0]
+    printer.on_trial_complete(0, trials, done)  # Ray calls this while the trial is still marked RUNNING
+    assert "1 running" in progress.line()
+    import pickle
+
+    assert pickle.loads(pickle.dumps(printer)).stream is None  # the open stream stays out of tuner.pkl

@@ -15,9 +15,9 @@ from optuna.trial import TrialState  # noqa: E402
 from attnsearch.config import ConfigError, load_job  # noqa: E402
 from attnsearch.contract import REASON_KEY, STATE_KEY, result_state  # noqa: E402
 from attnsearch.search import (  # noqa: E402
+    INFEASIBLE_CONSTRAINT,
     StudySearcher,
     check_cluster_resources,
-    constraint_values,
     existing_studies,
     make_sampler,
     run_study,
@@ -37,13 +37,15 @@ train:
 
 
 def e2e_job(tmp_path: Path, *, num_samples: int, **sections) -> Path:
-    return write_job(
-        tmp_path, SPACE, name="e2e", data={"image_size": 16, "batch_size": 128}, train={"epochs": 3},
-        # seed 10, random order: none@0.2 first, later none@1e-6 (stopped by ASHA) and se (infeasible)
-        search={"num_samples": num_samples, "seed": 10},
+    """A tiny study; ``sections`` replace these defaults (seed 10, random order without the baseline: none@0.2
+    first, later none@1e-6 (stopped by ASHA) and se (infeasible))."""
+    defaults = dict(
+        name="e2e", data={"image_size": 16, "batch_size": 128}, train={"epochs": 3},
+        search={"num_samples": num_samples, "seed": 10, "baseline": False},
         scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2},
         tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"},
-        ray={"storage_path": f"{tmp_path}/ray_results", "max_failures": 0}, **sections)
+        ray={"storage_path": f"{tmp_path}/ray_results", "max_failures": 0})
+    return write_job(tmp_path, SPACE, **{**defaults, **sections})
 
 
 def child_runs(job):
@@ -87,13 +89,13 @@ def test_searcher_tells_optuna_what_each_trial_was():
 
     a, b, c, d, e, f = searcher._ot_study.get_trials(deepcopy=False)
     assert (a.state, a.values, a.user_attrs[STATE_KEY]) == (TrialState.COMPLETE, [0.9, 100.0], "completed")
-    assert constraint_values(a) == [0.0]
+    assert a.constraints == {INFEASIBLE_CONSTRAINT: 0.0}
     # the partly trained accuracy never enters the study: pruned, no values
     assert (b.state, b.values, b.user_attrs[STATE_KEY]) == (TrialState.PRUNED, None, "early_stopped")
     # infeasible: complete with the worst accuracy and its measured FLOPs, and the sampler's constraint violated
     assert (c.state, c.values, c.user_attrs[STATE_KEY]) == (TrialState.COMPLETE, [0.0, 500.0], "infeasible")
-    assert constraint_values(c) == [1.0] and c.user_attrs[REASON_KEY] == "flops 500 > max_flops 200"
-    assert c.system_attrs.get("constraints") == (1.0,)  # what Optuna's constrained samplers read
+    # what Optuna's constrained samplers read (Trial.set_constraint: > 0 is infeasible)
+    assert c.constraints == {INFEASIBLE_CONSTRAINT: 1.0} and c.user_attrs[REASON_KEY] == "flops 500 > max_flops 200"
     assert (d.state, d.values, d.user_attrs[STATE_KEY]) == (TrialState.FAIL, None, "failed")
     assert (e.state, e.user_attrs[STATE_KEY]) == (TrialState.FAIL, "failed")
     assert f.state == TrialState.RUNNING and STATE_KEY not in f.user_attrs
@@ -161,7 +163,7 @@ def test_search_states_optuna_mlflow_and_resume(tmp_path, local_ray):
     assert set(by_state) >= {"completed", "early_stopped", "infeasible"}, by_state.keys()
     for t in by_state["infeasible"]:
         assert t.params["attention"] == "se"
-        assert t.user_attrs["attnsearch_infeasible"] > 0
+        assert t.constraints[INFEASIBLE_CONSTRAINT] > 0
     for t in by_state["completed"] + by_state["early_stopped"]:
         assert t.params["attention"] == "none"
     # ASHA-stopped trials are pruned in Optuna, never completed with a partly trained accuracy.
@@ -208,10 +210,13 @@ def test_resource_check_refuses_missing_gpus_unless_autoscaling(monkeypatch, tmp
 
 @pytest.mark.slow  # starts Ray: MOASHA through the real Ray Tune, Optuna and MLflow path
 def test_moasha_study_stops_on_every_objective(tmp_path, local_ray):
-    path = e2e_job(tmp_path, num_samples=6, scheduler={"type": "moasha", "grace_period": 1, "reduction_factor": 2})
+    path = e2e_job(tmp_path, num_samples=6, scheduler={"type": "moasha", "grace_period": 1, "reduction_factor": 2},
+                   search={"num_samples": 6, "seed": 10, "baseline": True})
     job = load_job(path)
     outcome = run_study(job)
     assert len(outcome.progress.states) == 6
+    first = outcome.searcher._ot_study.get_trials(deepcopy=False)[0]  # the baseline: enqueued first, never stopped
+    assert first.params["attention"] == "none" and first.user_attrs["attnsearch_state"] == "completed"
     trials = {t.user_attrs["attnsearch_state"]: t for t in outcome.searcher._ot_study.get_trials(deepcopy=False)}
     assert "early_stopped" in trials, "six trials, half kept per rung: MOASHA must have stopped one"
     assert trials["early_stopped"].state == TrialState.PRUNED
@@ -242,3 +247,47 @@ def test_a_study_whose_every_trial_failed_exits_1(tmp_path, local_ray, capsys):
     _, children = child_runs(load_job(path))
     assert [c.data.tags["attnsearch.state"] for c in children] == ["failed", "failed"]
     assert all("loss is" in c.data.tags["attnsearch.reason"] for c in children)
+
+
+@pytest.mark.slow  # starts Ray: a study that minimises the measured latency, MOASHA deciding at its rungs
+def test_latency_objective_is_measured_by_every_trial_and_known_at_every_rung(tmp_path, local_ray):
+    path = e2e_job(tmp_path, num_samples=6, scheduler={"type": "moasha", "grace_period": 1, "reduction_factor": 2})
+    job = load_job(path, overrides=["search.objectives={val_acc: max, latency_ms: min}"])
+    outcome = run_study(job)
+    assert len(outcome.progress.states) == 6
+    trials = outcome.searcher._ot_study.get_trials(deepcopy=False)
+    told = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert told and all(t.values[1] > 0 for t in told)  # Optuna got each completed trial's own latency
+    assert any(t.user_attrs[STATE_KEY] == "early_stopped" for t in trials), "MOASHA must have stopped one"
+    _, children = child_runs(job)
+    client = mlflow.MlflowClient(job.tracking.uri)
+    for c in children:
+        state, budget = c.data.tags["attnsearch.state"], int(c.data.tags["attnsearch.budget"])
+        assert state in ("completed", "early_stopped"), (state, c.data.tags.get("attnsearch.reason"))
+        assert c.data.metrics["latency_ms"] > 0 and c.data.metrics["throughput"] > 0
+        assert c.data.metrics["latency_load"] >= 0
+        # measured before the first epoch and reported with every result: a trial stopped at the first rung
+        # (epoch 1) was compared on it there
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "latency_ms")]
+        assert sorted(steps) == list(range(1, budget + 1)), (state, steps)
+
+
+def test_moasha_compares_the_measured_latency_at_the_first_rung():
+    """Why trials measure latency before their first epoch: their results carry it at every rung, so MOASHA keeps
+    a fast, slightly less accurate model there. Measured only after the last epoch, a rung would rank on
+    accuracy alone and stop exactly that model."""
+    from ray.tune.schedulers import TrialScheduler
+
+    from attnsearch.search import MOASHAScheduler
+
+    def rung(with_latency: bool) -> dict[str, str]:
+        sched = MOASHAScheduler({"val_acc": "max", "latency_ms": "min"}, max_t=4, grace_period=1, reduction_factor=2)
+        results = {"accurate": (0.9, 10.0), "slow": (0.8, 12.0), "fast": (0.85, 2.0)}
+        return {
+            trial: sched.decide(trial, {"epoch": 1, "val_acc": acc, **({"latency_ms": ms} if with_latency else {})})
+            for trial, (acc, ms) in results.items()
+        }
+
+    assert rung(with_latency=True) == {"accurate": TrialScheduler.CONTINUE, "slow": TrialScheduler.STOP,
+                                       "fast": TrialScheduler.CONTINUE}
+    assert rung(with_latency=False)["fast"] == TrialScheduler.STOP

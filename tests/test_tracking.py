@@ -273,6 +273,74 @@ def test_start_study_refuses_a_second_study_with_the_same_id(tmp_path, monkeypat
     assert exp.artifact_location.startswith((tmp_path / "mlartifacts").resolve().as_uri())
 
 
+def test_parent_run_records_the_studys_definition_once(tmp_path):
+    from attnsearch.tracking._study import open_or_create_parent
+
+    uri = T.resolve_tracking_uri("sqlite:///m.db", tmp_path)
+    client = MlflowClient(uri)
+    first = T.start_study(uri, "e", "s", "name: e\n", {}, False, objectives={"val_acc": "max", "params": "min"},
+                          max_t=6)
+    tags = client.get_run(first).data.tags
+    assert json.loads(tags[C.TAG_OBJECTIVES]) == {"val_acc": "max", "params": "min"} and tags[C.TAG_MAX_T] == "6"
+    assert list(json.loads(tags[C.TAG_OBJECTIVES])) == ["val_acc", "params"]  # the job's order
+    # a resume (or a sync) with an edited job keeps the definition the study started with
+    assert T.start_study(uri, "e", "s", "name: e\n", {}, True, objectives={"flops": "min"}, max_t=9) == first
+    assert open_or_create_parent(uri, "e", "s", objectives={"flops": "min"}, max_t=9) == first
+    assert client.get_run(first).data.tags[C.TAG_MAX_T] == "6"
+    # a parent without a definition (a study from before the tags, or one sync creates) gets the missing tags
+    old = T.start_study(uri, "e", "old", "name: e\n", {}, False)
+    assert C.TAG_OBJECTIVES not in client.get_run(old).data.tags
+    assert open_or_create_parent(uri, "e", "old", objectives={"val_acc": "max"}, max_t=3) == old
+    assert json.loads(client.get_run(old).data.tags[C.TAG_OBJECTIVES]) == {"val_acc": "max"}
+    created = open_or_create_parent(uri, "e", "new", objectives={"val_acc": "max"}, max_t=3)
+    assert client.get_run(created).data.tags[C.TAG_MAX_T] == "3"
+    with pytest.raises(ValueError, match="studies \\(oldest first\\): s, old, new"):
+        T.latest_parent(client, "e", "nope")
+
+
+def test_sync_command_picks_studies_and_records_their_own_fronts(tmp_path, monkeypatch, capsys):
+    """`attnsearch sync JOB [--study ID|latest|all]` with the Ray side faked: which studies are synced, and each
+    gets the front of its own objectives recorded once it has a completed trial."""
+    from _helpers import write_job
+
+    from attnsearch import cli, search
+    from attnsearch.tracking import sync as sync_module
+    from attnsearch.tracking._study import open_or_create_parent
+
+    monkeypatch.chdir(tmp_path)
+    job = write_job(tmp_path, "attention:\n  type: [none, se]\n  stages: [[3]]\n",
+                    search={"objectives": {"val_acc": "max", "params": "min"}})
+    studies = ["tiny-20260101-000000", "tiny-20260102-000000"]
+    synced = []
+
+    def fake_sync(path, uri, experiment, study_id, max_t, *, objectives=None):
+        synced.append(study_id)
+        store = T.Store(uri, open_or_create_parent(uri, experiment, study_id, objectives=objectives, max_t=max_t))
+        record = T.TrialRecord("t-" + study_id[-6:], {"attention": "none"})
+        epochs = max_t if study_id == studies[0] else 1  # the second study: only an early-stopped trial
+        for e in range(1, epochs + 1):
+            record.add_result({"epoch": e, "val_acc": 0.5, "params": 10.0, "flops": 5.0})
+        record.finish(max_t)
+        store.reconcile(record)
+        return {"trials": 1}
+
+    monkeypatch.setattr(search, "existing_studies", lambda job: list(studies))
+    monkeypatch.setattr(sync_module, "sync_study", fake_sync)
+    assert cli.main(["sync", str(job), "--study", "latest"]) == 0
+    assert synced == studies[1:] and "no completed trial yet" in capsys.readouterr().out
+    assert cli.main(["sync", str(job)]) == 0  # default: every study of the job
+    out = capsys.readouterr().out
+    assert synced == studies[1:] + studies and f"{studies[0]}: Pareto front recorded (1 trials" in out
+    client = MlflowClient(T.resolve_tracking_uri("sqlite:///mlflow.db", tmp_path))
+    first = T.latest_parent(client, "tiny", studies[0])
+    assert json.loads(first.data.tags[C.TAG_OBJECTIVES]) == {"val_acc": "max", "params": "min"}
+    assert json.loads(first.data.tags["attnsearch.pareto.objectives"]) == {"val_acc": "max", "params": "min"}
+    assert "pareto.hypervolume" in first.data.metrics
+    assert "pareto.hypervolume" not in T.latest_parent(client, "tiny", studies[1]).data.metrics
+    assert cli.main(["sync", str(job), "--study", "tiny-nope"]) == 2
+    assert "studies of job 'tiny': " + ", ".join(studies) in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------------ Ray searches
 
 

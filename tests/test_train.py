@@ -1,14 +1,19 @@
-"""The trial loop without Ray: schedule, budget check, divergence, checkpoint resume, NAM penalty."""
+"""The trial loop without Ray: schedule, budget check, divergence (sync-free), checkpoint resume, NAM penalty,
+the measured latency and throughput."""
 
 from __future__ import annotations
 
 import copy
 import math
+import re
+import sys
 
 import pytest
 import torch
 
+from attnsearch import train as train_module
 from attnsearch.config import TrainConfig, validate_job
+from attnsearch.contract import LATENCY_LOAD, MEASURED_METRICS
 from attnsearch.space import TrialSettings
 from attnsearch.train import fit, lr_factor, over_budget
 
@@ -106,7 +111,116 @@ def test_diverging_trial_reports_failed_with_reason():
     reports = []
     assert fit(job, TrialSettings(attention=None, train=job.train), lambda m, s: reports.append(m)) == "failed"
     assert reports[-1]["attnsearch_state"] == "failed"
-    assert "loss" in reports[-1]["attnsearch_reason"]
+    # 64 images in batches of 32: 2 steps per epoch, both inside one check (FINITE_CHECK_STEPS); the weights may
+    # also blow up in the last step, so that only the validation sees it
+    reason = reports[-1]["attnsearch_reason"]
+    assert re.fullmatch(r"loss is (nan|-?inf) between step 0 and 1 of epoch \d|validation loss is nan after epoch \d",
+                        reason), reason
+
+
+class NaNAtCall(torch.nn.CrossEntropyLoss):
+    """The criterion, except that its ``NAN_AT``-th call (from 0, over the whole fit) returns NaN."""
+
+    NAN_AT = -1
+    calls = 0
+
+    def forward(self, logits, targets):
+        loss = super().forward(logits, targets)
+        call, NaNAtCall.calls = NaNAtCall.calls, NaNAtCall.calls + 1
+        return loss * float("nan") if call == self.NAN_AT else loss
+
+
+@pytest.mark.parametrize("every, nan_at, reason, epochs_reported", [
+    (3, 4, "loss is nan between step 3 and 5 of epoch 1", 0),   # inside a window of 3
+    (3, 7, "loss is nan between step 6 and 7 of epoch 1", 0),   # the epoch's last, shorter window
+    (3, 9, "loss is nan between step 0 and 2 of epoch 2", 1),   # epoch 2 (8 steps per epoch)
+    (1, 4, "loss is nan at step 4 of epoch 1", 0),              # checked every step
+    (50, 5, "loss is nan between step 0 and 7 of epoch 1", 0),  # fewer steps than a window: the epoch's end
+])
+def test_sync_free_loop_names_the_step_range_of_a_divergence(monkeypatch, every, nan_at, reason, epochs_reported):
+    monkeypatch.setattr(train_module, "FINITE_CHECK_STEPS", every)
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", NaNAtCall)
+    monkeypatch.setattr(NaNAtCall, "NAN_AT", nan_at)
+    monkeypatch.setattr(NaNAtCall, "calls", 0)
+    job = tiny_job(lr=0.05, batch_size=8)  # 64 images: 8 steps per epoch
+    reports = []
+    assert fit(job, TrialSettings(attention=None, train=job.train), lambda m, s: reports.append((m, s))) == "failed"
+    *epochs, (last, state) = reports
+    assert len(epochs) == epochs_reported and state is None  # nothing after the divergence is checkpointed
+    assert last["attnsearch_state"] == "failed" and last["attnsearch_reason"] == reason
+    assert last["epoch"] == epochs_reported
+
+
+def host_reads(monkeypatch) -> list[str]:
+    """Every read of a tensor's value into Python (each one a host sync on CUDA) that attnsearch/train.py itself
+    makes, from now on. (The data loader's and the CPU-only fast paths' reads of CPU tensors sync nothing.)"""
+    reads: list[str] = []
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            if sys._getframe(1).f_code.co_filename == train_module.__file__:
+                reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return reads
+
+
+def test_training_reads_no_tensor_value_per_step(monkeypatch):
+    """The loop's host reads in an epoch do not grow with its steps: 4 and 16 steps per epoch read as often."""
+    monkeypatch.setattr(train_module, "measure_cost", lambda *a, **k: {})  # not the loop's own reads
+    counts = []
+    for batch_size in (16, 4):
+        job = validate_job({
+            "name": "unit", "backbone": {"name": "resnet20"},
+            "data": {"dataset": "fake", "image_size": 8, "batch_size": batch_size, "eval_batch_size": 16,
+                     "fake_train_size": 64, "fake_val_size": 32, "fake_num_classes": 4},
+            "train": {"epochs": 1, "threads": 1, "lr": 0.05},
+            "search": {"space": {"attention": {"type": ["none"]}}},
+        })
+        plan = TrialSettings(attention={"type": "nam", "stages": [3]}, train=job.train, nam_penalty=1e-3)
+        with monkeypatch.context() as m:
+            reads = host_reads(m)
+            steps: list[float] = []
+            m.setattr(train_module, "lr_factor", lambda cfg, p, steps=steps: steps.append(p) or 1.0)
+            assert fit(job, plan, lambda metrics, state: None) == "completed"
+        assert len(steps) == 64 // batch_size
+        counts.append(len(reads))
+    # one finiteness check, train_loss and nam_penalty at the epoch's end; the correct count and loss of the
+    # validation
+    assert counts == [5, 5], counts
+
+
+def test_every_result_carries_the_measured_latency_and_throughput():
+    job = tiny_job(lr=0.05)
+    reports = []
+    assert fit(job, TrialSettings(attention={"type": "se", "reduction": 4, "stages": [3]}, train=job.train),
+               lambda m, s: reports.append(m)) == "completed"
+    assert len(reports) == 2
+    for metrics in reports:
+        for key in MEASURED_METRICS:
+            assert math.isfinite(metrics[key]) and metrics[key] > 0, key
+        assert isinstance(metrics[LATENCY_LOAD], int) and metrics[LATENCY_LOAD] >= 0
+    # measured once, before the first epoch: the same figures with every result (what a rung compares)
+    assert {k: reports[0][k] for k in MEASURED_METRICS} == {k: reports[1][k] for k in MEASURED_METRICS}
+
+
+def test_measuring_changes_nothing_of_the_training(monkeypatch):
+    """The measurement draws its input from its own generator and runs in eval mode: the same seed trains the
+    same model with and without it (data augmentation reads the global random state)."""
+    job = tiny_job(lr=0.05, epochs=1)
+    plan = TrialSettings(attention={"type": "nam", "stages": [3]}, train=job.train)
+    measured, bare = [], []
+    fit(job, plan, lambda m, s: measured.append((m, copy.deepcopy(s))))
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "measure_cost", lambda *a, **k: {})
+        fit(job, plan, lambda m, s: bare.append((m, copy.deepcopy(s))))
+    (with_cost, state), (without, bare_state) = measured[0], bare[0]
+    assert "latency_ms" in with_cost and "latency_ms" not in without
+    for key in ("train_loss", "val_loss", "val_acc", "nam_penalty"):
+        assert with_cost[key] == without[key], key
+    assert max_weight_diff(state["model"], bare_state["model"]) == 0
 
 
 def test_nam_penalty_is_added_and_reported():
@@ -128,6 +242,7 @@ def test_infeasible_model_is_never_trained():
     assert fit(job, plan, lambda m, s: reports.append((m, s))) == "infeasible"
     assert len(reports) == 1 and reports[0][1] is None
     assert reports[0][0]["attnsearch_state"] == "infeasible" and "max_params" in reports[0][0]["attnsearch_reason"]
+    assert not set(MEASURED_METRICS) & set(reports[0][0])  # never built on the device, never measured
     assert torch.is_grad_enabled()
 
 
@@ -139,3 +254,15 @@ def test_amp_on_cpu_trains_modules_with_fused_backward(attention):
     reports = []
     assert fit(job, plan, lambda m, s: reports.append(m)) == "completed"
     assert len(reports) == 1 and math.isfinite(reports[0]["train_loss"])
+
+
+def test_loaders_prefetch_and_keep_their_workers_only_with_workers():
+    from attnsearch.data import build_datasets, build_loaders
+
+    job = tiny_job()
+    train_ds, val_ds, _ = build_datasets(job.data)
+    for loader in build_loaders(job.data.model_copy(update={"num_workers": 2, "prefetch_factor": 4}), train_ds,
+                                val_ds):
+        assert (loader.num_workers, loader.prefetch_factor, loader.persistent_workers) == (2, 4, True)
+    for loader in build_loaders(job.data, train_ds, val_ds):  # torch refuses both options without workers
+        assert (loader.num_workers, loader.prefetch_factor, loader.persistent_workers) == (0, None, False)

@@ -19,7 +19,7 @@ from ._cluster import (
 )
 from ._progress import ProgressPrinter, StudyProgress
 from ._schedulers import MOASHAScheduler, rung_milestones, rung_order, rung_position
-from ._searcher import StudySearcher, constraint_values, make_sampler
+from ._searcher import INFEASIBLE_CONSTRAINT, StudySearcher, make_sampler
 from ._study import (
     StudyOutcome,
     asha_metric,
@@ -32,6 +32,7 @@ from ._study import (
 
 __all__ = [
     "EpochBudget",
+    "INFEASIBLE_CONSTRAINT",
     "MOASHAScheduler",
     "RAY_CONNECT_TIMEOUT_S",
     "ProgressPrinter",
@@ -40,7 +41,6 @@ __all__ = [
     "StudySearcher",
     "asha_metric",
     "check_cluster_resources",
-    "constraint_values",
     "existing_studies",
     "init_ray",
     "make_sampler",

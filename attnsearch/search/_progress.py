@@ -35,7 +35,8 @@ class StudyProgress:
         self.running.discard(trial_id)
         self.states[trial_id] = result_state(result, self.max_t, errored)
         if result:
-            self.finals[trial_id] = {k: result.get(k) for k in ("val_acc", "flops", "params", "epoch")}
+            keys = dict.fromkeys(("val_acc", "flops", "params", "epoch", *self.objectives))
+            self.finals[trial_id] = {k: result.get(k) for k in keys}
 
     def best_acc(self) -> float | None:
         accs = [r["val_acc"] for t, r in self.finals.items()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -13,30 +14,25 @@ from ..contract import EPOCH_METRICS, REASON_KEY, STATE_KEY, ConfigError, result
 if TYPE_CHECKING:
     import optuna
 
-# Optuna user attribute that ``constraint_values`` reads: > 0 marks a trial infeasible.
-_INFEASIBLE_ATTR = "attnsearch_infeasible"
-
-
-def constraint_values(trial: optuna.trial.FrozenTrial) -> list[float]:
-    """Optuna ``constraints_func``: > 0 marks a trial infeasible (over budget or an invalid combination)."""
-    return [float(trial.user_attrs.get(_INFEASIBLE_ATTR, 0.0))]
+# The Optuna constraint an infeasible trial violates (``Trial.set_constraint``: > 0 is infeasible); TPE, NSGA-II
+# and GP read every trial's constraints, so the sampler learns where the infeasible region lies.
+INFEASIBLE_CONSTRAINT = "attnsearch_infeasible"
 
 
 def make_sampler(sampler: str, seed: int | None) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler for ``search.sampler``; infeasible trials are fed back through constraints."""
+    """The Optuna sampler for ``search.sampler``; infeasible trials reach it through their constraint."""
     import optuna
 
     if sampler == "tpe":
-        # multivariate+group model the joint, conditional (define-by-run) space; ~3x cheaper per trial than
-        # independent sampling at 1,000 trials (design notes).
-        return optuna.samplers.TPESampler(
-            seed=seed, multivariate=True, group=True, constraints_func=constraint_values,
-            warn_independent_sampling=False,
-        )
+        # multivariate+group model the joint, conditional (define-by-run) space, at a fraction of independent
+        # sampling's cost per trial (design.md); group is experimental in Optuna 5, and says so once
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
     if sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraint_values)
+        return optuna.samplers.NSGAIISampler(seed=seed)
     if sampler == "gp":
-        return optuna.samplers.GPSampler(seed=seed, constraints_func=constraint_values, warn_independent_sampling=False)
+        return optuna.samplers.GPSampler(seed=seed)
     if sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ConfigError(f"search.sampler: unknown sampler {sampler!r}; valid: tpe, nsga2, gp, random")
@@ -64,10 +60,10 @@ class StudySearcher(OptunaSearch):
         state = result_state(result, self._max_t, errored=error)
         ot_trial.set_user_attr(STATE_KEY, state)
         if state == "completed":  # OptunaSearch tells the values of its metric list
-            ot_trial.set_user_attr(_INFEASIBLE_ATTR, 0.0)
+            ot_trial.set_constraint(INFEASIBLE_CONSTRAINT, 0.0)
             super().on_trial_complete(trial_id, result=result)
         elif state == "infeasible":  # complete, worst values, constraint violated: the sampler learns the region
-            ot_trial.set_user_attr(_INFEASIBLE_ATTR, 1.0)
+            ot_trial.set_constraint(INFEASIBLE_CONSTRAINT, 1.0)
             ot_trial.set_user_attr(REASON_KEY, str(result.get(REASON_KEY, "")))
             worst = {m: _worst(result, m, mode) for m, mode in self._objectives().items()}
             super().on_trial_complete(trial_id, result={**result, **worst})
@@ -82,7 +78,8 @@ class StudySearcher(OptunaSearch):
         The only access to OptunaSearch's private state: Ray has no public accessor for the Optuna trial of a
         Ray trial id, and the infeasible flag that the sampler's ``constraints_func`` reads (and the state
         attributes) must be set on that trial before OptunaSearch tells it. ``_completed_trials`` is read here
-        too, because user attributes cannot be set on a trial Optuna has been told about.
+        too, because user attributes cannot be set on a trial Optuna has been told about. (No upstream issue asks
+        for such an accessor yet; tests/test_search.py fails first if Ray renames these attributes.)
         """
         if trial_id in self._completed_trials:
             return None

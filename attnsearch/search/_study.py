@@ -17,7 +17,13 @@ from ray.tune.search import ConcurrencyLimiter
 from .. import tracking
 from ..contract import EPOCH_METRICS, ConfigError
 from ..data import check_data
-from ..space import baseline_point, check_space, define_by_run, load_space, space_to_dict
+from ..space import (
+    baseline_point,
+    check_space,
+    define_by_run,
+    load_space,
+    space_to_dict,
+)
 from ..tracking.callback import MLflowTracker
 from ..train import run_trial
 from ._budget import EpochBudget
@@ -95,7 +101,8 @@ def _restored_run_config(tuner: tune.Tuner) -> tune.RunConfig:
 
     The only access to the Tuner's private state: Ray's ``Tuner.restore`` takes no callbacks argument, and the
     RunConfig it unpickles holds the previous driver's callbacks (their MLflow parent run, their progress tally),
-    which must not run again. Under Ray Client (``ray.address: ray://...``) the Tuner lives in a remote actor and
+    which must not run again (upstream: ray-project/ray#41364, no public access to a restored Tuner's RunConfig).
+    Under Ray Client (``ray.address: ray://...``) the Tuner lives in a remote actor and
     has no local tuner whose RunConfig could be changed: a ``ConfigError`` says where to resume instead.
     """
     local = getattr(tuner, "_local_tuner", None)
@@ -174,6 +181,7 @@ def run_study(job: Job, *, resume: bool | str = False, job_text: str | None = No
     experiment = job.tracking.experiment or job.name
     parent_run_id = tracking.start_study(
         job.tracking.uri, experiment, study_id, job_text or job.to_yaml(), space_to_dict(space), resume=restoring,
+        objectives=dict(job.search.objectives), max_t=job.train.epochs,
     )
     max_t = job.train.epochs
     objectives = dict(job.search.objectives)
@@ -211,25 +219,27 @@ def run_study(job: Job, *, resume: bool | str = False, job_text: str | None = No
                 callbacks=callbacks,
                 failure_config=tune.FailureConfig(max_failures=job.ray.max_failures),
                 stop=EpochBudget(job.search.budget_epochs) if job.search.budget_epochs else None,
+                # the contract attnsearch.export.final_weights relies on: each trial keeps its newest checkpoint,
+                # so a completed trial's is of its final epoch (after ASHA stops and --resume too)
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 verbose=0,
             ),
         )
     print(f"study {study_id}: {job.search.num_samples} trials, {job.search.sampler} sampler, "
-          f"{job.scheduler.type} scheduler, results in {path}", file=stream or sys.stdout, flush=True)
+          f"{job.scheduler_type} scheduler, results in {path}", file=stream or sys.stdout, flush=True)
     tuner.fit()
     return StudyOutcome(study_id, path, parent_run_id, progress, searcher)
 
 
 def _scheduler(job: Job, protected: list[dict]) -> TrialScheduler:
-    if job.scheduler.type == "asha":
+    if job.scheduler_type == "asha":
         metric, mode = asha_metric(job)
         return BaselineASHAScheduler(
             time_attr="epoch", metric=metric, mode=mode, max_t=job.train.epochs,
             grace_period=job.scheduler.grace_period, reduction_factor=job.scheduler.reduction_factor,
             protected=protected,
         )
-    if job.scheduler.type == "moasha":
+    if job.scheduler_type == "moasha":
         return MOASHAScheduler(
             dict(job.search.objectives), max_t=job.train.epochs, grace_period=job.scheduler.grace_period,
             reduction_factor=job.scheduler.reduction_factor, time_attr="epoch", protected=protected,

@@ -24,7 +24,14 @@ samples no stages/blocks/position. Optuna parameter names are flat: ``attention`
 """
 
 from ._model import Param, SearchSpace, parse_stages_key, stages_key
-from ._parse import FIXED_TRAIN_FIELDS, NAM_PENALTY, backbone_stages, input_size, load_space, parse_space
+from ._parse import (
+    FIXED_TRAIN_FIELDS,
+    NAM_PENALTY,
+    backbone_stages,
+    input_size,
+    load_space,
+    parse_space,
+)
 from ._trial import (
     DefineByRun,
     TrialSettings,

@@ -10,8 +10,22 @@ from typing import Any, Callable, Sequence
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..attention import ATTENTION_TYPES, get_spec
-from ..config import NATIVE_IMAGE_SIZE, ConfigError, Job, TrainConfig, did_you_mean, format_validation_error, read_yaml
-from ..models import BACKBONES, BLOCK_CHOICES, POSITION_CHOICES, get_backbone, list_sites
+from ..config import (
+    NATIVE_IMAGE_SIZE,
+    ConfigError,
+    Job,
+    TrainConfig,
+    did_you_mean,
+    format_validation_error,
+    read_yaml,
+)
+from ..models import (
+    BACKBONES,
+    BLOCK_CHOICES,
+    POSITION_CHOICES,
+    get_backbone,
+    list_sites,
+)
 from ._model import Param, SearchSpace, parse_stages_key, stages_key
 
 __all__ = ["load_space", "parse_space", "input_size", "backbone_stages", "NAM_PENALTY", "FIXED_TRAIN_FIELDS",

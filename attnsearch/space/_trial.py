@@ -115,7 +115,11 @@ def _value(params: Mapping[str, Any], param: Param, numeric: bool = False) -> An
 
 
 def materialize(job: Job, params: Mapping[str, Any]) -> TrialSettings:
-    """Trial config (Optuna/Ray params) -> build_model's attention dict, the trial's TrainConfig and NAM's p."""
+    """Trial config (Optuna/Ray params) -> build_model's attention dict, the trial's TrainConfig and NAM's p.
+
+    ``train.seed`` in ``params`` sets the seed even when the space does not search it (the runs of
+    ``attnsearch retrain`` carry one per run); other keys outside the space are ignored.
+    """
     space = load_space(job)
     type_name = _value(params, space.types)
     if type_name not in space.types.values():
@@ -138,6 +142,8 @@ def materialize(job: Job, params: Mapping[str, Any]) -> TrialSettings:
             else:
                 attention[knob] = spec.knobs[knob].validate(type_name, value)
     updates = {name: _value(params, param, numeric=True) for name, param in space.train.items()}
+    if "seed" not in space.train and "train.seed" in params:  # a fixed-config run's seed (attnsearch retrain)
+        updates["seed"] = _coerce(params["train.seed"])
     try:
         train = TrainConfig.model_validate({**job.train.model_dump(), **updates})
     except ValidationError as exc:

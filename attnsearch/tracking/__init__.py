@@ -5,7 +5,8 @@ job YAML, the resolved search space and the Pareto artifacts; each Ray trial get
 (``mlflow.parentRunId``, ``attnsearch.trial_id``) with the trial config as params, per-epoch metrics at
 ``step=epoch``, the static counts once (step 0) and the ``attnsearch.state``/``budget``/``reason`` tags.
 
-One module per job: ``_connection`` (health check, short HTTP retries, UI command), ``_params`` (typed params,
+One module per job: ``_connection`` (health check, short HTTP retries, UI command), ``_ui`` (``attnsearch ui``:
+the runs page's URL, the server in its own process group), ``_params`` (typed params,
 run names), ``_records`` (what a trial reported), ``_store`` (the idempotent store), ``_study`` (the parent run),
 ``callback`` (the Ray Tune callback) and ``sync`` (replaying a Ray experiment directory). Only the last two
 import Ray; import them by their module (``attnsearch.tracking.callback``, ``attnsearch.tracking.sync``).
@@ -17,10 +18,23 @@ from ._connection import check_tracking, fast_http, first_line, ui_command
 from ._params import decode_param, encode_params, run_name
 from ._records import TrialRecord, error_summary
 from ._store import Store, quote, search_all
-from ._study import ensure_experiment, find_parent, latest_parent, open_or_create_parent, start_study
+from ._study import (
+    ensure_experiment,
+    find_parent,
+    latest_parent,
+    open_or_create_parent,
+    start_retrain,
+    start_study,
+)
+from ._ui import STOP_GRACE_S, front_filter, serve_ui, ui_url, wait_for_port
 
 __all__ = [
     "TrackingError",
+    "STOP_GRACE_S",
+    "front_filter",
+    "serve_ui",
+    "ui_url",
+    "wait_for_port",
     "TrialRecord",
     "Store",
     "redact_uri",
@@ -40,4 +54,5 @@ __all__ = [
     "latest_parent",
     "open_or_create_parent",
     "start_study",
+    "start_retrain",
 ]

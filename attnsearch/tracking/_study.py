@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from typing import Any, Mapping
@@ -9,12 +10,27 @@ from typing import Any, Mapping
 import yaml
 from mlflow import MlflowClient
 
-from ..contract import TAG_ROLE, TAG_STUDY, TrackingError
+from ..contract import (
+    EXPERIMENT_KIND_MODELS,
+    ROLE_RETRAIN,
+    TAG_EXPERIMENT_KIND,
+    TAG_MAX_T,
+    TAG_OBJECTIVES,
+    TAG_RETRAIN_PARENT,
+    TAG_RETRAIN_SEEDS,
+    TAG_RETRAIN_STUDY,
+    TAG_ROLE,
+    TAG_STUDY,
+    TrackingError,
+)
 from ..uris import redact_text, redact_uri, sqlite_path
 from ._connection import fast_http, first_line
 from ._store import quote
 
-__all__ = ["start_study", "open_or_create_parent", "ensure_experiment", "find_parent", "latest_parent"]
+__all__ = [
+    "start_study", "open_or_create_parent", "ensure_experiment", "find_parent", "latest_parent", "study_ids",
+    "definition_tags", "start_retrain",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +45,13 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
 
 
 def ensure_experiment(client: MlflowClient, uri: str, experiment: str) -> str:
+    """The experiment's id, created when missing; either way tagged as model development
+    (``mlflow.experimentKind``), which MLflow 3's UI reads to open the runs instead of a GenAI traces page."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         try:
-            return client.create_experiment(experiment, artifact_location=_artifact_location(uri, experiment))
+            return client.create_experiment(experiment, artifact_location=_artifact_location(uri, experiment),
+                                            tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_MODELS})
         except Exception:  # noqa: BLE001 - created meanwhile by another process
             exp = client.get_experiment_by_name(experiment)
             if exp is None:
@@ -40,6 +59,8 @@ def ensure_experiment(client: MlflowClient, uri: str, experiment: str) -> str:
     if exp.lifecycle_stage == "deleted":
         logger.warning("MLflow experiment %r was deleted; restoring it", experiment)
         client.restore_experiment(exp.experiment_id)
+    if exp.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND_MODELS:  # made before attnsearch set it, or by hand
+        client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND_MODELS)
     return exp.experiment_id
 
 
@@ -53,6 +74,24 @@ def find_parent(client: MlflowClient, experiment_id: str, study_id: str) -> Any 
     return runs[0] if runs else None
 
 
+def definition_tags(objectives: Mapping[str, str] | None, max_t: int | None) -> dict[str, str]:
+    """The parent-run tags that record a study's own definition: its objectives (JSON, the job's order) and its
+    full budget in epochs; what its recorded Pareto front means (``attnsearch pareto EXPERIMENT`` reads them)."""
+    tags = {}
+    if objectives:
+        tags[TAG_OBJECTIVES] = json.dumps(dict(objectives))
+    if max_t is not None:
+        tags[TAG_MAX_T] = str(int(max_t))
+    return tags
+
+
+def _add_missing_tags(client: MlflowClient, parent: Any, tags: Mapping[str, str]) -> None:
+    # A study's definition is written once: a resume or a sync with an edited job file does not rewrite it.
+    for key, value in tags.items():
+        if key not in parent.data.tags:
+            client.set_tag(parent.info.run_id, key, value)
+
+
 def start_study(
     uri: str,
     experiment: str,
@@ -60,12 +99,18 @@ def start_study(
     job_yaml_text: str,
     space_dict: Mapping[str, Any],
     resume: bool,
+    *,
+    objectives: Mapping[str, str] | None = None,
+    max_t: int | None = None,
 ) -> str:
     """Create (or, with ``resume``, reuse) the study's parent run; return its run id.
 
-    Logs ``job.yaml`` and ``search_space.yaml`` as artifacts of the parent run. Raises ``TrackingError`` when the
-    study already exists and ``resume`` is false (two searches would otherwise share one parent run).
+    Logs ``job.yaml`` and ``search_space.yaml`` as artifacts of the parent run and tags it with the study's
+    definition (``objectives``, ``max_t``: ``definition_tags``; a reused parent keeps the definition it has).
+    Raises ``TrackingError`` when the study already exists and ``resume`` is false (two searches would otherwise
+    share one parent run).
     """
+    definition = definition_tags(objectives, max_t)
     with fast_http():
         client = MlflowClient(uri)
         try:
@@ -82,11 +127,12 @@ def start_study(
             if resume:
                 logger.warning("resuming study %r: no parent run in %s; creating one", study_id, redact_uri(uri))
             run = client.create_run(
-                experiment_id, tags={TAG_STUDY: study_id, TAG_ROLE: "study"}, run_name=study_id
+                experiment_id, tags={TAG_STUDY: study_id, TAG_ROLE: "study", **definition}, run_name=study_id
             )
             run_id = run.info.run_id
         else:
             run_id = parent.info.run_id
+            _add_missing_tags(client, parent, definition)
             if parent.info.status != "RUNNING":
                 client.update_run(run_id, status="RUNNING")
         client.log_text(run_id, redact_text(job_yaml_text), "job.yaml")
@@ -94,13 +140,25 @@ def start_study(
     return run_id
 
 
-def open_or_create_parent(uri: str, experiment: str, study_id: str) -> str:
+def open_or_create_parent(
+    uri: str,
+    experiment: str,
+    study_id: str,
+    *,
+    objectives: Mapping[str, str] | None = None,
+    max_t: int | None = None,
+) -> str:
+    """The study's parent run id, created when missing; the definition tags it lacks are added."""
     client = MlflowClient(uri)
     experiment_id = ensure_experiment(client, uri, experiment)
     parent = find_parent(client, experiment_id, study_id)
+    definition = definition_tags(objectives, max_t)
     if parent is not None:
+        _add_missing_tags(client, parent, definition)
         return parent.info.run_id
-    run = client.create_run(experiment_id, tags={TAG_STUDY: study_id, TAG_ROLE: "study"}, run_name=study_id)
+    run = client.create_run(
+        experiment_id, tags={TAG_STUDY: study_id, TAG_ROLE: "study", **definition}, run_name=study_id
+    )
     return run.info.run_id
 
 
@@ -117,6 +175,46 @@ def latest_parent(client: MlflowClient, experiment: str, study_id: str | None = 
         flt += f" and tags.`{TAG_STUDY}` = {quote(study_id)}"
     parents = client.search_runs([exp.experiment_id], flt, max_results=1, order_by=["attributes.start_time DESC"])
     if not parents:
-        which = f"study {study_id!r}" if study_id else "any study"
-        raise ValueError(f"no parent run for {which} in MLflow experiment {experiment!r}")
+        if study_id is None:
+            raise ValueError(f"no parent run for any study in MLflow experiment {experiment!r}")
+        known = study_ids(client, exp.experiment_id)
+        raise ValueError(f"no study {study_id!r} in MLflow experiment {experiment!r}; its studies (oldest first): "
+                         f"{', '.join(known) or 'none'}")
     return parents[0]
+
+
+def study_ids(client: MlflowClient, experiment_id: str, limit: int = 1000) -> list[str]:
+    """The study ids of an experiment's parent runs, oldest first."""
+    runs = client.search_runs([experiment_id], f"tags.`{TAG_ROLE}` = 'study'", max_results=limit,
+                              order_by=["attributes.start_time ASC"])
+    return [r.data.tags.get(TAG_STUDY) or r.info.run_id for r in runs]
+
+
+def start_retrain(
+    uri: str,
+    experiment: str,
+    retrain_id: str,
+    *,
+    source_study: str,
+    source_parent_run_id: str,
+    job_yaml_text: str,
+    objectives: Mapping[str, str],
+    max_t: int,
+    seeds: list[int],
+) -> str:
+    """Create the parent run of an ``attnsearch retrain`` (role ``retrain``, ``attnsearch.study`` = its own id,
+    linked to the source study by tags) and return its run id; logs ``job.yaml``. A retrain is never resumed."""
+    tags = {
+        TAG_STUDY: retrain_id, TAG_ROLE: ROLE_RETRAIN, TAG_RETRAIN_STUDY: source_study,
+        TAG_RETRAIN_PARENT: source_parent_run_id, TAG_RETRAIN_SEEDS: json.dumps(list(seeds)),
+        **definition_tags(objectives, max_t),
+    }
+    with fast_http():
+        client = MlflowClient(uri)
+        try:
+            experiment_id = ensure_experiment(client, uri, experiment)
+            run_id = client.create_run(experiment_id, tags=tags, run_name=retrain_id).info.run_id
+        except Exception as e:  # noqa: BLE001
+            raise TrackingError(f"cannot use the MLflow store {redact_uri(uri)}: {first_line(e)}") from e
+        client.log_text(run_id, redact_text(job_yaml_text), "job.yaml")
+    return run_id

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from ray.tune import ExperimentAnalysis
 from ray.tune.utils import flatten_dict
@@ -82,18 +82,26 @@ def read_ray_trials(experiment_dir: str | os.PathLike, max_t: int) -> list[Trial
 
 
 def sync_study(
-    experiment_dir: str | os.PathLike, uri: str, experiment: str, study_id: str, max_t: int
+    experiment_dir: str | os.PathLike,
+    uri: str,
+    experiment: str,
+    study_id: str,
+    max_t: int,
+    *,
+    objectives: Mapping[str, str] | None = None,
 ) -> dict[str, int]:
     """Write whatever MLflow is missing for a study from its Ray experiment directory (``attnsearch sync JOB``).
 
-    Creates the parent run if needed; never duplicates runs, params, metric steps or tags, so running it twice
-    writes nothing the second time. Returns counts: trials, runs_created, params, metrics, tags, finished.
+    Creates the parent run if needed (with the study's definition, ``objectives`` and ``max_t``, as tags it lacks);
+    never duplicates runs, params, metric steps or tags, so running it twice writes nothing the second time.
+    Returns counts: trials, runs_created, params, metrics, tags, finished.
     """
     records = read_ray_trials(experiment_dir, max_t)
     totals = {"trials": len(records), "runs_created": 0, "params": 0, "metrics": 0, "tags": 0, "finished": 0}
     with fast_http():
         try:
-            store = Store(uri, open_or_create_parent(uri, experiment, study_id))
+            parent = open_or_create_parent(uri, experiment, study_id, objectives=objectives, max_t=max_t)
+            store = Store(uri, parent)
         except Exception as e:  # noqa: BLE001
             raise TrackingError(f"cannot use the MLflow store {redact_uri(uri)}: {first_line(e)}") from e
         for record in records:

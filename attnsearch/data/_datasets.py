@@ -1,23 +1,8 @@
-"""Datasets and loaders: digits, CIFAR-10/100, ImageNet, any ImageFolder tree, and learnable synthetic data.
+"""The datasets: digits, CIFAR-10/100, ImageNet, any ImageFolder tree, learnable synthetic data (see the
+package docstring), and what a file-reading loader needs to know of an ImageFolder split (``image_files``)."""
 
-``check_data`` runs on the driver before any trial starts (and downloads CIFAR there when ``download: true``, so
-that concurrent trials never race to download); ``build_datasets`` and ``build_loaders`` run inside each trial.
 
-* ``digits``: scikit-learn's bundled 8x8 digits (1,797 images), bilinearly upsampled to ``image_size`` (16),
-  replicated to 3 channels, held in memory; fixed stratified train/val split (``val_fraction``, seed 0).
-* ``cifar10``/``cifar100``: the python-pickle batches torchvision downloads (``cifar-10-batches-py``,
-  ``cifar-100-python``) under ``root``, read directly (no md5 check) and held in memory as uint8.
-* ``imagenet``: ImageFolder ``root/train`` and ``root/val``.
-* ``folder``: ImageFolder ``root/train`` + ``root/val`` when both exist; otherwise ``root/train`` (or ``root``
-  itself) split by ``val_fraction`` (stratified, seed 0).
-* ``fake``: class-dependent low-frequency patterns plus Gaussian noise, generated per index from a fixed seed.
-"""
-
-from __future__ import annotations
-
-import os
 import pickle
-import random
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -26,9 +11,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
-from .config import NATIVE_IMAGE_SIZE, ConfigError, DataConfig
+from ..config import NATIVE_IMAGE_SIZE, ConfigError, DataConfig
 
 # Per-channel statistics of the training sets (computed over all training pixels; the same values appear in
 # e.g. kuangliu/pytorch-cifar#19 for CIFAR-10 and weiaicunzai/pytorch-cifar100 for CIFAR-100).
@@ -68,6 +53,27 @@ class DatasetInfo:
     in_channels: int = 3
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """What an ImageFolder split's torchvision transform does (``_image_transforms``), for a loader that reads
+    the files itself (DALI): ``random_crop`` is RandomResizedCrop(size) + horizontal flip, else
+    Resize(resize_side(size)) + CenterCrop(size); then normalisation with ``mean``/``std``."""
+
+    size: int
+    random_crop: bool
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """An ImageFolder split as files: paths and labels in the dataset's own order, and its transform."""
+
+    files: list[str]
+    labels: list[int]
+    transform: ImageTransform
 
 
 # --------------------------------------------------------------------------------------------------- datasets
@@ -233,14 +239,38 @@ def _cifar(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
     return train, val, info
 
 
+def resize_side(size: int) -> int:
+    """The shorter side an evaluation image is resized to before its center crop of ``size``: the usual 0.875
+    crop ratio (256 -> 224)."""
+    return round(size * 256 / 224)
+
+
 def _image_transforms(size: int, train: bool, mean: Sequence[float], std: Sequence[float]):
     from torchvision import transforms as T
 
     norm = [T.ToTensor(), T.Normalize(mean, std)]
     if train:
         return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *norm])
-    # the usual 0.875 center-crop ratio (256 -> 224)
-    return T.Compose([T.Resize(int(round(size * 256 / 224))), T.CenterCrop(size), *norm])
+    return T.Compose([T.Resize(resize_side(size)), T.CenterCrop(size), *norm])
+
+
+def _with_transform(dataset: Dataset, size: int, random_crop: bool) -> Dataset:
+    transform = ImageTransform(size, random_crop, IMAGENET_MEAN, IMAGENET_STD)
+    dataset.image_transform = transform  # type: ignore[attr-defined]
+    return dataset
+
+
+def image_files(dataset: Dataset) -> ImageFiles | None:
+    """The files, labels and transform of an ``imagenet``/``folder`` split (an ImageFolder or a Subset of one,
+    as ``build_datasets`` makes them); None for any other dataset."""
+    transform = getattr(dataset, "image_transform", None)
+    base, indices = (dataset.dataset, dataset.indices) if isinstance(dataset, Subset) else (dataset, None)
+    samples = getattr(base, "samples", None)
+    if transform is None or samples is None:
+        return None
+    if indices is not None:
+        samples = [samples[i] for i in indices]
+    return ImageFiles([path for path, _ in samples], [int(label) for _, label in samples], transform)
 
 
 def _folder_layout(cfg: DataConfig) -> tuple[Path, Path | None]:
@@ -271,6 +301,8 @@ def _folder(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
         train, val = Subset(base_train, train_idx), Subset(base_val, val_idx)
         train.classes = val.classes = base_train.classes  # type: ignore[attr-defined]
         num_classes = len(base_train.classes)
+    _with_transform(train, size, cfg.augment)
+    _with_transform(val, size, False)
     return train, val, DatasetInfo(num_classes, size, 3, IMAGENET_MEAN, IMAGENET_STD)
 
 
@@ -304,131 +336,8 @@ def dataset_info(cfg: DataConfig) -> DatasetInfo:
     return DatasetInfo(len(_class_dirs(train_dir)), size, 3, IMAGENET_MEAN, IMAGENET_STD)
 
 
-# --------------------------------------------------------------------------------------------------- loaders
-
-
-def _seed_worker(worker_id: int) -> None:
-    # torch seeds each worker from the loader's generator; numpy/random need it passed on (PyTorch's recipe)
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def build_loaders(
-    cfg: DataConfig, train_ds: Dataset, val_ds: Dataset, seed: int = 0, pin_memory: bool = False
-) -> tuple[DataLoader, DataLoader]:
-    """Train loader (seeded shuffle, drop_last when larger than a batch) and val loader (in order)."""
-    common: dict[str, Any] = {
-        "num_workers": cfg.num_workers,
-        "pin_memory": pin_memory,
-        "persistent_workers": cfg.num_workers > 0,
-    }
-    if cfg.num_workers > 0:
-        common["worker_init_fn"] = _seed_worker
-    generator = torch.Generator().manual_seed(seed)
-    train = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=generator,
-                       drop_last=len(train_ds) > cfg.batch_size, **common)
-    val = DataLoader(val_ds, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False, **common)
-    return train, val
-
-
-# --------------------------------------------------------------------------------------------------- checks
-
-
-def _image_extensions() -> tuple[str, ...]:
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    return tuple(IMG_EXTENSIONS)
-
-
 def _class_dirs(folder: Path) -> list[Path]:
     try:
         return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     except OSError:
         return []
-
-
-def _has_image(folder: Path, extensions: tuple[str, ...]) -> bool:
-    for _, _, files in os.walk(folder, followlinks=True):
-        if any(f.lower().endswith(extensions) for f in files):
-            return True
-    return False
-
-
-def _check_image_folder(folder: Path, what: str) -> None:
-    extensions = _image_extensions()
-    if not folder.is_dir():
-        raise ConfigError(f"data.root: {what} {folder} does not exist; {_LAYOUT}")
-    classes = _class_dirs(folder)
-    if not classes:
-        raise ConfigError(f"data.root: {what} {folder} has no class folders (no images); {_LAYOUT}")
-    empty = [c.name for c in classes if not _has_image(c, extensions)]
-    if len(empty) == len(classes):
-        raise ConfigError(f"data.root: {what} {folder} holds no images ({', '.join(extensions)}); {_LAYOUT}")
-    if empty:
-        raise ConfigError(f"data.root: class folders without images in {folder}: {empty[:10]}; remove them or add "
-                          "images (ImageFolder refuses empty classes)")
-
-
-_LAYOUT = "expected an ImageFolder tree: <root>/<class>/<image>.png (or <root>/train/<class>/..., <root>/val/...)"
-
-
-def _missing_cifar(cfg: DataConfig) -> tuple[Path, list[str]]:
-    meta = _CIFAR[cfg.dataset]
-    folder = Path(cfg.root) / meta["folder"]
-    files = [*meta["train"], *meta["test"], meta["meta"][0]]
-    return folder, [f for f in files if not (folder / f).is_file()]
-
-
-def _download_cifar(cfg: DataConfig) -> None:
-    from torchvision import datasets
-
-    cls = datasets.CIFAR10 if cfg.dataset == "cifar10" else datasets.CIFAR100
-    Path(cfg.root).mkdir(parents=True, exist_ok=True)
-    try:
-        cls(cfg.root, train=True, download=True)
-    except Exception as exc:  # network errors come in many types; the user needs the path and the cause
-        raise ConfigError(f"data.root: downloading {cfg.dataset} into {cfg.root} failed: {exc}; download it "
-                          "elsewhere and copy it there, or fix the network") from None
-
-
-def check_data(cfg: DataConfig) -> None:
-    """Driver-side check that the data exists (downloading CIFAR when ``download: true``); ``ConfigError`` else."""
-    if cfg.dataset == "digits":
-        import importlib.util
-
-        if importlib.util.find_spec("sklearn") is None:
-            raise ConfigError("data.dataset: 'digits' needs scikit-learn (pip install scikit-learn)") from None
-        return
-    if cfg.dataset == "fake":
-        return
-    if not cfg.root:
-        raise ConfigError(f"data.root: dataset {cfg.dataset!r} needs data.root (the folder that holds it)")
-    root = Path(cfg.root)
-    if cfg.dataset in _CIFAR:
-        meta = _CIFAR[cfg.dataset]
-        folder, missing = _missing_cifar(cfg)
-        if missing and cfg.download:
-            _download_cifar(cfg)
-            folder, missing = _missing_cifar(cfg)
-        if not root.exists():
-            raise ConfigError(f"data.root: {root} does not exist; point data.root at the folder that contains "
-                              f"{meta['folder']}/, or set data.download: true to download {cfg.dataset} there")
-        if missing:
-            raise ConfigError(f"data.root: {folder} is missing {', '.join(missing)}; point data.root at the folder "
-                              f"that contains {meta['folder']}/, or set data.download: true to download it")
-        return
-    if not root.exists():
-        raise ConfigError(f"data.root: {root} does not exist; {_LAYOUT}")
-    if not root.is_dir():
-        raise ConfigError(f"data.root: {root} is not a directory; {_LAYOUT}")
-    train_dir, val_dir = _folder_layout(cfg)
-    _check_image_folder(train_dir, "training folder" if train_dir != root else "folder")
-    if val_dir is not None:
-        _check_image_folder(val_dir, "validation folder")
-        train_classes = [c.name for c in _class_dirs(train_dir)]
-        val_classes = [c.name for c in _class_dirs(val_dir)]
-        if train_classes != val_classes:
-            only = sorted(set(train_classes) ^ set(val_classes))
-            raise ConfigError(f"data.root: {train_dir} and {val_dir} must have the same class folders; "
-                              f"they differ in {only[:10]}")

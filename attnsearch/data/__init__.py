@@ -1,0 +1,68 @@
+"""Datasets and loaders: digits, CIFAR-10/100, ImageNet, any ImageFolder tree, and learnable synthetic data.
+
+``check_data`` runs on the driver before any trial starts (and downloads CIFAR there when ``download: true``, so
+that concurrent trials never race to download); ``build_datasets`` and ``build_loaders`` run inside each trial.
+
+* ``digits``: scikit-learn's bundled 8x8 digits (1,797 images), bilinearly upsampled to ``image_size`` (16),
+  replicated to 3 channels, held in memory; fixed stratified train/val split (``val_fraction``, seed 0).
+* ``cifar10``/``cifar100``: the python-pickle batches torchvision downloads (``cifar-10-batches-py``,
+  ``cifar-100-python``) under ``root``, read directly (no md5 check) and held in memory as uint8.
+* ``imagenet``: ImageFolder ``root/train`` and ``root/val``.
+* ``folder``: ImageFolder ``root/train`` + ``root/val`` when both exist; otherwise ``root/train`` (or ``root``
+  itself) split by ``val_fraction`` (stratified, seed 0).
+* ``fake``: class-dependent low-frequency patterns plus Gaussian noise, generated per index from a fixed seed.
+
+Loaders (``data.loader``): torch's DataLoader over these datasets, or for ``imagenet``/``folder`` an NVIDIA DALI
+pipeline that decodes JPEGs on the GPU (``_dali.py``; ``auto`` takes it on CUDA when DALI is installed). Both yield
+the same ``(images, targets)`` batches.
+
+Modules: ``_datasets`` (the datasets, ``build_datasets``, ``dataset_info``), ``_dali`` (the DALI pipeline),
+``_loaders`` (``build_loaders``, ``loader_kind``), ``_checks`` (``check_data``).
+"""
+
+from ._checks import check_data
+from ._dali import DALI_DATASETS, DaliLoader, dali_installed
+from ._datasets import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DatasetInfo,
+    FakePatterns,
+    ImageFiles,
+    ImageTensorDataset,
+    ImageTransform,
+    build_datasets,
+    dataset_info,
+    image_files,
+    resize_side,
+    stratified_split,
+)
+from ._loaders import build_loaders, loader_kind
+
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "DALI_DATASETS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DaliLoader",
+    "DatasetInfo",
+    "FakePatterns",
+    "ImageFiles",
+    "ImageTensorDataset",
+    "ImageTransform",
+    "build_datasets",
+    "build_loaders",
+    "check_data",
+    "dali_installed",
+    "dataset_info",
+    "image_files",
+    "loader_kind",
+    "resize_side",
+    "stratified_split",
+]

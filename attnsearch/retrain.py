@@ -1,0 +1,466 @@
+"""``attnsearch retrain``: a study's front and its baseline retrained at the full budget with several seeds.
+
+A search ranks each configuration on one training run, and the front is chosen on those single numbers: its
+members are partly there by luck. A retrain trains every front member (or the runs named) and the study's
+baseline again, ``len(seeds)`` times each, as one Ray Tune run over that fixed list (no searcher, FIFO, no early
+stopping, ``search.budget_epochs`` ignored), and reports per configuration the mean and standard deviation of
+``val_acc`` over the seeds, the difference to the baseline's mean with a 95 % Welch t interval, and whether the
+configuration is still on the front of the means (the study's own objectives).
+
+Seeds: ``train.seed + 1`` to ``train.seed + N``. The search trained with ``train.seed``; fresh seeds keep the
+luck that put a configuration on the front out of its re-evaluation.
+
+MLflow: a parent run of its own (role ``retrain``, ``attnsearch.study`` = the retrain's id, tags naming the
+source study and its parent run), one child run per (configuration, seed) through the study's ``MLflowTracker``
+(params: the configuration, ``train.seed``, ``retrain.source_run``, ``retrain.baseline``), and on the parent the
+table as ``retrain.csv``, the ``retrain.*`` metrics and the table as its description. The statistics come from
+Ray's results, so an MLflow outage does not change them. Ray's folder is ``ray.storage_path/retrain/<id>``,
+outside the job's studies (``--resume`` and ``sync`` never take it for one).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO, TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from pydantic import ValidationError
+from ray import tune
+from ray.tune.schedulers import FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter, Searcher
+from scipy import stats  # installed with scikit-learn (the `search` extra)
+
+from . import tracking
+from ._table import format_table
+from .config import TrainConfig, format_validation_error
+from .contract import (
+    LOGGED_EPOCH_METRICS,
+    METRIC_RETRAIN_BASELINE_MEAN,
+    METRIC_RETRAIN_BASELINE_STD,
+    METRIC_RETRAIN_FRONT_KEPT,
+    METRIC_RETRAIN_FRONT_SIZE,
+    METRICS,
+    PARAM_RETRAIN_BASELINE,
+    PARAM_RETRAIN_SOURCE,
+    STATIC_METRICS,
+    TAG_NOTE,
+    TAG_PARAM_TYPES,
+    ConfigError,
+    UsageError,
+    result_state,
+)
+from .data import check_data
+from .pareto import (
+    ALL_STUDIES,
+    Study,
+    baseline_row,
+    load_runs,
+    pareto_front,
+    select_study,
+)
+from .search import (
+    ProgressPrinter,
+    StudyProgress,
+    check_cluster_resources,
+    init_ray,
+    resolve_ray_address,
+)
+from .space import baseline_point, feasible, load_space, space_to_dict
+from .tracking.callback import MLflowTracker
+from .train import run_trial
+from .uris import sqlite_path
+
+if TYPE_CHECKING:
+    from ray.tune.experiment import Trial
+
+    from .config import Job
+
+__all__ = ["RetrainConfig", "RetrainOutcome", "FixedConfigs", "retrain", "select_configs", "summarize",
+           "welch_interval", "mean_std", "format_retrain", "retrain_seeds"]
+
+CONFIDENCE = 0.95
+_RUN_METRICS = tuple(dict.fromkeys(["epoch", *METRICS, *LOGGED_EPOCH_METRICS]))
+
+
+# --------------------------------------------------------------------------------------------------- statistics
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1 in the denominator; NaN for fewer than 2 values)."""
+    x = np.asarray(values, dtype=float)
+    if not len(x):
+        return math.nan, math.nan
+    return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else math.nan
+
+
+def welch_interval(a: Sequence[float], b: Sequence[float],
+                   confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """``mean(a) - mean(b)`` and its Welch t confidence interval ``(difference, low, high)``.
+
+    Unequal variances: ``se = sqrt(s_a^2/n_a + s_b^2/n_b)``, degrees of freedom by Welch-Satterthwaite, interval
+    ``difference +- t_{(1+confidence)/2, df} * se``. NaN bounds when either sample has fewer than 2 values; a
+    zero ``se`` (every value of both samples equal) gives the point ``(d, d, d)``.
+    """
+    # Welch, B. L. (1947), Biometrika 34(1/2):28-35; the NIST/SEMATECH e-Handbook of Statistical Methods, 7.3.1.
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if not len(a) or not len(b):
+        return math.nan, math.nan, math.nan
+    diff = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return diff, math.nan, math.nan
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return diff, diff, diff
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = float(stats.t.ppf((1 + confidence) / 2, dof)) * se
+    return diff, diff - half, diff + half
+
+
+# --------------------------------------------------------------------------------------------------- what to retrain
+
+
+@dataclass
+class RetrainConfig:
+    """One configuration of a retrain: the trial config it trains and the study run it comes from."""
+
+    name: str  # the study run's name (MLflow run name), e.g. "se-r4-s3-default"
+    params: dict[str, Any]  # the trial config (the study run's params)
+    source_run_id: str | None  # the study's child run; None for a baseline the study never trained
+    baseline: bool = False
+    study_front: bool = False  # on the study's front (its own objectives, full budget)
+    study_metrics: dict[str, float] = field(default_factory=dict)  # what the search measured (one seed)
+
+
+def retrain_seeds(job: Job, n: int) -> list[int]:
+    """The seeds of a retrain: ``train.seed + 1`` .. ``train.seed + n`` (module docstring)."""
+    return [job.train.seed + 1 + k for k in range(n)]
+
+
+def _run_params(client: MlflowClient, run_id: str) -> dict[str, Any]:
+    run = client.get_run(run_id)
+    types = json.loads(run.data.tags.get(TAG_PARAM_TYPES) or "{}")
+    return {k: tracking.decode_param(v, types.get(k)) for k, v in run.data.params.items()}
+
+
+def select_configs(client: MlflowClient, job: Job, study: Study, df: pd.DataFrame, objectives: dict[str, str], *,
+                   front: bool = True, runs: Sequence[str] = ()) -> list[RetrainConfig]:
+    """The study's baseline first, then its front members (``front``) and the runs named (``runs``), each
+    configuration once. Raises ``UsageError`` for a run id that is not a trial of the study, ``ConfigError`` when
+    the job's search space cannot train a configuration or the study has nothing to retrain."""
+    on_front = pareto_front(df, objectives, "full") if len(df) else df
+    front_ids = set(on_front["run_id"]) if len(on_front) else set()
+    by_id = df.set_index("run_id") if len(df) else None
+    unknown = [r for r in runs if by_id is None or r not in by_id.index]
+    if unknown:
+        known = ", ".join(f"{i} ({n})" for i, n in zip(df["run_id"][:8], df["run_name"][:8])) if len(df) else "none"
+        raise UsageError(f"--runs: {', '.join(unknown)} is not a trial run of study {study.study}; give child run ids "
+                         f"of that study (MLflow UI or `attnsearch pareto`), e.g. {known}")
+    for run_id in runs:
+        if by_id.loc[run_id, "state"] == "infeasible":
+            raise UsageError(f"--runs: run {run_id} ({by_id.loc[run_id, 'run_name']}) is infeasible (over the job's "
+                             "constraints): it would never train; leave it out")
+    wanted = list(dict.fromkeys([*(on_front["run_id"] if front and len(on_front) else []), *runs]))
+    if not wanted:
+        raise ConfigError(f"study {study.study} has no trial completed at the full budget, so no front to retrain; "
+                          "wait for it to finish (`attnsearch run JOB --resume`) or name runs with --runs")
+
+    def config_of(run_id: str, baseline: bool = False) -> RetrainConfig:
+        row = by_id.loc[run_id]
+        metrics = {k: float(row[k]) for k in dict.fromkeys(["val_acc", *objectives])
+                   if k in row.index and pd.notna(row[k])}
+        return RetrainConfig(str(row["run_name"]), _run_params(client, run_id), run_id, baseline,
+                             run_id in front_ids, metrics)
+
+    base = baseline_row(df)
+    if base is not None:
+        configs = [config_of(base["run_id"], baseline=True)]
+    else:  # the study has none at the full budget (search.baseline: false, or it failed): the job's own
+        configs = [RetrainConfig("none", baseline_point(job, load_space(job)), None, baseline=True)]
+    seen = {_key(configs[0].params): configs[0]}
+    for run_id in wanted:
+        config = config_of(run_id)
+        if _key(config.params) in seen:  # the baseline itself, or the same configuration trained twice
+            seen[_key(config.params)].study_front |= config.study_front
+            continue
+        seen[_key(config.params)] = config
+        configs.append(config)
+    for config in configs:
+        reason = feasible(job, config.params)
+        if reason:
+            what = f"run {config.source_run_id} ({config.name})" if config.source_run_id else "the baseline"
+            raise ConfigError(f"retrain: {what} cannot be trained with this job's search space and constraints "
+                              f"(edited since study {study.study}?): {reason}")
+    return configs
+
+
+def _key(params: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in params.items() if k != "train.seed"}, sort_keys=True, default=str)
+
+
+class FixedConfigs(Searcher):
+    """Hands Ray Tune a fixed list of trial configs, in order, then ``FINISHED``.
+
+    Ray's ``BasicVariantGenerator(points_to_evaluate=...)`` needs every key of a preset point in the
+    ``param_space``; a retrain's configurations have different keys (each type its own knobs)."""
+
+    def __init__(self, configs: Sequence[dict[str, Any]]) -> None:
+        super().__init__()
+        self.configs = [dict(c) for c in configs]
+        self.given = 0
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str:
+        if self.given >= len(self.configs):
+            return Searcher.FINISHED
+        self.given += 1
+        return dict(self.configs[self.given - 1])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"configs": self.configs, "given": self.given}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+# --------------------------------------------------------------------------------------------------- the table
+
+
+def summarize(configs: Sequence[RetrainConfig], runs: pd.DataFrame, objectives: dict[str, str]) -> pd.DataFrame:
+    """One row per configuration (the baseline first) from ``runs`` (one row per retrain run: ``source``,
+    ``baseline``, ``seed``, ``state`` and the metrics). Completed runs only. Columns: ``run_name``,
+    ``source_run``, ``baseline``, ``study_front``, ``n``, ``failed``, ``val_acc_mean``, ``val_acc_std``,
+    ``delta_val_acc`` (minus the baseline's mean), ``delta_low``/``delta_high`` (95 % Welch t interval),
+    ``study_val_acc`` (the search's one run), the counts (``flops``, ``params``...), ``<objective>_mean`` for
+    any other objective measured per run, and ``on_front``: on the front of the means, the study's objectives."""
+    done = runs[runs["state"] == "completed"] if len(runs) else runs
+    base = configs[0]
+    base_acc = _values(done, base, "val_acc")
+    rows = []
+    for config in configs:
+        mine = _of(done, config)
+        acc = _values(done, config, "val_acc")
+        mean, std = mean_std(acc)
+        diff, low, high = (math.nan,) * 3 if config.baseline else welch_interval(acc, base_acc)
+        row = {"run_name": config.name, "source_run": config.source_run_id, "baseline": config.baseline,
+               "study_front": config.study_front, "n": len(acc), "failed": len(_of(runs, config)) - len(acc),
+               "val_acc_mean": mean, "val_acc_std": std, "delta_val_acc": diff, "delta_low": low,
+               "delta_high": high, "study_val_acc": config.study_metrics.get("val_acc", math.nan)}
+        for metric in dict.fromkeys([*STATIC_METRICS[:3], *objectives]):
+            if metric == "val_acc" or metric not in mine.columns:
+                continue
+            row[_column(metric)] = float(pd.to_numeric(mine[metric], errors="coerce").mean()) if len(mine) else math.nan
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    means = table.rename(columns={_column(m): m for m in objectives})
+    means = means[means["n"] > 0].assign(state="completed")
+    present = {m: mode for m, mode in objectives.items() if m in means.columns}  # an objective no run reported
+    front = pareto_front(means, present, "any") if len(means) and present else means.iloc[:0]
+    table["on_front"] = table.index.isin(front.index)
+    table.attrs["objectives"] = dict(objectives)
+    return table
+
+
+def _column(metric: str) -> str:
+    """The table's column of a metric: the count itself (the same for every seed) or ``<metric>_mean``."""
+    return metric if metric in STATIC_METRICS else f"{metric}_mean"
+
+
+def _of(runs: pd.DataFrame, config: RetrainConfig) -> pd.DataFrame:
+    if not len(runs):
+        return runs
+    if config.source_run_id is None:
+        return runs[runs["baseline"] & runs["source"].isna()]
+    return runs[runs["source"] == config.source_run_id]
+
+
+def _values(runs: pd.DataFrame, config: RetrainConfig, metric: str) -> list[float]:
+    mine = _of(runs, config)
+    if metric not in mine.columns:
+        return []
+    return [float(v) for v in pd.to_numeric(mine[metric], errors="coerce") if math.isfinite(v)]
+
+
+def format_retrain(table: pd.DataFrame) -> str:
+    """The terminal table: per configuration n, mean +- std, the difference to the baseline with its interval,
+    FLOPs, and the front: ``kept`` / ``dropped`` (a study front member on or off the front of the means), ``new``
+    (on it, but not on the study's), ``yes`` / ``no`` for the baseline."""
+    def num(v: Any, fmt: str) -> str:
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+    rows = []
+    for _, r in table.iterrows():
+        if r["baseline"]:
+            delta, front = "(baseline)", "yes" if r["on_front"] else "no"
+        else:
+            delta = f"{num(r['delta_val_acc'], '+.4f')} [{num(r['delta_low'], '+.4f')}, {num(r['delta_high'], '+.4f')}]"
+            front = ("kept" if r["on_front"] else "dropped") if r["study_front"] else ("new" if r["on_front"] else "-")
+        flops = r.get("flops", math.nan)
+        rows.append([r["run_name"], f"{r['n']}" + (f" ({r['failed']} failed)" if r["failed"] else ""),
+                     f"{num(r['val_acc_mean'], '.4f')} +- {num(r['val_acc_std'], '.4f')}", delta,
+                     num(r["study_val_acc"], ".4f"), _count(flops), front])
+    header = ["configuration", "n", "val_acc mean +- std", f"vs baseline [{CONFIDENCE:.0%} CI]", "search val_acc",
+              "flops", "front"]
+    return format_table(header, rows)
+
+
+# --------------------------------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RetrainOutcome:
+    """What ``retrain`` returns: the table (``summarize``), one row per run, and where everything went."""
+
+    retrain_id: str
+    parent_run_id: str
+    study: Study
+    configs: list[RetrainConfig]
+    seeds: list[int]
+    epochs: int
+    table: pd.DataFrame
+    runs: pd.DataFrame
+    experiment_path: str
+    progress: StudyProgress
+
+
+def _with_epochs(job: Job, epochs: int | None) -> Job:
+    if epochs is None:
+        return job
+    try:
+        train = TrainConfig.model_validate({**job.train.model_dump(), "epochs": epochs})
+    except ValidationError as exc:
+        raise UsageError(f"--epochs {epochs}: {format_validation_error(exc, 'job', TrainConfig, 'train.')}; choose "
+                         "a number of epochs the job's train settings allow") from None
+    return job.model_copy(update={"train": train})
+
+
+def retrain(job: Job, *, study: str | None = None, front: bool = True, runs: Sequence[str] = (), seeds: int = 3,
+            epochs: int | None = None, job_text: str | None = None, stream: IO[str] | None = None) -> RetrainOutcome:
+    """Retrain study ``study`` (an id, or None/"latest": the newest of the job's experiment) as the module
+    docstring says; returns the table and where it was recorded. Bad arguments raise ``InputError`` before Ray
+    starts or MLflow is written."""
+    if seeds < 1:
+        raise UsageError(f"--seeds {seeds}: give at least 1 seed (2 or more for a standard deviation and an interval)")
+    job = _with_epochs(job, epochs)
+    epochs = job.train.epochs
+    experiment, uri = job.tracking.experiment or job.name, job.tracking.uri
+    if study == ALL_STUDIES:
+        raise UsageError("--study all: a retrain re-evaluates the front of one study; name it (an id or latest)")
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise UsageError(f"no MLflow store at {db} (the job's tracking.uri): run the study first "
+                         "(`attnsearch run JOB`)")
+    tracking.check_tracking(uri, create=False)
+    client = MlflowClient(uri)
+    try:
+        source = select_study(client, experiment, study)
+    except ValueError as exc:
+        raise UsageError(f"--study {study or 'latest'}: {exc}; run the study first (`attnsearch run JOB`)") from None
+    objectives = dict(source.objectives or job.search.objectives)
+    df = load_runs(experiment, tracking_uri=uri, parent_run_id=source.parent_run_id)
+    space = load_space(job)
+    configs = select_configs(client, job, source, df, objectives, front=front, runs=runs)
+    seed_list = retrain_seeds(job, seeds)
+    check_data(job.data)
+    resolve_ray_address(job.ray.address)
+
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # as run_study: infeasible/failed results
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    init_ray(job)
+    check_cluster_resources(job)
+
+    retrain_id = f"{source.study}-retrain-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    parent_run_id = tracking.start_retrain(
+        uri, experiment, retrain_id, source_study=source.study, source_parent_run_id=source.parent_run_id or "",
+        job_yaml_text=job_text or job.to_yaml(), objectives=objectives, max_t=epochs, seeds=seed_list)
+    points = [{**config.params, "train.seed": seed, PARAM_RETRAIN_SOURCE: config.source_run_id,
+               PARAM_RETRAIN_BASELINE: config.baseline} for seed in seed_list for config in configs]
+    job_dict = job.model_dump(mode="json")
+    job_dict["search"]["space"] = space_to_dict(space)  # inline, as run_study: workers cannot read the file
+    trainable = tune.with_resources(tune.with_parameters(run_trial, job_dict=job_dict),
+                                    {"cpu": job.resources.cpu, "gpu": job.resources.gpu})
+    storage = f"{job.ray.storage_path.rstrip('/')}/retrain"
+    progress = StudyProgress(len(points), epochs, objectives)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(FixedConfigs(points), max_concurrent=job.search.max_concurrent),
+            scheduler=FIFOScheduler(), num_samples=len(points), reuse_actors=True,
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=retrain_id, storage_path=storage, verbose=0,
+            callbacks=[MLflowTracker(uri, experiment, parent_run_id, retrain_id, max_t=epochs),
+                       ProgressPrinter(progress, stream=stream)],
+            failure_config=tune.FailureConfig(max_failures=job.ray.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    out = stream or sys.stdout
+    print(f"retrain {retrain_id} of study {source.study}: {len(configs)} configurations (baseline "
+          f"{configs[0].name} and {len(configs) - 1} more) x seeds {seed_list} = {len(points)} runs of {epochs} "
+          f"epochs, results in {storage}/{retrain_id}", file=out, flush=True)
+    results = tuner.fit()
+    run_rows = [_run_row(r, epochs) for r in results]
+    run_frame = pd.DataFrame(run_rows, columns=list(dict.fromkeys(
+        ["source", "baseline", "seed", "state", *(k for row in run_rows for k in row)])))
+    table = summarize(configs, run_frame, objectives)
+    table.attrs.update({"study": source.study, "retrain": retrain_id, "seeds": seed_list, "epochs": epochs})
+    _record(client, parent_run_id, table, out)
+    return RetrainOutcome(retrain_id, parent_run_id, source, configs, seed_list, epochs, table, run_frame,
+                          f"{storage}/{retrain_id}", progress)
+
+
+def _run_row(result: Any, epochs: int) -> dict[str, Any]:
+    config, metrics = result.config or {}, result.metrics or {}
+    row = {"source": config.get(PARAM_RETRAIN_SOURCE), "baseline": bool(config.get(PARAM_RETRAIN_BASELINE)),
+           "seed": config.get("train.seed"), "state": result_state(metrics, epochs, errored=result.error is not None)}
+    row.update({k: metrics[k] for k in _RUN_METRICS if isinstance(metrics.get(k), (int, float))})
+    return row
+
+
+def _record(client: MlflowClient, parent_run_id: str, table: pd.DataFrame, out: IO[str]) -> None:
+    """The table on the retrain's parent run: ``retrain.csv``, the ``retrain.*`` metrics, the description."""
+    base = table[table["baseline"]].iloc[0]
+    members = table[table["study_front"] & ~table["baseline"]]
+    metrics = {METRIC_RETRAIN_FRONT_SIZE: int(table["on_front"].sum()),
+               METRIC_RETRAIN_FRONT_KEPT: int(members["on_front"].sum()),
+               METRIC_RETRAIN_BASELINE_MEAN: base["val_acc_mean"], METRIC_RETRAIN_BASELINE_STD: base["val_acc_std"]}
+    try:
+        with tracking.fast_http():
+            client.log_text(parent_run_id, table.to_csv(index=False), "retrain.csv")
+            for key, value in metrics.items():
+                if value is not None and math.isfinite(float(value)):
+                    client.log_metric(parent_run_id, key, float(value))
+            note = (f"Retrain of study {table.attrs['study']}: seeds {table.attrs['seeds']}, "
+                    f"{table.attrs['epochs']} epochs\n\n" + _markdown(format_retrain(table)))
+            client.set_tag(parent_run_id, TAG_NOTE, note)
+    except Exception as exc:  # noqa: BLE001 - the table is printed and written either way
+        print(f"retrain: the table was not recorded in MLflow ({tracking.first_line(exc)})", file=out)
+
+
+def _count(value: Any) -> str:
+    if value is None or pd.isna(value):
+        return "-"
+    scale, unit = next(((s, u) for s, u in ((1e9, "G"), (1e6, "M"), (1e3, "K")) if abs(value) >= s), (1, ""))
+    return f"{value / scale:.3g}{unit}"
+
+
+def _markdown(text: str) -> str:
+    return "```\n" + text + "\n```"
+
+
+def _trial_dirname(trial: Trial) -> str:
+    return f"trial_{trial.trial_id}"
