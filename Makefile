@@ -42,11 +42,13 @@ quickstart: setup
 	$(BIN)/attnsearch run jobs/quickstart.yaml
 
 # The tests also install the optional DALI extra where its wheel exists (Linux x86_64), so that the DALI pipeline's
-# tests run on its CPU backend instead of skipping.
+# tests run on its CPU backend instead of skipping, and Syne Tune (no dependencies: the peer of
+# benchmarks/search_quality.py, never a dependency of attnsearch itself) for tests/test_peer_synetune.py.
 $(DALI_STAMP): $(STAMP)
 	@if [ "$$(uname -sm)" = "Linux x86_64" ]; then \
 		$(BIN)/python -m pip install -q -e ".[dali]" -c docker/constraints.txt; \
 	else echo "no DALI wheel for $$(uname -sm): its tests will skip"; fi
+	$(BIN)/python -m pip install -q --no-deps syne-tune==0.16.0 dill==0.4.1
 	touch $@
 
 test: setup $(DALI_STAMP)
