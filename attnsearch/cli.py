@@ -464,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_sync)
 
     sp = sub.add_parser("retrain", help="retrain a study's front and its baseline with several seeds at the full "
-                                        "budget: mean, std and the difference to the baseline with a 95 % interval")
+                                        "budget: mean, std and the difference to the baseline with a 95 %% interval")
     job_arg(sp)
     sp.add_argument("--study", default="latest", metavar="ID|latest",
                     help="which study of the job's experiment (default: the newest)")
