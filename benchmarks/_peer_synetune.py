@@ -38,6 +38,7 @@ from syne_tune.backend.trial_status import Trial as SyneTrial
 from syne_tune.optimizer.scheduler import SchedulerDecision
 from syne_tune.optimizer.schedulers.multiobjective.moasha import MOASHA
 
+from attnsearch.search import check_rung_arguments
 from attnsearch.space import is_point
 
 __all__ = ["SYNE_TUNE_VERSION", "SyneTuneMOASHA"]
@@ -68,11 +69,7 @@ class SyneTuneMOASHA(FIFOScheduler):
         protected: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         super().__init__()
-        if not objectives:
-            raise ValueError("objectives: give at least one, e.g. {'val_acc': 'max', 'flops': 'min'}")
-        bad = {m: d for m, d in objectives.items() if d not in ("max", "min")}
-        if bad:
-            raise ValueError(f"objectives: each mode must be 'max' or 'min', got {bad}")
+        check_rung_arguments(objectives, max_t, grace_period, reduction_factor)
         self.objectives = dict(objectives)
         self.max_t, self.time_attr = max_t, time_attr
         self.protected = [dict(p) for p in protected]

@@ -18,7 +18,7 @@ from ._cluster import (
     resolve_ray_address,
 )
 from ._progress import ProgressPrinter, StudyProgress
-from ._schedulers import MOASHAScheduler, rung_milestones, rung_order, rung_position
+from ._schedulers import MOASHAScheduler, check_rung_arguments, rung_milestones, rung_order, rung_position
 from ._searcher import INFEASIBLE_CONSTRAINT, StudySearcher, make_sampler
 from ._study import (
     StudyOutcome,
@@ -41,6 +41,7 @@ __all__ = [
     "StudySearcher",
     "asha_metric",
     "check_cluster_resources",
+    "check_rung_arguments",
     "existing_studies",
     "init_ray",
     "make_sampler",

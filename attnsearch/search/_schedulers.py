@@ -41,7 +41,7 @@ from ..tracking.sync import trial_results
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
-__all__ = ["MOASHAScheduler", "BaselineASHAScheduler", "rung_order", "rung_position", "rung_milestones"]
+__all__ = ["MOASHAScheduler", "BaselineASHAScheduler", "check_rung_arguments", "rung_order", "rung_position", "rung_milestones"]
 
 
 def rung_milestones(max_t: float, grace_period: float, reduction_factor: float) -> list[float]:
@@ -51,6 +51,20 @@ def rung_milestones(max_t: float, grace_period: float, reduction_factor: float) 
         out.append(t)
         t *= reduction_factor
     return out
+
+
+def check_rung_arguments(objectives: Mapping[str, str], max_t: float, grace_period: float,
+                         reduction_factor: float) -> None:
+    """Raise ``ValueError`` naming the argument when a multi-objective rung rule could not work with these."""
+    if not objectives:
+        raise ValueError("objectives: give at least one, e.g. {'val_acc': 'max', 'flops': 'min'}")
+    bad = {m: d for m, d in objectives.items() if d not in ("max", "min")}
+    if bad:
+        raise ValueError(f"objectives: each mode must be 'max' or 'min', got {bad}")
+    if reduction_factor <= 1:
+        raise ValueError(f"reduction_factor must be > 1, got {reduction_factor}")
+    if not 0 < grace_period <= max_t:
+        raise ValueError(f"grace_period must lie in (0, max_t={max_t}], got {grace_period}")
 
 
 def _normalised(points: np.ndarray) -> np.ndarray:
@@ -101,7 +115,10 @@ def rung_order(points: np.ndarray) -> list[int]:
     points = np.asarray(points, dtype=float)
     if points.ndim != 2:
         raise ValueError(f"points must be a (records, objectives) array, got shape {points.shape}")
-    norm = _normalised(points)
+    return _order(_normalised(points))
+
+
+def _order(norm: np.ndarray) -> list[int]:
     fronts = _fronts(norm)
     order: list[int] = []
     for front in sorted(set(fronts.tolist())):
@@ -111,10 +128,9 @@ def rung_order(points: np.ndarray) -> list[int]:
 
 def rung_position(points: np.ndarray, row: int) -> int:
     """How many records are ahead of ``row`` in ``rung_order``; records identical to it are not counted."""
-    points = np.asarray(points, dtype=float)
-    norm = _normalised(points)
-    same = [np.array_equal(norm[i], norm[row]) for i in range(len(points))]  # inf == inf: missing alike
-    order = rung_order(points)
+    norm = _normalised(np.asarray(points, dtype=float))
+    same = [np.array_equal(norm[i], norm[row]) for i in range(len(norm))]  # inf == inf: missing alike
+    order = _order(norm)
     ahead = order[: order.index(row)]
     return sum(1 for i in ahead if not same[i])
 
@@ -151,15 +167,7 @@ class MOASHAScheduler(FIFOScheduler):
         protected: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         super().__init__()
-        if not objectives:
-            raise ValueError("objectives: give at least one, e.g. {'val_acc': 'max', 'flops': 'min'}")
-        bad = {m: d for m, d in objectives.items() if d not in ("max", "min")}
-        if bad:
-            raise ValueError(f"objectives: each mode must be 'max' or 'min', got {bad}")
-        if reduction_factor <= 1:
-            raise ValueError(f"reduction_factor must be > 1, got {reduction_factor}")
-        if not 0 < grace_period <= max_t:
-            raise ValueError(f"grace_period must lie in (0, max_t={max_t}], got {grace_period}")
+        check_rung_arguments(objectives, max_t, grace_period, reduction_factor)
         self.objectives = dict(objectives)
         self.max_t, self.grace_period, self.reduction_factor = max_t, grace_period, float(reduction_factor)
         self.time_attr = time_attr
