@@ -11,9 +11,32 @@ import re
 import urllib.parse
 from pathlib import Path
 
-__all__ = ["redact_uri", "redact_text", "resolve_tracking_uri", "sqlite_path", "resolve_path", "resolve_storage"]
+__all__ = ["redact_uri", "redact_text", "resolve_tracking_uri", "sqlite_path", "resolve_path", "resolve_storage",
+           "RAY_CONNECT_TIMEOUT_S", "RAY_DASHBOARD_ADDRESS", "split_scheme", "split_host_port"]
 
-_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+# Seconds to wait for a Ray server (a dashboard for the Jobs API, a GCS or Ray Client server for a driver) before
+# calling its address dead: long enough for a loaded head, short enough that a wrong address or a closed firewall
+# fails while the user still watches (Ray's own clients retry a dead address for minutes).
+RAY_CONNECT_TIMEOUT_S = 5.0
+# The Ray dashboard's HTTP address (the Jobs API) when nothing names one, as Ray's own `ray job` CLI assumes.
+RAY_DASHBOARD_ADDRESS = "http://127.0.0.1:8265"
+
+
+def split_scheme(address: str) -> tuple[str, str] | None:
+    """``(scheme, rest)`` of ``scheme://rest`` (``ray://head:10001`` -> ``("ray", "head:10001")``); None without one."""
+    m = _SCHEME_RE.match(address)
+    return (m.group(1), address[m.end():]) if m else None
+
+
+def split_host_port(text: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``HOST:PORT`` (``[::1]:6379`` too); None unless both are there and the port is valid."""
+    host, sep, port = text.rstrip("/").rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
 
 
 def redact_uri(uri: str) -> str:

@@ -304,7 +304,7 @@ def test_ray_address_where_something_else_answers(workdir, capsys):
 
 
 def test_silent_ray_address_times_out(monkeypatch):
-    monkeypatch.setattr("attnsearch.search._cluster.RAY_CONNECT_TIMEOUT_S", 1.0)
+    monkeypatch.setattr("attnsearch.uris.RAY_CONNECT_TIMEOUT_S", 1.0)
     with socket.socket() as listener:  # the kernel accepts the connection; nobody ever speaks
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)

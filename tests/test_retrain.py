@@ -20,15 +20,8 @@ from attnsearch import contract as C  # noqa: E402
 from attnsearch import tracking as T  # noqa: E402
 from attnsearch.cli import main  # noqa: E402
 from attnsearch.config import load_job  # noqa: E402
-from attnsearch.pareto import load_runs, select_study  # noqa: E402
-from attnsearch.retrain import (  # noqa: E402
-    RetrainConfig,
-    mean_std,
-    retrain_seeds,
-    select_configs,
-    summarize,
-    welch_interval,
-)
+from attnsearch.pareto import load_runs, mean_std, select_study, welch_interval  # noqa: E402
+from attnsearch.search import RetrainConfig, retrain_seeds, select_configs, summarize  # noqa: E402
 from attnsearch.space import materialize  # noqa: E402
 
 SPACE = """\

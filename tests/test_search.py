@@ -22,7 +22,7 @@ from attnsearch.search import (  # noqa: E402
     make_sampler,
     run_study,
 )
-from attnsearch.search._study import _restored_run_config  # noqa: E402
+from attnsearch.search._run_study import _restored_run_config  # noqa: E402
 
 SPACE = """\
 attention:

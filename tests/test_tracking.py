@@ -274,7 +274,7 @@ def test_start_study_refuses_a_second_study_with_the_same_id(tmp_path, monkeypat
 
 
 def test_parent_run_records_the_studys_definition_once(tmp_path):
-    from attnsearch.tracking._study import open_or_create_parent
+    from attnsearch.tracking._parent_run import open_or_create_parent
 
     uri = T.resolve_tracking_uri("sqlite:///m.db", tmp_path)
     client = MlflowClient(uri)
@@ -305,7 +305,7 @@ def test_sync_command_picks_studies_and_records_their_own_fronts(tmp_path, monke
 
     from attnsearch import cli, search
     from attnsearch.tracking import sync as sync_module
-    from attnsearch.tracking._study import open_or_create_parent
+    from attnsearch.tracking._parent_run import open_or_create_parent
 
     monkeypatch.chdir(tmp_path)
     job = write_job(tmp_path, "attention:\n  type: [none, se]\n  stages: [[3]]\n",

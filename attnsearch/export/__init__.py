@@ -13,8 +13,8 @@ runs. (``attnsearch/__init__.py`` imports nothing, so this is ``attnsearch.expor
 
 One module per job: ``_spec`` (the build spec, the weights file), ``_checkpoint`` (a trial's final weights from
 its Ray checkpoint: the contract), ``_mlflow`` (logging a study's models, reading one back), ``_folder`` (an
-export folder: weights, spec, model card, ``torch.export``/TorchScript forms), ``_study`` (``export_study``,
-``load_model``).
+export folder: weights, spec, model card, ``torch.export``/TorchScript forms), ``_study_models`` (a study's
+models chosen and exported: ``export_study``; one read back: ``load_model``).
 """
 
 from ._checkpoint import TrialWeights, final_weights, trial_dir
@@ -44,7 +44,7 @@ from ._spec import (
     spec_for_trial,
     write_weights,
 )
-from ._study import export_study, load_model, load_spec_and_weights
+from ._study_models import export_study, load_model, load_spec_and_weights
 
 __all__ = [
     "CARD_FILE",

@@ -3,7 +3,8 @@ study's recorded front in MLflow.
 
 One module per job (as Optuna's packages): ``_runs`` (loading trials, choosing the study), ``_front`` (fronts,
 hypervolume, the baseline comparison), ``_output`` (plot, CSV/Parquet, terminal table), ``_record`` (writing a
-front to MLflow) and ``_analysis`` (one query end to end: ``analyze``, ``record_study``).
+front to MLflow), ``_analysis`` (one query end to end: ``analyze``, ``record_study``) and ``_statistics`` (mean,
+standard deviation and the Welch interval over repeated runs: ``attnsearch retrain``'s numbers).
 
 Conventions (documented here because results depend on them):
 - Only trials at equal budget compete (design.md, "Known traps"): by default ``budget="full"``, i.e. trials whose
@@ -36,8 +37,10 @@ from ._front import (
 from ._output import export_front, format_front, front_markdown, plot_front
 from ._record import RecordNames, front_key, record_names
 from ._runs import ALL_STUDIES, LATEST, Study, load_runs, select_study, study_definition
+from ._statistics import CONFIDENCE, mean_std, welch_interval
 
 __all__ = [
+    "CONFIDENCE",
     "DEFAULT_OBJECTIVES",
     "ALL_STUDIES",
     "LATEST",
@@ -60,4 +63,6 @@ __all__ = [
     "record_names",
     "analyze",
     "record_study",
+    "mean_std",
+    "welch_interval",
 ]

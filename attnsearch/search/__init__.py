@@ -6,36 +6,44 @@ One private module per component; the public names are the ones below:
 * ``_progress``: ``StudyProgress``, the progress line the driver prints;
 * ``_schedulers``: ``MOASHAScheduler``, early stopping on every objective at once;
 * ``_budget``: ``EpochBudget``, a study's budget in total training epochs;
-* ``_cluster``: ``ray.address`` resolution and check, ``init_ray``, the per-trial resource check;
-* ``_study``: study ids and directories, ``--resume``, the Tuner, ``run_study``.
+* ``_ray_connection``: ``ray.address`` resolution and check, ``init_ray``, the per-trial resource check;
+* ``_study_dirs``: study ids and their Ray experiment directories, which study ``--resume`` continues;
+* ``_run_study``: the Tuner of a study (new or restored), ``run_study``;
+* ``_retrain``: ``retrain``, a study's front and baseline retrained with several seeds.
 """
 
 from ._budget import EpochBudget
-from ._cluster import (
-    RAY_CONNECT_TIMEOUT_S,
-    check_cluster_resources,
-    init_ray,
-    resolve_ray_address,
-)
 from ._progress import ProgressPrinter, StudyProgress
-from ._schedulers import MOASHAScheduler, check_rung_arguments, rung_milestones, rung_order, rung_position
-from ._searcher import INFEASIBLE_CONSTRAINT, StudySearcher, make_sampler
-from ._study import (
-    StudyOutcome,
-    asha_metric,
-    existing_studies,
-    new_study_id,
-    resolve_study,
-    run_study,
-    study_path,
+from ._ray_connection import check_cluster_resources, init_ray, resolve_ray_address
+from ._retrain import (
+    FixedConfigs,
+    RetrainConfig,
+    RetrainOutcome,
+    format_retrain,
+    retrain,
+    retrain_seeds,
+    select_configs,
+    summarize,
 )
+from ._run_study import StudyOutcome, asha_metric, run_study
+from ._schedulers import (
+    MOASHAScheduler,
+    check_rung_arguments,
+    rung_milestones,
+    rung_order,
+    rung_position,
+)
+from ._searcher import INFEASIBLE_CONSTRAINT, StudySearcher, make_sampler
+from ._study_dirs import existing_studies, new_study_id, resolve_study, study_path
 
 __all__ = [
     "EpochBudget",
+    "FixedConfigs",
     "INFEASIBLE_CONSTRAINT",
     "MOASHAScheduler",
-    "RAY_CONNECT_TIMEOUT_S",
     "ProgressPrinter",
+    "RetrainConfig",
+    "RetrainOutcome",
     "StudyOutcome",
     "StudyProgress",
     "StudySearcher",
@@ -43,14 +51,19 @@ __all__ = [
     "check_cluster_resources",
     "check_rung_arguments",
     "existing_studies",
+    "format_retrain",
     "init_ray",
     "make_sampler",
     "new_study_id",
     "resolve_ray_address",
     "resolve_study",
+    "retrain",
+    "retrain_seeds",
     "rung_milestones",
     "rung_order",
     "rung_position",
     "run_study",
+    "select_configs",
     "study_path",
+    "summarize",
 ]

@@ -20,7 +20,7 @@ from ..uris import redact_uri, resolve_tracking_uri
 from ._connection import fast_http, first_line
 from ._records import TrialRecord
 from ._store import Store
-from ._study import open_or_create_parent
+from ._parent_run import open_or_create_parent
 
 __all__ = ["MLflowTracker"]
 

@@ -23,7 +23,7 @@ from ..uris import redact_uri
 from ._connection import fast_http, first_line
 from ._records import TrialRecord
 from ._store import Store
-from ._study import open_or_create_parent
+from ._parent_run import open_or_create_parent
 
 __all__ = ["read_ray_trials", "sync_study", "trial_results"]
 

@@ -29,19 +29,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, Sequence
 
-import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from pydantic import ValidationError
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
-from scipy import stats  # installed with scikit-learn (the `search` extra)
 
-from . import tracking
-from ._table import format_table
-from .config import TrainConfig, format_validation_error
-from .contract import (
+from .. import tracking
+from .._table import format_table
+from ..config import TrainConfig, format_validation_error
+from ..contract import (
     LOGGED_EPOCH_METRICS,
     METRIC_RETRAIN_BASELINE_MEAN,
     METRIC_RETRAIN_BASELINE_STD,
@@ -57,72 +55,34 @@ from .contract import (
     UsageError,
     result_state,
 )
-from .data import check_data
-from .pareto import (
+from ..data import check_data
+from ..pareto import (
     ALL_STUDIES,
+    CONFIDENCE,
     Study,
     baseline_row,
     load_runs,
+    mean_std,
     pareto_front,
     select_study,
+    welch_interval,
 )
-from .search import (
-    ProgressPrinter,
-    StudyProgress,
-    check_cluster_resources,
-    init_ray,
-    resolve_ray_address,
-)
-from .space import baseline_point, feasible, load_space, space_to_dict
-from .tracking.callback import MLflowTracker
-from .train import run_trial
-from .uris import sqlite_path
+from ..space import baseline_point, feasible, load_space, space_to_dict
+from ..tracking.callback import MLflowTracker
+from ..train import run_trial
+from ..uris import sqlite_path
+from ._progress import ProgressPrinter, StudyProgress
+from ._ray_connection import check_cluster_resources, init_ray, resolve_ray_address
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
-    from .config import Job
+    from ..config import Job
 
 __all__ = ["RetrainConfig", "RetrainOutcome", "FixedConfigs", "retrain", "select_configs", "summarize",
-           "welch_interval", "mean_std", "format_retrain", "retrain_seeds"]
+           "format_retrain", "retrain_seeds"]
 
-CONFIDENCE = 0.95
 _RUN_METRICS = tuple(dict.fromkeys(["epoch", *METRICS, *LOGGED_EPOCH_METRICS]))
-
-
-# --------------------------------------------------------------------------------------------------- statistics
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1 in the denominator; NaN for fewer than 2 values)."""
-    x = np.asarray(values, dtype=float)
-    if not len(x):
-        return math.nan, math.nan
-    return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else math.nan
-
-
-def welch_interval(a: Sequence[float], b: Sequence[float],
-                   confidence: float = CONFIDENCE) -> tuple[float, float, float]:
-    """``mean(a) - mean(b)`` and its Welch t confidence interval ``(difference, low, high)``.
-
-    Unequal variances: ``se = sqrt(s_a^2/n_a + s_b^2/n_b)``, degrees of freedom by Welch-Satterthwaite, interval
-    ``difference +- t_{(1+confidence)/2, df} * se``. NaN bounds when either sample has fewer than 2 values; a
-    zero ``se`` (every value of both samples equal) gives the point ``(d, d, d)``.
-    """
-    # Welch, B. L. (1947), Biometrika 34(1/2):28-35; the NIST/SEMATECH e-Handbook of Statistical Methods, 7.3.1.
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if not len(a) or not len(b):
-        return math.nan, math.nan, math.nan
-    diff = float(a.mean() - b.mean())
-    if len(a) < 2 or len(b) < 2:
-        return diff, math.nan, math.nan
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
-        return diff, diff, diff
-    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    half = float(stats.t.ppf((1 + confidence) / 2, dof)) * se
-    return diff, diff - half, diff + half
 
 
 # --------------------------------------------------------------------------------------------------- what to retrain

@@ -1,9 +1,9 @@
-"""The Ray cluster a study runs on: ``ray.address`` resolved and checked, ``ray.init``, per-trial resources."""
+"""The driver's connection to Ray (a study's, a retrain's): ``ray.address`` resolved and checked, ``ray.init``,
+the per-trial resource check."""
 
 from __future__ import annotations
 
 import os
-import re
 import socket
 import time
 from typing import TYPE_CHECKING, Any
@@ -12,26 +12,16 @@ import grpc  # a Ray dependency
 import ray
 from ray._private import services  # Ray's own address lookup; no public equivalent
 
+from .. import uris
 from ..contract import ConfigError
 
 if TYPE_CHECKING:
     from ..config import Job
 
-# Seconds to wait for a TCP answer at ray.address: ray.init itself retries a dead GCS address for minutes.
-RAY_CONNECT_TIMEOUT_S = 5.0
 _RAY_ADDRESS_FORMS = (
     "the head's GCS address HOST:PORT that `ray start --head` prints (port 6379 by default), ray://HOST:10001 "
     "for Ray Client, or auto for the cluster this machine belongs to"
 )
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$")
-
-
-def _split_host_port(text: str) -> tuple[str, int] | None:
-    host, sep, port = text.rstrip("/").rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        return None
-    return host, int(port)
 
 
 def _discover_address() -> tuple[str, str]:
@@ -72,20 +62,20 @@ def resolve_ray_address(address: str | None, timeout_s: float | None = None) -> 
         address, label = found, f"ray.address='auto' (-> {found!r} from {where})"
     else:
         label = f"ray.address={address!r}"
-    timeout_s = RAY_CONNECT_TIMEOUT_S if timeout_s is None else timeout_s
-    scheme = _SCHEME.match(address)
+    timeout_s = uris.RAY_CONNECT_TIMEOUT_S if timeout_s is None else timeout_s
+    scheme = uris.split_scheme(address)
     target = address
     if scheme:
-        if scheme.group(1).lower() in ("http", "https"):
+        if scheme[0].lower() in ("http", "https"):
             raise ConfigError(
                 f"{label}: that is a Ray dashboard (Jobs API) address; a driver joins the cluster's GCS address "
                 f"instead ({_RAY_ADDRESS_FORMS}); or let the cluster run the study: "
                 f"`attnsearch submit JOB --address {address}`"
             )
-        if scheme.group(1).lower() != "ray":
+        if scheme[0].lower() != "ray":
             return address  # a client scheme Ray resolves itself (e.g. anyscale://)
-        target = scheme.group(2)
-    hostport = _split_host_port(target)
+        target = scheme[1]
+    hostport = uris.split_host_port(target)
     if hostport is None:
         raise ConfigError(f"{label}: not a Ray address; expected {_RAY_ADDRESS_FORMS}, or null for a local Ray")
     host, port = hostport

@@ -1,4 +1,4 @@
-"""``attnsearch submit/status/logs`` (attnsearch.cluster): the working_dir a job travels in, address handling, and
+"""``attnsearch submit/status/logs`` (attnsearch.ray_jobs, attnsearch.cli._ray_jobs): the working_dir a job travels in, address handling, and
 a real Ray head with its dashboard (the Jobs API server) on 127.0.0.1."""
 
 from __future__ import annotations
@@ -21,14 +21,11 @@ import pytest
 import yaml
 from _helpers import free_port, ray_env, write_job
 
-from attnsearch import cluster
-from attnsearch.cluster import (
-    add_cluster_commands,
-    build_working_dir,
-    check_reachable,
-    resolve_address,
-)
+from attnsearch import ray_jobs, uris
+from attnsearch.cli import _ray_jobs as commands
+from attnsearch.cli import build_parser
 from attnsearch.config import ConfigError, load_job
+from attnsearch.ray_jobs import build_working_dir, check_reachable, resolve_address
 from attnsearch.space import load_space
 
 SPACE = textwrap.dedent(
@@ -126,16 +123,16 @@ def test_bad_job_fails_before_anything_is_sent(tmp_path, monkeypatch):
     job_path = cluster_job(tmp_path)
     # the address is dead too: the job's own error must come first, naming the key
     with pytest.raises(ConfigError, match=r"train\.lr"):
-        cluster.submit(job_path, ["train.lr=-1"], address="http://127.0.0.1:1")
+        ray_jobs.submit(job_path, ["train.lr=-1"], address="http://127.0.0.1:1")
     with pytest.raises(ConfigError, match="search.space: no such search-space file"):
-        cluster.submit(job_path, ["search.space=missing.yaml"], address="http://127.0.0.1:1")
+        ray_jobs.submit(job_path, ["search.space=missing.yaml"], address="http://127.0.0.1:1")
 
 
 # --------------------------------------------------------------------------------------------------- addresses
 
 
 def test_address_resolution_order(monkeypatch):
-    for name in cluster.ADDRESS_ENV_VARS:
+    for name in ray_jobs.ADDRESS_ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     assert resolve_address(None) == ("http://127.0.0.1:8265", "the default address")
     monkeypatch.setenv("RAY_ADDRESS", "")  # CI exports it empty
@@ -157,21 +154,21 @@ def test_dead_address_is_a_clear_error_not_a_hang():
     address = f"http://127.0.0.1:{free_port()}"
     start = time.monotonic()
     with pytest.raises(ConfigError) as err:
-        cluster.connect(address)
+        ray_jobs.connect(address)
     assert time.monotonic() - start < 5
     message = str(err.value)
     assert address in message and "connection refused" in message and "--address" in message
 
 
 def test_silent_address_times_out(monkeypatch):
-    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(uris, "RAY_CONNECT_TIMEOUT_S", 1.0)
     with socket.socket() as server:  # accepts TCP (the kernel does) but never answers HTTP
         server.bind(("127.0.0.1", 0))
         server.listen(1)
         address = f"http://127.0.0.1:{server.getsockname()[1]}"
         start = time.monotonic()
         with pytest.raises(ConfigError, match=r"no answer within 1 s"):
-            cluster.connect(address)
+            ray_jobs.connect(address)
         assert time.monotonic() - start < 4
 
 
@@ -203,29 +200,26 @@ def test_auth_refusal_names_the_fix(monkeypatch):
 
     import ray.job_submission
 
-    monkeypatch.setattr(cluster, "check_reachable", lambda address, source="", timeout=None: None)
+    monkeypatch.setattr(ray_jobs, "check_reachable", lambda address, source="", timeout=None: None)
     monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", Refusing)
     with pytest.raises(ConfigError, match="RAY_AUTH_MODE=token.*RAY_AUTH_TOKEN"):
-        cluster.connect("http://head:8265")
+        ray_jobs.connect("http://head:8265")
 
 
 def test_commands_register_on_the_cli_parser():
-    parser = argparse.ArgumentParser(prog="attnsearch")
-    add_cluster_commands(parser.add_subparsers(dest="command", required=True))
+    parser = build_parser()
     args = parser.parse_args(["submit", "jobs/x.yaml", "--set", "a.b=1", "--address", "http://h:8265", "--follow"])
-    assert args.func is cluster.cmd_submit and args.set == ["a.b=1"] and args.address == "http://h:8265"
+    assert args.func is commands.cmd_submit and args.set == ["a.b=1"] and args.address == "http://h:8265"
     args = parser.parse_args(["status"])
-    assert args.func is cluster.cmd_status and args.submission_id is None and args.address is None
+    assert args.func is commands.cmd_status and args.submission_id is None and args.address is None
     args = parser.parse_args(["logs", "raysubmit_1", "-f"])
-    assert args.func is cluster.cmd_logs and args.follow and args.submission_id == "raysubmit_1"
+    assert args.func is commands.cmd_logs and args.follow and args.submission_id == "raysubmit_1"
 
 
 def test_dry_run_writes_the_working_dir(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     job_path = cluster_job(tmp_path)
-    parser = argparse.ArgumentParser()
-    add_cluster_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["submit", str(job_path), "--dry-run", str(tmp_path / "wd"), "--resume"])
+    args = build_parser().parse_args(["submit", str(job_path), "--dry-run", str(tmp_path / "wd"), "--resume"])
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "search_spaces/tiny.yaml, tiny.yaml" in out
@@ -292,9 +286,7 @@ def ray_head():
 
 
 def cli_args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_cluster_commands(parser.add_subparsers(dest="command"))
-    return parser.parse_args(list(argv))
+    return build_parser().parse_args(list(argv))
 
 
 # Stands in for `attnsearch run` on the head: loads the job exactly as `run` would, from the job's working_dir.
@@ -310,7 +302,7 @@ PROBE = (
 def test_submit_status_logs_on_a_real_head(ray_head, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     job_path = cluster_job(tmp_path / "src")
-    submission_id = cluster.submit(job_path, ["train.epochs=5"], address=ray_head,
+    submission_id = ray_jobs.submit(job_path, ["train.epochs=5"], address=ray_head,
                                    command=[sys.executable, "-c", PROBE], stream=sys.stdout)
     capsys.readouterr()
 
@@ -344,7 +336,7 @@ def test_submit_status_logs_on_a_real_head(ray_head, tmp_path, monkeypatch, caps
 def test_failed_job_and_unknown_id_on_a_real_head(ray_head, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     job_path = cluster_job(tmp_path / "src")
-    submission_id = cluster.submit(job_path, address=ray_head, submission_id="attnsearch-test-fail",
+    submission_id = ray_jobs.submit(job_path, address=ray_head, submission_id="attnsearch-test-fail",
                                    command=[sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"],
                                    stream=sys.stdout)
     assert submission_id == "attnsearch-test-fail"

@@ -1,4 +1,5 @@
-"""Run a study on a remote Ray cluster through the Ray Jobs API: ``submit``, ``status`` and ``logs``.
+"""The Ray Jobs client: a study run on a remote Ray cluster through the Ray Jobs API (``attnsearch submit``,
+``status`` and ``logs``; the commands themselves are in ``attnsearch.cli._ray_jobs``).
 
 ``attnsearch submit JOB --address http://head:8265`` packs the job file and its search-space file (nothing
 else: data never travels) into a Ray ``working_dir``, rewrites ``search.space`` to the copy's relative path and
@@ -13,7 +14,6 @@ order of Ray's own ``ray job`` CLI. An address that does not answer is a ``Confi
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import copy
 import os
@@ -30,22 +30,18 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from . import uris
 from ._table import format_table
 from .config import ConfigError, apply_overrides, load_job, parse_override, read_yaml
 from .space import load_space
-from .uris import sqlite_path
+from .uris import RAY_DASHBOARD_ADDRESS, split_scheme, sqlite_path
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
 
-DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 ADDRESS_ENV_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
-# Seconds to wait for the dashboard before calling the address dead: long enough for a loaded head, short
-# enough that a wrong address or a closed firewall fails while the user still watches.
-CONNECT_TIMEOUT_S = 5.0
 SPACE_DIR = "search_spaces"
 RUN_COMMAND = ("attnsearch", "run")
-_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 _ADDRESS_FIX = (
     "start the cluster (`ray start --head --dashboard-host 0.0.0.0`, `ray up docker/cluster.yaml` or "
@@ -71,7 +67,7 @@ def resolve_address(address: str | None = None) -> tuple[str, str]:
                 address, source = os.environ[name].strip(), f"${name}"
                 break
         else:
-            address, source = DEFAULT_ADDRESS, "the default address"
+            address, source = RAY_DASHBOARD_ADDRESS, "the default address"
     address = address.strip()
     if address in ("auto", "local") or address.startswith("ray://"):
         raise ConfigError(
@@ -79,7 +75,7 @@ def resolve_address(address: str | None = None) -> tuple[str, str]:
             f"http://head:8265 (ray.address=auto and ray:// are for a driver running on the cluster); "
             f"pass --address http://HOST:8265"
         )
-    if not _SCHEME_RE.match(address):
+    if split_scheme(address) is None:
         address = f"http://{address}"  # Ray's CLI does the same for a bare host:port
     address = address.rstrip("/")
     parts = urlsplit(address)
@@ -90,7 +86,7 @@ def resolve_address(address: str | None = None) -> tuple[str, str]:
     if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
         raise ConfigError(
             f"{source}={address!r}: expected the Ray dashboard address as http(s)://HOST[:PORT], "
-            f"e.g. {DEFAULT_ADDRESS}"
+            f"e.g. {RAY_DASHBOARD_ADDRESS}"
         )
     return address, source
 
@@ -102,7 +98,7 @@ def check_reachable(address: str, source: str = "--address", timeout: float | No
     """
     import requests
 
-    timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
+    timeout = uris.RAY_CONNECT_TIMEOUT_S if timeout is None else timeout
     try:
         response = requests.get(f"{address}/api/version", timeout=timeout)
     except requests.exceptions.Timeout:
@@ -169,7 +165,7 @@ def _touches_space(override: str) -> bool:
 
 
 def _is_local_relative(path: str) -> bool:
-    return not (_SCHEME_RE.match(path) or Path(path).expanduser().is_absolute())
+    return not (split_scheme(path) or Path(path).expanduser().is_absolute())
 
 
 def _is_relative_store(uri: str) -> bool:
@@ -289,9 +285,10 @@ def submit(
             raise ConfigError(f"submit: the cluster refused the job: {exc}") from None
 
 
-def _job_info(client, submission_id: str):
+def job_info(client, submission_id: str):
+    """The job's ``JobDetails``; a ``ConfigError`` naming ``attnsearch status`` for an id the cluster does not know."""
     try:
-        return client.get_job_info(submission_id)
+        return client.getjob_info(submission_id)
     except RuntimeError as exc:
         if "404" in str(exc) or "does not exist" in str(exc):
             raise ConfigError(
@@ -347,94 +344,8 @@ async def _tail(client, submission_id: str, out) -> None:
 def follow_logs(client, submission_id: str, out=None) -> str:
     """Print the job's output as it comes until the job ends; returns its final status."""
     out = out or sys.stdout
-    _job_info(client, submission_id)
+    job_info(client, submission_id)
     asyncio.run(_tail(client, submission_id, out))
     return str(client.get_job_status(submission_id))
 
 
-def _exit_code(status: str) -> int:
-    return 0 if status == "SUCCEEDED" else 1
-
-
-def cmd_submit(args) -> int:
-    extra = []
-    if args.resume is not None:
-        extra += ["--resume", args.resume]
-    if args.no_pareto:
-        extra.append("--no-pareto")
-    if args.dry_run:
-        bundle = build_working_dir(args.job, args.set or (), args.dry_run, extra_args=extra)
-        for line in bundle.warnings:
-            print(f"warning: {line}", file=sys.stderr)
-        files = sorted(str(p.relative_to(bundle.working_dir)) for p in bundle.working_dir.rglob("*") if p.is_file())
-        print(f"working_dir {bundle.working_dir}: {', '.join(files)}")
-        print(f"entrypoint  {bundle.entrypoint}")
-        return 0
-    submission_id = submit(args.job, args.set or (), address=args.address, submission_id=args.submission_id,
-                           extra_args=extra)
-    address, _ = resolve_address(args.address)
-    print(f"submitted {submission_id} to {address}")
-    if not args.follow:
-        flag = f" --address {address}" if args.address else ""
-        print(f"  attnsearch status {submission_id}{flag}\n  attnsearch logs {submission_id}{flag} --follow")
-        return 0
-    return _follow_cmd(connect(args.address), submission_id)
-
-
-def _follow_cmd(client, submission_id: str) -> int:
-    try:
-        status = follow_logs(client, submission_id)
-    except KeyboardInterrupt:
-        print(f"\nstopped following; the job goes on (attnsearch status {submission_id})", file=sys.stderr)
-        return 130
-    print(f"\njob {submission_id}: {status}", file=sys.stderr)
-    return _exit_code(status)
-
-
-def cmd_status(args) -> int:
-    client = connect(args.address)
-    if args.submission_id:
-        print(format_job(_job_info(client, args.submission_id)))
-    else:
-        jobs = client.list_jobs()
-        print(format_jobs(jobs) if jobs else f"no jobs on the cluster at {client.get_address()}")
-    return 0
-
-
-def cmd_logs(args) -> int:
-    client = connect(args.address)
-    if args.follow:
-        return _follow_cmd(client, args.submission_id)
-    _job_info(client, args.submission_id)
-    print(client.get_job_logs(args.submission_id), end="")
-    return 0
-
-
-def add_cluster_commands(subparsers: "argparse._SubParsersAction") -> None:
-    """Register ``submit``, ``status`` and ``logs`` on the ``attnsearch`` command's subparsers."""
-    address_help = (f"Ray dashboard address (default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, or {DEFAULT_ADDRESS})")
-
-    sp = subparsers.add_parser("submit", help="run a job's study on a Ray cluster as a Ray Job (Jobs API)")
-    sp.add_argument("job", help="job YAML file; it and its search-space file are uploaded, data is not")
-    sp.add_argument("--set", action="append", metavar="KEY=VALUE",
-                    help="override a job key, passed on to `attnsearch run` on the cluster (repeatable)")
-    sp.add_argument("--address", help=address_help)
-    sp.add_argument("--submission-id", help="the job's id on the cluster (default: one Ray makes up)")
-    sp.add_argument("--resume", nargs="?", const="latest", default=None, metavar="STUDY",
-                    help="continue the newest (or the named) study under the job's ray.storage_path")
-    sp.add_argument("--no-pareto", action="store_true", help="skip the Pareto analysis at the end")
-    sp.add_argument("--follow", action="store_true", help="print the job's output until it ends")
-    sp.add_argument("--dry-run", metavar="DIR",
-                    help="write the working_dir into DIR and print the entrypoint; send nothing")
-    sp.set_defaults(func=cmd_submit)
-
-    sp = subparsers.add_parser("status", help="list the cluster's Ray Jobs, or one job's status")
-    sp.add_argument("submission_id", nargs="?", help="one job (default: all jobs)")
-    sp.add_argument("--address", help=address_help)
-    sp.set_defaults(func=cmd_status)
-
-    sp = subparsers.add_parser("logs", help="print (or --follow) the output of a Ray Job")
-    sp.add_argument("submission_id")
-    sp.add_argument("--address", help=address_help)
-    sp.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
-    sp.set_defaults(func=cmd_logs)
