@@ -31,9 +31,8 @@ from torch import nn
 
 from .attention import nam_penalty
 from .config import DataConfig, Job, TrainConfig
-from .contract import LATENCY_LOAD, REASON_KEY, STATE_KEY, STATIC_METRICS
+from .contract import LATENCY_LOAD, REASON_KEY, STATE_KEY
 from .data import build_datasets, build_loaders
-from .flops import count
 from .latency import (
     DeviceClaim,
     amp_dtype,
@@ -42,8 +41,7 @@ from .latency import (
     resolve_device,
     use_channels_last,
 )
-from .models import build_model
-from .space import TrialSettings, feasible, materialize
+from .space import TrialSettings, build_trial_model, count_model, feasible, materialize, over_budget
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # Steps between two reads of whether the loss is still finite (each read is a host sync on CUDA); every epoch
@@ -66,30 +64,7 @@ def _datasets(data_json: str):
 
 
 def build_for_job(job: Job, plan: TrialSettings, num_classes: int, image_size: int) -> nn.Module:
-    return build_model(
-        job.backbone.name,
-        num_classes=num_classes,
-        attention=plan.attention,
-        input_size=image_size,
-        width_mult=plan.width_mult,
-        pretrained=job.backbone.pretrained,
-        weights_path=job.backbone.weights_path,
-    )
-
-
-def count_model(model: nn.Module, image_size: int) -> dict[str, int]:
-    c = count(model, input_size=(1, 3, image_size, image_size))
-    return {k: int(c[k]) for k in STATIC_METRICS if k in c}
-
-
-def over_budget(job: Job, counts: Mapping[str, int]) -> str | None:
-    """Reason string when the model breaks a constraint of the job, else None."""
-    limits = job.constraints
-    for metric in ("flops", "macs", "params"):
-        limit = getattr(limits, f"max_{metric}", None)
-        if limit is not None and counts.get(metric, 0) > limit:
-            return f"{metric}={counts[metric]:,} exceeds constraints.max_{metric}={limit:,.0f}"
-    return None
+    return build_trial_model(job, plan.attention, plan.width_mult, num_classes, image_size)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

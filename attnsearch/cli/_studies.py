@@ -22,10 +22,10 @@ def cmd_run(args) -> int:
     text = Path(args.job).read_text()
     outcome = run_study(job, resume=args.resume if args.resume is not None else False, job_text=text)
     print(outcome.progress.line())
-    states = list(outcome.progress.states.values())
-    if states and all(state == "failed" for state in states):
-        print(f"attnsearch run: every trial failed ({len(states)} of {len(states)}); the reasons are in MLflow "
-              f"(tag attnsearch.reason) and in the trial folders under {outcome.experiment_path}", file=sys.stderr)
+    untrained = outcome.progress.nothing_trained()
+    if untrained:  # nothing to analyse: a failure of the study, not of its analysis
+        print(f"attnsearch run: {untrained}; the reasons are in MLflow (tag attnsearch.reason) and in the trial "
+              f"folders under {outcome.experiment_path}", file=sys.stderr)
         return 1
     if args.no_pareto:
         return 0

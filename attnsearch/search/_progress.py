@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 import sys
 import time
 from collections.abc import Mapping
@@ -12,7 +13,7 @@ from typing import IO, TYPE_CHECKING, Any
 import pandas as pd
 from ray.tune import Callback
 
-from ..contract import STATES, result_state
+from ..contract import REASON_KEY, STATES, result_state
 from ..pareto import pareto_front
 
 if TYPE_CHECKING:
@@ -29,11 +30,14 @@ class StudyProgress:
     states: dict[str, str] = field(default_factory=dict)
     running: set[str] = field(default_factory=set)
     finals: dict[str, dict] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)  # why a trial ended infeasible or failed, when it said
     started: float = field(default_factory=time.monotonic)
 
     def record(self, trial_id: str, result: dict | None, errored: bool) -> None:
         self.running.discard(trial_id)
         self.states[trial_id] = result_state(result, self.max_t, errored)
+        if result and result.get(REASON_KEY):
+            self.reasons[trial_id] = str(result[REASON_KEY])
         if result:
             keys = dict.fromkeys(("val_acc", "flops", "params", "epoch", *self.objectives))
             self.finals[trial_id] = {k: result.get(k) for k in keys}
@@ -52,6 +56,22 @@ class StudyProgress:
             return 0
         return len(pareto_front(pd.DataFrame(rows).assign(state="completed", budget=self.max_t),
                                 dict(self.objectives), budget="any"))
+
+    def nothing_trained(self) -> str | None:
+        """What to tell the user when no trial trained (each ended infeasible or failed), else None: such a study
+        has no result to analyse and its command exits 1."""
+        states = list(self.states.values())
+        if not states or any(s not in ("infeasible", "failed") for s in states):
+            return None
+        n, infeasible = len(states), states.count("infeasible")
+        if infeasible == n:
+            head = f"every trial was infeasible ({n} of {n}): no configuration it tried met the job's constraints"
+        elif infeasible == 0:
+            head = f"every trial failed ({n} of {n})"
+        else:
+            head = f"no trial trained ({n - infeasible} failed, {infeasible} infeasible)"
+        reasons = Counter(self.reasons.values()).most_common(1)
+        return head + (f"; the most common reason: {reasons[0][0]}" if reasons else "")
 
     def line(self) -> str:
         counts = {s: sum(1 for v in self.states.values() if v == s) for s in STATES}

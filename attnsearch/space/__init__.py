@@ -23,6 +23,14 @@ samples no stages/blocks/position. Optuna parameter names are flat: ``attention`
 ``blocks``, ``position``, ``<type>.<knob>``, ``train.<field>``; no name contains "/" (Ray's nesting separator).
 """
 
+from ._cost import (
+    COST_METRICS,
+    build_trial_model,
+    cheapest,
+    check_constraints,
+    count_model,
+    over_budget,
+)
 from ._model import Param, SearchSpace, parse_stages_key, stages_key
 from ._parse import (
     FIXED_TRAIN_FIELDS,
@@ -64,4 +72,10 @@ __all__ = [
     "feasible",
     "check_space",
     "space_to_dict",
+    "COST_METRICS",
+    "build_trial_model",
+    "count_model",
+    "over_budget",
+    "cheapest",
+    "check_constraints",
 ]

@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from ..attention import get_spec
 from ..config import Job, TrainConfig, format_validation_error, parse_yaml
 from ..models import check_attention_placement, list_sites
-from ._model import Param, SearchSpace, parse_stages_key
+from ._cost import check_constraints, knob_combos, placements
+from ._model import Param, SearchSpace, parse_stages_key, stages_key
 from ._parse import NAM_PENALTY, SCALE_FIELDS, _Problems, input_size, load_space
 
 if TYPE_CHECKING:
@@ -190,52 +191,52 @@ def _site_channels(job: Job, stages: Sequence[str], scales: Sequence[tuple[float
                    if s.stage in wanted})
 
 
-_MAX_COMBOS = 256
+def _unplaceable(job: Job, space: SearchSpace, attention: Mapping[str, Any],
+                 scales: Sequence[tuple[float, int]]) -> str | None:
+    """None when some scale and placement of the space holds ``attention`` (a type and its knobs), else the
+    first placement's reason."""
+    reasons = []
+    for (width, size), where in itertools.product(scales, placements(space)):
+        try:
+            if _place(job, {**attention, **where}, width, size):
+                return None
+            reasons.append(f"stages {stages_key(where['stages'])}, blocks {where['blocks']}, position "
+                           f"{where['position']}: no insertion site")
+        except ValueError as exc:
+            reasons.append(str(exc))
+    return reasons[0]
+
+
+def _knob_path(space: SearchSpace, type_name: str) -> str:
+    """Where a type's placement problem lies: the one knob it varies, its knobs, or the type itself."""
+    params = {k: p for k, p in space.knobs.get(type_name, {}).items() if k != NAM_PENALTY}
+    varied = [k for k, p in params.items() if not p.is_const] or list(params)
+    if len(varied) == 1:
+        return f"attention.knobs.{type_name}.{varied[0]}"
+    return f"attention.knobs.{type_name}" if params else "attention.type"
 
 
 def check_space(job: Job, space: SearchSpace | None = None) -> None:
     """Static check: every type, with every categorical knob value (and both ends of every knob range), has at
-    least one valid placement among the stage/block/position choices. Raises one ``ConfigError``."""
+    least one valid placement among the stage/block/position choices, and some configuration meets the job's
+    ``constraints`` (``check_constraints``). Raises one ``ConfigError``."""
     space = space or load_space(job)
     problems = _Problems(space.source, space.prefix)
     scales = _scales(job, space)
-    placements = list(itertools.product(scales, space.stages.values(), space.blocks.values(),
-                                        space.position.values()))
     for type_name in space.types.values():
         if type_name == "none":
             continue
-        knob_params = {k: p for k, p in space.knobs.get(type_name, {}).items() if k != NAM_PENALTY}
-        names = list(knob_params)
-        grids = [knob_params[k].values() for k in names]
-        n_combos = 1
-        for g in grids:
-            n_combos *= len(g)
-        if n_combos <= _MAX_COMBOS:
-            combos = [dict(zip(names, values)) for values in itertools.product(*grids)]
-        else:  # too many: vary one knob at a time, the others at their first value
-            first = {k: g[0] for k, g in zip(names, grids)}
-            combos = [{**first, k: v} for k, g in zip(names, grids) for v in g]
-        for knobs in combos:
-            reasons = []
-            for (width, size), stages, blocks, position in placements:
-                attention = {"type": type_name, "stages": parse_stages_key(stages), "blocks": blocks,
-                             "position": position, **knobs}
-                try:
-                    if _place(job, attention, width, size):
-                        break
-                    reasons.append(f"stages {stages}, blocks {blocks}, position {position}: no insertion site")
-                except ValueError as exc:
-                    reasons.append(str(exc))
-            else:
-                varied = [k for k in names if not knob_params[k].is_const] or names
-                path = f"attention.knobs.{type_name}.{varied[0]}" if len(varied) == 1 else (
-                    f"attention.knobs.{type_name}" if names else "attention.type")
-                what = ", ".join(f"{type_name}.{k}={v!r}" for k, v in knobs.items()) or f"type {type_name!r}"
-                channels = _site_channels(job, space.stages.values(), scales)
-                problems.add(path, f"{what} has no valid placement on {job.backbone.name} for stages "
-                             f"{space.stages.values()}, blocks {space.blocks.values()}, positions "
-                             f"{space.position.values()} (site channels {channels}): {reasons[0]}")
+        for knobs in knob_combos(space, type_name)[0]:
+            reason = _unplaceable(job, space, {"type": type_name, **knobs}, scales)
+            if reason is None:
+                continue
+            what = ", ".join(f"{type_name}.{k}={v!r}" for k, v in knobs.items()) or f"type {type_name!r}"
+            problems.add(_knob_path(space, type_name),
+                         f"{what} has no valid placement on {job.backbone.name} for stages {space.stages.values()}, "
+                         f"blocks {space.blocks.values()}, positions {space.position.values()} (site channels "
+                         f"{_site_channels(job, space.stages.values(), scales)}): {reason}")
     problems.raise_if_any()
+    check_constraints(job, space)
 
 
 def space_to_dict(space: SearchSpace) -> dict[str, Any]:
