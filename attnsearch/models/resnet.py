@@ -107,16 +107,28 @@ def resnet_blocks(name: str, input_size: tuple[int, int], cifar_stem: bool = Fal
 
 class PadShortcut(nn.Module):
     """Option-A shortcut of He et al. 2016 (arXiv 1512.03385, §4.2): subsample by ``stride`` and zero-pad the new
-    channels. Parameter-free, so ResNet-20/32/56 keep the paper's 0.27M/0.46M/0.85M parameters."""
+    channels. Parameter-free, so ResNet-20/32/56 keep the paper's 0.27M/0.46M/0.85M parameters.
+
+    ``channel_map = (src, dst)``, set by channel pruning (``attnsearch.prune``), generalises the padding: output
+    channel ``dst[i]`` is input channel ``src[i]`` and every other output channel is zero (a plain attribute, not
+    state: a pruned model's spec replays it)."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
         super().__init__()
         self.stride = stride
+        self.in_channels = in_channels
+        self.out_channels = out_channels
         self.extra = out_channels - in_channels
+        self.channel_map: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride != 1:
             x = x[:, :, :: self.stride, :: self.stride]
+        if self.channel_map is not None:
+            src, dst = self.channel_map
+            out = x.new_zeros((x.shape[0], self.out_channels, *x.shape[2:]))
+            out[:, list(dst)] = x[:, list(src)]
+            return out
         return F.pad(x, (0, 0, 0, 0, 0, self.extra)) if self.extra else x
 
 
