@@ -159,6 +159,7 @@ def test_module_size(name):
     ("attnsearch.models", ("ray", "mlflow", "optuna")),
     ("attnsearch.flops", ("ray", "mlflow", "optuna")),
     ("attnsearch.latency", ("ray", "mlflow", "optuna", "pydantic")),
+    ("attnsearch.prune", ("ray", "mlflow", "optuna", "pydantic")),
     ("attnsearch.contract", ("ray", "mlflow", "optuna", "torch", "pydantic")),
     ("attnsearch.uris", ("ray", "mlflow", "optuna", "torch", "pydantic")),
     ("attnsearch.config", ("ray", "mlflow")),
