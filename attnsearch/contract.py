@@ -145,5 +145,10 @@ METRIC_RETRAIN_FRONT_SIZE = "retrain.front_size"  # retrain parent: configuratio
 METRIC_RETRAIN_FRONT_KEPT = "retrain.front_kept"  # retrain parent: study front members still on it
 METRIC_RETRAIN_BASELINE_MEAN = "retrain.baseline.val_acc_mean"  # retrain parent: the baseline's mean over seeds
 METRIC_RETRAIN_BASELINE_STD = "retrain.baseline.val_acc_std"  # retrain parent: and its standard deviation
+# Which knobs matter (attnsearch.importance), on a study's parent run: metrics ``importance.<objective>.<knob>``,
+# the evaluator, whether an unreliability rule applies and which ("; "-separated).
+TAG_IMPORTANCE_EVALUATOR = "attnsearch.importance.evaluator"
+TAG_IMPORTANCE_RELIABLE = "attnsearch.importance.reliable"
+TAG_IMPORTANCE_WARNINGS = "attnsearch.importance.warnings"
 
 __all__ += [name for name in dict(globals()) if name.startswith(("TAG_", "METRIC_", "ROLE_", "PARAM_"))]

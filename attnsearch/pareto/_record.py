@@ -29,7 +29,6 @@ from mlflow.entities import Metric, RunTag
 from ..contract import (
     METRIC_FRONT_SIZE,
     METRIC_HYPERVOLUME,
-    TAG_NOTE,
     TAG_PARENT,
     TAG_PARETO,
     TAG_PARETO_BUDGET,
@@ -37,7 +36,7 @@ from ..contract import (
     TAG_PARETO_REFERENCE,
     TAG_ROLE,
 )
-from ..tracking import fast_http, quote, search_all
+from ..tracking import fast_http, note_room, note_tags, quote, search_all
 from ._front import _present, baseline_row
 from ._output import export_front, front_markdown, plot_front
 from ._runs import Study
@@ -113,7 +112,9 @@ def write_record(
         tags = {names.objectives_tag: json.dumps(dict(objectives)), names.reference_tag: json.dumps(ref),
                 names.budget_tag: str(front.attrs["budget"])}
         if names.own:  # the parent's description: what the MLflow UI shows first on the study's run
-            tags[TAG_NOTE] = description(study, df, front)
+            # its front section; the other sections (the importances) are kept as they are
+            tags.update(note_tags(study.tags, "pareto",
+                                  description(study, df, front, limit=note_room(study.tags, "pareto"))))
         with fast_http():
             client.log_artifact(parent, str(csv), names.artifact_dir)
             client.log_artifact(parent, str(png), names.artifact_dir)
@@ -130,7 +131,7 @@ def write_record(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def description(study: Study, df: pd.DataFrame, front: pd.DataFrame) -> str:
+def description(study: Study, df: pd.DataFrame, front: pd.DataFrame, limit: int | None = None) -> str:
     """The study's parent-run description (markdown): its recorded front as a table with the baseline's row, run
     names linking to their runs, and the front's plot (the parent's ``pareto.png``, served by the MLflow server)."""
     objectives = ", ".join(f"{k} ({m})" for k, m in front.attrs["objectives"].items())
@@ -138,4 +139,6 @@ def description(study: Study, df: pd.DataFrame, front: pd.DataFrame) -> str:
                f"{len(front)} of {front.attrs.get('candidates', len(df))} trials, hypervolume "
                f"{front.attrs['hypervolume']:.6g}. Front runs carry the tag `{TAG_PARETO} = 'true'`.")
     plot = f"get-artifact?path=pareto.png&run_uuid={study.parent_run_id}"
-    return front_markdown(front, baseline_row(df), experiment_id=study.experiment_id, plot_url=plot, heading=heading)
+    extra = {} if limit is None else {"limit": limit}
+    return front_markdown(front, baseline_row(df), experiment_id=study.experiment_id, plot_url=plot, heading=heading,
+                          **extra)

@@ -8,7 +8,7 @@ job YAML, the resolved search space and the Pareto artifacts; each Ray trial get
 One module per job: ``_connection`` (health check, short HTTP retries, UI command), ``_ui`` (``attnsearch ui``:
 the runs page's URL, the server in its own process group), ``_params`` (typed params,
 run names), ``_records`` (what a trial reported), ``_store`` (the idempotent store), ``_parent_run`` (the experiment and a study's parent run),
-``callback`` (the Ray Tune callback) and ``sync`` (replaying a Ray experiment directory). Only the last two
+``_note`` (the parent's description in sections), ``callback`` (the Ray Tune callback) and ``sync`` (replaying a Ray experiment directory). Only the last two
 import Ray; import them by their module (``attnsearch.tracking.callback``, ``attnsearch.tracking.sync``).
 """
 
@@ -17,6 +17,7 @@ from ..uris import redact_uri, resolve_tracking_uri
 from ._connection import check_tracking, fast_http, first_line, ui_command
 from ._params import decode_param, encode_params, run_name
 from ._records import TrialRecord, error_summary
+from ._note import NOTE_LIMIT, NOTE_SECTIONS, note_room, note_section_tag, note_tags
 from ._store import Store, quote, search_all
 from ._parent_run import (
     ensure_experiment,
@@ -49,6 +50,11 @@ __all__ = [
     "error_summary",
     "quote",
     "search_all",
+    "NOTE_LIMIT",
+    "NOTE_SECTIONS",
+    "note_room",
+    "note_section_tag",
+    "note_tags",
     "ensure_experiment",
     "find_parent",
     "latest_parent",
