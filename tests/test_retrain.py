@@ -205,6 +205,41 @@ def test_bad_study_and_runs_exit_2(study, tmp_path, capsys):
     assert not (tmp_path / "ray_results").exists()  # nothing started
 
 
+def test_study_and_retrain_assemble_their_tuner_alike(study, monkeypatch, capsys):
+    """The study and the retrain get one Tuner assembly (search._driver): the same checkpoint rule (the final
+    weights export reads), retries, trial folders and concurrency limit; neither starts Ray here."""
+    from ray import tune
+
+    from attnsearch.search import _retrain, _run_study, retrain, run_study
+
+    job, _, _ = study
+    built = []
+
+    class Built(Exception):
+        pass
+
+    def tuner(trainable, *, tune_config, run_config):  # ray.tune.Tuner, recorded instead of run
+        built.append((tune_config, run_config))
+        raise Built
+
+    monkeypatch.setattr(tune, "Tuner", tuner)
+    for module in (_retrain, _run_study):
+        monkeypatch.setattr(module, "prepare_driver", lambda job: None)
+    with pytest.raises(Built):
+        retrain(job, seeds=2)
+    with pytest.raises(Built):
+        run_study(job)
+    (retrain_tune, retrain_run), (study_tune, study_run) = built
+    assert retrain_run.checkpoint_config == study_run.checkpoint_config == tune.CheckpointConfig(num_to_keep=1)
+    assert retrain_run.failure_config == study_run.failure_config
+    assert retrain_tune.trial_dirname_creator is study_tune.trial_dirname_creator
+    assert retrain_tune.reuse_actors == study_tune.reuse_actors
+    assert retrain_tune.search_alg.max_concurrent == study_tune.search_alg.max_concurrent == 2
+    assert type(retrain_tune.search_alg.searcher).__name__ == "FixedConfigs"
+    assert type(study_tune.search_alg.searcher).__name__ == "StudySearcher"
+    assert retrain_run.storage_path.endswith("/retrain") and study_run.storage_path == job.ray.storage_path
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 
 

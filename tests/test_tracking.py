@@ -16,10 +16,10 @@ from _helpers import free_port  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler  # noqa: E402
-from ray.tune.search import Searcher  # noqa: E402
 
 from attnsearch import contract as C  # noqa: E402
 from attnsearch import tracking as T  # noqa: E402
+from attnsearch.search import FixedConfigs  # noqa: E402
 from attnsearch.tracking._connection import _http_get  # noqa: E402
 from attnsearch.tracking.callback import MLflowTracker  # noqa: E402
 from attnsearch.tracking.sync import read_ray_trials, sync_study  # noqa: E402
@@ -42,29 +42,6 @@ EXPECTED = {  # attention -> (state, budget)
     "eca": ("failed", 1),  # raises on every attempt -> Ray ERROR
 }
 # se, gc and eca share the best accuracy so that ASHA (reduction 2) never stops them: expectations stay exact
-
-
-class ListSearcher(Searcher):
-    """Suggests fixed flat configs in order, like OptunaSearch's define-by-run dicts (conditional keys)."""
-
-    def __init__(self, configs):
-        super().__init__()
-        self.configs, self.i = list(configs), 0
-
-    def suggest(self, trial_id):
-        if self.i >= len(self.configs):
-            return Searcher.FINISHED
-        self.i += 1
-        return dict(self.configs[self.i - 1])
-
-    def on_trial_complete(self, trial_id, result=None, error=False):
-        pass
-
-    def save(self, checkpoint_path):
-        Path(checkpoint_path).write_bytes(pickle.dumps((self.configs, self.i)))
-
-    def restore(self, checkpoint_path):
-        self.configs, self.i = pickle.loads(Path(checkpoint_path).read_bytes())
 
 
 def trainable(config, marker_dir=None):
@@ -100,7 +77,7 @@ def run_search(tmp: Path, tracker: MLflowTracker, name: str = "exp", configs=CON
     tuner = tune.Tuner(
         tune.with_parameters(trainable, marker_dir=str(tmp / "markers")),
         tune_config=tune.TuneConfig(
-            search_alg=ListSearcher(configs), num_samples=len(configs), max_concurrent_trials=2,
+            search_alg=FixedConfigs(configs), num_samples=len(configs), max_concurrent_trials=2,
             scheduler=ASHAScheduler(metric="val_acc", mode="max", time_attr="epoch", max_t=MAX_T, grace_period=1,
                                     reduction_factor=2),
         ),

@@ -2,10 +2,12 @@
 
 One private module per component; the public names are the ones below:
 
-* ``_searcher``: the Optuna sampler and ``StudySearcher`` (what each finished trial is told as);
+* ``_searcher``: the Optuna sampler and ``StudySearcher`` (what each finished trial is told as), ``FixedConfigs``;
 * ``_progress``: ``StudyProgress``, the progress line the driver prints;
 * ``_schedulers``: ``MOASHAScheduler``, early stopping on every objective at once;
 * ``_budget``: ``EpochBudget``, a study's budget in total training epochs;
+* ``_driver``: one driver for every Tune run: ``prepare_driver``, ``trainable_for``, ``build_tuner``,
+  ``searcher_and_scheduler`` (the searcher and scheduler a job asks for; also what a replay benchmark drives);
 * ``_ray_connection``: ``ray.address`` resolution and check, ``init_ray``, the per-trial resource check;
 * ``_study_dirs``: study ids and their Ray experiment directories, which study ``--resume`` continues;
 * ``_run_study``: the Tuner of a study (new or restored), ``run_study``;
@@ -13,10 +15,16 @@ One private module per component; the public names are the ones below:
 """
 
 from ._budget import EpochBudget
+from ._driver import (
+    asha_metric,
+    build_tuner,
+    prepare_driver,
+    searcher_and_scheduler,
+    trainable_for,
+)
 from ._progress import ProgressPrinter, StudyProgress
 from ._ray_connection import check_cluster_resources, init_ray, resolve_ray_address
 from ._retrain import (
-    FixedConfigs,
     RetrainConfig,
     RetrainOutcome,
     format_retrain,
@@ -25,7 +33,7 @@ from ._retrain import (
     select_configs,
     summarize,
 )
-from ._run_study import StudyOutcome, asha_metric, run_study
+from ._run_study import StudyOutcome, run_study
 from ._schedulers import (
     MOASHAScheduler,
     check_rung_arguments,
@@ -33,7 +41,7 @@ from ._schedulers import (
     rung_order,
     rung_position,
 )
-from ._searcher import INFEASIBLE_CONSTRAINT, StudySearcher, make_sampler
+from ._searcher import INFEASIBLE_CONSTRAINT, FixedConfigs, StudySearcher, make_sampler
 from ._study_dirs import existing_studies, new_study_id, resolve_study, study_path
 
 __all__ = [
@@ -48,6 +56,7 @@ __all__ = [
     "StudyProgress",
     "StudySearcher",
     "asha_metric",
+    "build_tuner",
     "check_cluster_resources",
     "check_rung_arguments",
     "existing_studies",
@@ -55,6 +64,7 @@ __all__ = [
     "init_ray",
     "make_sampler",
     "new_study_id",
+    "prepare_driver",
     "resolve_ray_address",
     "resolve_study",
     "retrain",
@@ -63,7 +73,9 @@ __all__ = [
     "rung_order",
     "rung_position",
     "run_study",
+    "searcher_and_scheduler",
     "select_configs",
     "study_path",
     "summarize",
+    "trainable_for",
 ]

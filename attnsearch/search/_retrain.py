@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import pickle
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,9 +30,7 @@ from typing import IO, TYPE_CHECKING, Any, Sequence
 import pandas as pd
 from mlflow import MlflowClient
 from pydantic import ValidationError
-from ray import tune
 from ray.tune.schedulers import FIFOScheduler
-from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from .. import tracking
 from .._table import format_table
@@ -55,7 +51,6 @@ from ..contract import (
     UsageError,
     result_state,
 )
-from ..data import check_data
 from ..pareto import (
     ALL_STUDIES,
     CONFIDENCE,
@@ -67,19 +62,17 @@ from ..pareto import (
     select_study,
     welch_interval,
 )
-from ..space import baseline_point, feasible, load_space, space_to_dict
+from ..space import baseline_point, feasible, load_space
 from ..tracking.callback import MLflowTracker
-from ..train import run_trial
 from ..uris import sqlite_path
+from ._driver import build_tuner, prepare_driver, trainable_for
 from ._progress import ProgressPrinter, StudyProgress
-from ._ray_connection import check_cluster_resources, init_ray, resolve_ray_address
+from ._searcher import FixedConfigs
 
 if TYPE_CHECKING:
-    from ray.tune.experiment import Trial
-
     from ..config import Job
 
-__all__ = ["RetrainConfig", "RetrainOutcome", "FixedConfigs", "retrain", "select_configs", "summarize",
+__all__ = ["RetrainConfig", "RetrainOutcome", "retrain", "select_configs", "summarize",
            "format_retrain", "retrain_seeds"]
 
 _RUN_METRICS = tuple(dict.fromkeys(["epoch", *METRICS, *LOGGED_EPOCH_METRICS]))
@@ -164,35 +157,6 @@ def select_configs(client: MlflowClient, job: Job, study: Study, df: pd.DataFram
 
 def _key(params: dict[str, Any]) -> str:
     return json.dumps({k: v for k, v in params.items() if k != "train.seed"}, sort_keys=True, default=str)
-
-
-class FixedConfigs(Searcher):
-    """Hands Ray Tune a fixed list of trial configs, in order, then ``FINISHED``.
-
-    Ray's ``BasicVariantGenerator(points_to_evaluate=...)`` needs every key of a preset point in the
-    ``param_space``; a retrain's configurations have different keys (each type its own knobs)."""
-
-    def __init__(self, configs: Sequence[dict[str, Any]]) -> None:
-        super().__init__()
-        self.configs = [dict(c) for c in configs]
-        self.given = 0
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | str:
-        if self.given >= len(self.configs):
-            return Searcher.FINISHED
-        self.given += 1
-        return dict(self.configs[self.given - 1])
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        pass
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump({"configs": self.configs, "given": self.given}, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
 
 
 # --------------------------------------------------------------------------------------------------- the table
@@ -333,13 +297,7 @@ def retrain(job: Job, *, study: str | None = None, front: bool = True, runs: Seq
     space = load_space(job)
     configs = select_configs(client, job, source, df, objectives, front=front, runs=runs)
     seed_list = retrain_seeds(job, seeds)
-    check_data(job.data)
-    resolve_ray_address(job.ray.address)
-
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # as run_study: infeasible/failed results
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    init_ray(job)
-    check_cluster_resources(job)
+    prepare_driver(job)
 
     retrain_id = f"{source.study}-retrain-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     parent_run_id = tracking.start_retrain(
@@ -347,26 +305,13 @@ def retrain(job: Job, *, study: str | None = None, front: bool = True, runs: Seq
         job_yaml_text=job_text or job.to_yaml(), objectives=objectives, max_t=epochs, seeds=seed_list)
     points = [{**config.params, "train.seed": seed, PARAM_RETRAIN_SOURCE: config.source_run_id,
                PARAM_RETRAIN_BASELINE: config.baseline} for seed in seed_list for config in configs]
-    job_dict = job.model_dump(mode="json")
-    job_dict["search"]["space"] = space_to_dict(space)  # inline, as run_study: workers cannot read the file
-    trainable = tune.with_resources(tune.with_parameters(run_trial, job_dict=job_dict),
-                                    {"cpu": job.resources.cpu, "gpu": job.resources.gpu})
     storage = f"{job.ray.storage_path.rstrip('/')}/retrain"
     progress = StudyProgress(len(points), epochs, objectives)
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(FixedConfigs(points), max_concurrent=job.search.max_concurrent),
-            scheduler=FIFOScheduler(), num_samples=len(points), reuse_actors=True,
-            trial_dirname_creator=_trial_dirname,
-        ),
-        run_config=tune.RunConfig(
-            name=retrain_id, storage_path=storage, verbose=0,
-            callbacks=[MLflowTracker(uri, experiment, parent_run_id, retrain_id, max_t=epochs),
-                       ProgressPrinter(progress, stream=stream)],
-            failure_config=tune.FailureConfig(max_failures=job.ray.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        ),
+    tuner = build_tuner(
+        job, trainable_for(job, space), search_alg=FixedConfigs(points), scheduler=FIFOScheduler(),
+        name=retrain_id, storage=storage, num_samples=len(points),
+        callbacks=[MLflowTracker(uri, experiment, parent_run_id, retrain_id, max_t=epochs),
+                   ProgressPrinter(progress, stream=stream)],
     )
     out = stream or sys.stdout
     print(f"retrain {retrain_id} of study {source.study}: {len(configs)} configurations (baseline "
@@ -421,6 +366,3 @@ def _count(value: Any) -> str:
 def _markdown(text: str) -> str:
     return "```\n" + text + "\n```"
 
-
-def _trial_dirname(trial: Trial) -> str:
-    return f"trial_{trial.trial_id}"

@@ -2,48 +2,34 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
 import ray
 from ray import tune
-from ray.tune.schedulers import FIFOScheduler
-from ray.tune.search import ConcurrencyLimiter
 
 from .. import tracking
-from ..contract import EPOCH_METRICS, ConfigError
-from ..data import check_data
-from ..space import (
-    baseline_point,
-    check_space,
-    define_by_run,
-    load_space,
-    space_to_dict,
-)
+from ..contract import ConfigError
+from ..space import check_space, load_space, space_to_dict
 from ..tracking.callback import MLflowTracker
-from ..train import run_trial
 from ._budget import EpochBudget
+from ._driver import (
+    baseline_points,
+    build_tuner,
+    prepare_driver,
+    protect_baseline,
+    searcher_and_scheduler,
+    trainable_for,
+)
 from ._progress import ProgressPrinter, StudyProgress
-from ._ray_connection import check_cluster_resources, init_ray, resolve_ray_address
-from ._schedulers import BaselineASHAScheduler, MOASHAScheduler
-from ._searcher import StudySearcher, make_sampler
+from ._searcher import StudySearcher
 from ._study_dirs import resolve_study, study_path
 
 if TYPE_CHECKING:
-    from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
 
     from ..config import Job
-
-
-def asha_metric(job: Job) -> tuple[str, str]:
-    """ASHA gets one metric of its own: the first per-epoch objective, else val_acc."""
-    for metric, mode in job.search.objectives.items():
-        if metric in EPOCH_METRICS:
-            return metric, mode
-    return "val_acc", "max"
 
 
 def _restored_run_config(tuner: tune.Tuner) -> tune.RunConfig:
@@ -99,28 +85,9 @@ def run_study(job: Job, *, resume: bool | str = False, job_text: str | None = No
     """
     space = load_space(job)
     check_space(job, space)
-    check_data(job.data)
-    resolve_ray_address(job.ray.address)  # seconds at most: a dead ray.address fails before MLflow is touched
-    # A server must answer now; a local store that does not exist yet is only checked to be creatable: a job
-    # refused below (cluster resources) leaves no new database behind. start_study creates it.
-    tracking.check_tracking(job.tracking.uri, create=False)
     study_id, restoring = resolve_study(job, resume)
-
-    # Infeasible and diverged trials end with a result that carries no objective values on purpose (a NaN
-    # accuracy would enter ASHA's rungs); Tune's strict check would abort the whole study on it.
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    # One small checkpoint per epoch is the point of short trials; Tune's warning about it is noise here.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    init_ray(job)
-    check_cluster_resources(job)  # before the tracking store is opened (start_study)
-
-    job_dict = job.model_dump(mode="json")
-    # The space travels inline: workers on other nodes cannot read the driver's search-space file.
-    job_dict["search"]["space"] = space_to_dict(space)
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, job_dict=job_dict),
-        {"cpu": job.resources.cpu, "gpu": job.resources.gpu},
-    )
+    prepare_driver(job)  # before the tracking store is opened (start_study)
+    trainable = trainable_for(job, space)
     path = study_path(job, study_id)
     tuner: tune.Tuner | None = None
     restored_config: tune.RunConfig | None = None
@@ -145,63 +112,15 @@ def run_study(job: Job, *, resume: bool | str = False, job_text: str | None = No
         # The pickled callbacks hold the previous driver's state; this driver's callbacks replace them.
         restored_config.callbacks = callbacks
     else:
-        baseline = [baseline_point(job, space)] if job.search.baseline else []
-        searcher = StudySearcher(
-            space=define_by_run(space),
-            metric=list(objectives),
-            mode=list(objectives.values()),
-            sampler=make_sampler(job.search.sampler, job.search.seed),
-            points_to_evaluate=baseline or None,  # the baseline is enqueued first
-            max_t=max_t,
-        )
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=ConcurrencyLimiter(searcher, max_concurrent=job.search.max_concurrent),
-                scheduler=_scheduler(job, baseline) if scheduler is None else _protect(scheduler, baseline),
-                num_samples=job.search.num_samples,
-                reuse_actors=True,
-                trial_dirname_creator=_trial_dirname,
-            ),
-            run_config=tune.RunConfig(
-                name=study_id,
-                storage_path=job.ray.storage_path,
-                callbacks=callbacks,
-                failure_config=tune.FailureConfig(max_failures=job.ray.max_failures),
-                stop=EpochBudget(job.search.budget_epochs) if job.search.budget_epochs else None,
-                # the contract attnsearch.export.final_weights relies on: each trial keeps its newest checkpoint,
-                # so a completed trial's is of its final epoch (after ASHA stops and --resume too)
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                verbose=0,
-            ),
+        searcher, default_scheduler = searcher_and_scheduler(job, space)
+        tuner = build_tuner(
+            job, trainable, search_alg=searcher,
+            scheduler=default_scheduler if scheduler is None else protect_baseline(scheduler,
+                                                                                   baseline_points(job, space)),
+            name=study_id, storage=job.ray.storage_path, callbacks=callbacks, num_samples=job.search.num_samples,
+            stop=EpochBudget(job.search.budget_epochs) if job.search.budget_epochs else None,
         )
     print(f"study {study_id}: {job.search.num_samples} trials, {job.search.sampler} sampler, "
           f"{job.scheduler_type} scheduler, results in {path}", file=stream or sys.stdout, flush=True)
     tuner.fit()
     return StudyOutcome(study_id, path, parent_run_id, progress, searcher)
-
-
-def _scheduler(job: Job, protected: list[dict]) -> TrialScheduler:
-    if job.scheduler_type == "asha":
-        metric, mode = asha_metric(job)
-        return BaselineASHAScheduler(
-            time_attr="epoch", metric=metric, mode=mode, max_t=job.train.epochs,
-            grace_period=job.scheduler.grace_period, reduction_factor=job.scheduler.reduction_factor,
-            protected=protected,
-        )
-    if job.scheduler_type == "moasha":
-        return MOASHAScheduler(
-            dict(job.search.objectives), max_t=job.train.epochs, grace_period=job.scheduler.grace_period,
-            reduction_factor=job.scheduler.reduction_factor, time_attr="epoch", protected=protected,
-        )
-    return FIFOScheduler()
-
-
-def _protect(scheduler: TrialScheduler, baseline: list[dict]) -> TrialScheduler:
-    if hasattr(scheduler, "protected"):
-        scheduler.protected = [*scheduler.protected, *baseline]
-    return scheduler
-
-
-def _trial_dirname(trial: Trial) -> str:
-    return f"trial_{trial.trial_id}"

@@ -1,12 +1,15 @@
-"""The Optuna side of a study: the sampler and the Ray searcher that tells Optuna what each trial really was."""
+"""The searchers: the Optuna side of a study (the sampler, and the Ray searcher that tells Optuna what each trial
+really was), and a fixed list of configs (a retrain)."""
 
 from __future__ import annotations
 
 import math
+import pickle
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ..contract import EPOCH_METRICS, REASON_KEY, STATE_KEY, ConfigError, result_state
@@ -98,3 +101,37 @@ def _worst(result: Mapping[str, Any], metric: str, mode: str) -> float:
     if metric not in EPOCH_METRICS and isinstance(value, (int, float)) and math.isfinite(value):
         return float(value)
     return 0.0 if mode == "max" else 1e12
+
+
+class FixedConfigs(Searcher):
+    """Hands Ray Tune a fixed list of trial configs, in order, then ``FINISHED`` (a retrain's runs).
+
+    Ray's ``BasicVariantGenerator(points_to_evaluate=...)`` needs every key of a preset point in the
+    ``param_space``; these configs are flat define-by-run dicts with different keys (each type its own knobs),
+    as ``StudySearcher`` suggests them. Its state (configs, how many given) survives ``save``/``restore``.
+
+    Args:
+        configs: the trial configs, in the order they are to start.
+    """
+
+    def __init__(self, configs: Sequence[dict[str, Any]]) -> None:
+        super().__init__()
+        self.configs = [dict(c) for c in configs]
+        self.given = 0
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str:
+        if self.given >= len(self.configs):
+            return Searcher.FINISHED
+        self.given += 1
+        return dict(self.configs[self.given - 1])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"configs": self.configs, "given": self.given}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))

@@ -1,0 +1,108 @@
+"""The one driver of every Ray Tune run (``attnsearch.search._driver``): the searcher and scheduler a job asks
+for, the Tuner's shared settings, and the study and the retrain assembling their Tuner through it alike."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+from _helpers import write_job  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune.schedulers import FIFOScheduler  # noqa: E402
+from ray.tune.search import ConcurrencyLimiter  # noqa: E402
+
+from attnsearch.config import load_job  # noqa: E402
+from attnsearch.search import (  # noqa: E402
+    FixedConfigs,
+    MOASHAScheduler,
+    StudySearcher,
+    build_tuner,
+    searcher_and_scheduler,
+)
+from attnsearch.search._schedulers import BaselineASHAScheduler  # noqa: E402
+from attnsearch.space import baseline_point, is_point, load_space  # noqa: E402
+
+PACKAGE = Path(__file__).resolve().parents[1] / "attnsearch"
+SPACE = """\
+attention:
+  type: [none, se]
+  stages: [[3]]
+  position: [default]
+  knobs:
+    se: {reduction: [4, 8]}
+train:
+  lr: [0.05, 0.1]
+"""
+
+
+def _job(tmp_path, **sections):
+    defaults = dict(train={"epochs": 4}, search={"objectives": {"val_acc": "max", "flops": "min"}, "seed": 1},
+                    ray={"storage_path": f"{tmp_path}/ray_results", "max_failures": 2})
+    job = load_job(write_job(tmp_path, SPACE, **{**defaults, **sections}))
+    return job, load_space(job)
+
+
+@pytest.mark.parametrize("kind, scheduler_class", [("moasha", MOASHAScheduler), ("asha", BaselineASHAScheduler),
+                                                     ("none", FIFOScheduler)])
+def test_searcher_and_scheduler_enqueue_and_protect_the_baseline(tmp_path, kind, scheduler_class):
+    job, space = _job(tmp_path, scheduler={"type": kind, "grace_period": 1, "reduction_factor": 2},
+                      search={"objectives": {"val_acc": "max", "flops": "min"}, "seed": 1, "baseline": True})
+    searcher, scheduler = searcher_and_scheduler(job, space)
+    assert type(searcher) is StudySearcher  # not wrapped: build_tuner limits the concurrency
+    assert type(scheduler) is scheduler_class
+    baseline = baseline_point(job, space)
+    assert baseline == {"attention": "none", "train.lr": 0.1}  # the job's own lr is in the space
+    first = searcher.suggest("trial_1")
+    assert is_point(first, baseline)  # the baseline starts first
+    if kind != "none":
+        assert scheduler.protected == [baseline]
+        time_attr = scheduler._time_attr if kind == "asha" else scheduler.time_attr  # Ray's ASHA keeps it private
+        assert time_attr == "epoch"
+    assert searcher.metric == ["val_acc", "flops"] and searcher.mode == ["max", "min"]
+
+
+def test_without_baseline_nothing_is_enqueued_or_protected(tmp_path):
+    job, space = _job(tmp_path, scheduler={"type": "moasha", "grace_period": 1, "reduction_factor": 2},
+                      search={"objectives": {"val_acc": "max"}, "seed": 1, "baseline": False,
+                              "sampler": "random"})
+    searcher, scheduler = searcher_and_scheduler(job, space)
+    assert scheduler.protected == []
+    # seeded random sampling, nothing enqueued: some of the first suggestions are not the baseline
+    assert any(not is_point(searcher.suggest(f"t{i}"), baseline_point(job, space)) for i in range(8))
+
+
+def _noop(config):
+    pass
+
+
+def test_build_tuner_holds_the_settings_every_run_shares(tmp_path):
+    job, _ = _job(tmp_path, search={"max_concurrent": 3, "objectives": {"val_acc": "max"}})
+    tuner = build_tuner(job, _noop, search_alg=FixedConfigs([{"a": 1}]), scheduler=FIFOScheduler(), name="x",
+                        storage=str(tmp_path / "ray"), callbacks=[], num_samples=1)
+    tune_config, run_config = _configs(tuner)
+    assert isinstance(tune_config.search_alg, ConcurrencyLimiter) and tune_config.search_alg.max_concurrent == 3
+    assert run_config.checkpoint_config == tune.CheckpointConfig(num_to_keep=1)  # export's final-weights rule
+    assert run_config.failure_config.max_failures == 2
+
+
+def _configs(tuner):
+    local = tuner._local_tuner  # what Tuner.__init__ keeps; read here only (as _restored_run_config does)
+    return local._tune_config, local.get_run_config()
+
+
+def test_the_tuner_is_assembled_only_in_the_driver():
+    """A second ``tune.Tuner(...)``/``CheckpointConfig``/``ConcurrencyLimiter`` elsewhere would be a second
+    driver whose settings can drift from this one."""
+    names = {"Tuner", "CheckpointConfig", "ConcurrencyLimiter", "FailureConfig", "with_parameters"}
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+                if name in names:
+                    found.append((path.relative_to(PACKAGE).as_posix(), name))
+    assert found and {where for where, _ in found} == {"search/_driver.py"}, found
