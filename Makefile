@@ -43,12 +43,15 @@ quickstart: setup
 
 # The tests also install the optional DALI extra where its wheel exists (Linux x86_64), so that the DALI pipeline's
 # tests run on its CPU backend instead of skipping, and Syne Tune (no dependencies: the peer of
-# benchmarks/search_quality.py, never a dependency of attnsearch itself) for tests/test_peer_synetune.py.
+# benchmarks/search_quality.py and benchmarks/replay.py, never a dependency of attnsearch itself) for
+# tests/test_peer_synetune.py and tests/test_replay.py; huggingface_hub only because syne_tune.blackbox_repository
+# (its simulator backend over a table) imports it.
 $(DALI_STAMP): $(STAMP)
 	@if [ "$$(uname -sm)" = "Linux x86_64" ]; then \
 		$(BIN)/python -m pip install -q -e ".[dali]" -c docker/constraints.txt; \
 	else echo "no DALI wheel for $$(uname -sm): its tests will skip"; fi
 	$(BIN)/python -m pip install -q --no-deps syne-tune==0.16.0 dill==0.4.1
+	$(BIN)/python -m pip install -q huggingface_hub==2.4.0
 	touch $@
 
 test: setup $(DALI_STAMP)

@@ -78,3 +78,17 @@ def ray_env(**extra: str) -> dict[str, str]:
                PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra)
     env.pop("RAY_ADDRESS", None)
     return env
+
+
+def load_benchmark(name: str) -> Any:
+    """Import ``benchmarks/<name>.py`` as a module (benchmarks/ is not a package; its own imports resolve)."""
+    import importlib.util
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,236 @@
+"""The simulated-time replay (benchmarks/_replay.py, benchmarks/replay.py) on small tables with known answers.
+
+No Ray cluster is started: the replay drives the study's own searcher and schedulers through their hooks with
+stub ``ray.tune.experiment.Trial`` objects. The Syne Tune peer's tests skip without syne-tune (a benchmark-only
+dependency).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("ray")
+
+from attnsearch.config import load_job  # noqa: E402
+from attnsearch.space import baseline_point, is_point, load_space  # noqa: E402
+from tests._helpers import load_benchmark, write_job  # noqa: E402
+
+R = load_benchmark("_replay")
+HAS_PEER = all(importlib.util.find_spec(m) is not None for m in ("syne_tune", "huggingface_hub", "dill"))
+
+SPACE = """\
+backbone:
+  width_mult: [0.5, 1.0]
+attention:
+  type: [none, se, eca]
+  stages: [[3]]
+  blocks: [all]
+  position: [default]
+  knobs:
+    se: {reduction: [4, 8]}
+    eca: {kernel_size: [3, 5]}
+train:
+  lr: {low: 0.01, high: 1.0, log: true}
+"""
+BEST = {"backbone.width_mult": 0.5, "attention": "eca", "stages": "3", "blocks": "all", "position": "default",
+        "eca.kernel_size": 5, "train.lr": 0.1}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("replay")
+    path = write_job(folder, SPACE, train={"epochs": 9}, scheduler={"type": "moasha", "grace_period": 1,
+                                                                      "reduction_factor": 3})
+    job = load_job(path)
+    return job, load_space(job), path
+
+
+def _table(job, space, configs=40, seed=0, best=None):
+    return R.read_table(R.synthetic_table(job, space, configs=configs, seed=seed, best=best), space)
+
+
+# ------------------------------------------------------------------------------------------- the nearest map
+
+
+def _crafted(rows):
+    out = []
+    for i, cfg in enumerate(rows):
+        for epoch in (1, 2):
+            out.append({"config_id": f"k{i}", **cfg, "flops": 1e6 * (i + 1), "params": 10.0, "epoch": epoch,
+                        "val_acc": 0.5, "val_loss": 1.0, "train_loss": 1.0, "epoch_time_s": 1.0})
+    return pd.DataFrame(out)
+
+
+def test_nearest_config_exact_on_categorical_nearest_on_log_numeric_ties_first(setup, tmp_path):
+    job, space, _ = setup
+    common = {"backbone.width_mult": 1.0, "stages": "3", "blocks": "all", "position": "default"}
+    rows = [
+        {"attention": "none", "backbone.width_mult": 1.0, "train.lr": 0.01},         # 0
+        {**common, "attention": "se", "se.reduction": 4, "train.lr": 0.1},           # 1
+        {**common, "attention": "se", "se.reduction": 8, "train.lr": 0.1},           # 2
+        {**common, "attention": "se", "se.reduction": 8, "train.lr": 0.5},           # 3
+        {**common, "attention": "se", "se.reduction": 8, "train.lr": 0.5},           # 4: a tie of 3
+        {**common, "attention": "eca", "eca.kernel_size": 3, "train.lr": 0.1},       # 5
+    ]
+    table = R.read_table(_crafted(rows), space)
+    near = R.NearestConfig(table, space)
+    se8 = {**common, "attention": "se", "se.reduction": 8}
+    # categorical exact even when another row is closer in lr
+    assert near({**common, "attention": "se", "se.reduction": 4, "train.lr": 0.5}) == 1
+    # log scale: lr 0.25 is nearer 0.5 than 0.1 (ln 2 < ln 2.5), though linearly nearer 0.1
+    assert near({**se8, "train.lr": 0.25}) == 3
+    assert near({**se8, "train.lr": 0.15}) == 2
+    # ties go to the configuration first in the table
+    assert near({**se8, "train.lr": 0.5}) == 3
+    # a combination never recorded: the fewest categorical mismatches (se 8 is one away, eca and none more)
+    assert near({**common, "attention": "eca", "eca.kernel_size": 5, "train.lr": 0.1}) == 5
+    assert near({"attention": "none", "backbone.width_mult": 0.5, "train.lr": 0.01}) == 0
+    assert near.calls == 6 and near.exact == 4
+    # numbers read back from a CSV (an int knob as float, a stage set as a string) map the same
+    csv = tmp_path / "t.csv"
+    _crafted(rows).to_csv(csv, index=False)
+    again = R.NearestConfig(R.read_table(csv, space), space)
+    assert again({**se8, "train.lr": 0.25}) == 3 and again({**common, "attention": "se", "se.reduction": 4}) == 1
+
+
+def test_read_table_refuses_a_table_without_the_space_columns(setup):
+    job, space, _ = setup
+    df = R.synthetic_table(job, space, configs=5).drop(columns=["train.lr"])
+    with pytest.raises(R.ConfigError, match=r"train\.lr"):
+        R.read_table(df, space)
+    with pytest.raises(R.ConfigError, match="epoch_time_s"):
+        R.read_table(R.synthetic_table(job, space, configs=5).drop(columns=["epoch_time_s"]), space)
+
+
+# ------------------------------------------------------------------------------------------------ the replay
+
+
+def test_events_in_simulated_time_order_and_stopped_trials_cost_nothing(setup):
+    job, space, _ = setup
+    table = _table(job, space)
+    secs = table.curves["epoch_time_s"]
+    run = R.replay(table, job, space, method="tpe+moasha", seed=3, workers=4, budget_s=30 * secs.sum(1).mean())
+    times = [t for t, _, _ in run.events]
+    assert times == sorted(times) and len(times) > 20
+    stopped = [t for t in run.trials if t["state"] == "early_stopped"]
+    assert stopped, "MOASHA stopped nothing: the test cannot check what a stop saves"
+    for rec in run.trials:  # each trial's results are its epochs 1..n, in order, each at the end of its epoch
+        mine = [(t, e) for t, tid, e in run.events if tid == rec["trial_id"]]
+        assert [e for _, e in mine] == list(range(1, rec["epochs"] + 1))
+        ends = rec["start"] + np.cumsum(secs[rec["row"], :rec["epochs"]])
+        assert np.allclose([t for t, _ in mine], ends)
+    for rec in stopped:  # the worker is free at the stop: no later epoch, its end is its last epoch's
+        assert rec["epochs"] < table.max_t
+        assert math.isclose(rec["end"], rec["start"] + secs[rec["row"], :rec["epochs"]].sum())
+    charged = sum(secs[r["row"], :r["epochs"]].sum() for r in run.trials if r["state"] != "running")
+    cut = sum(run.horizon_s - r["start"] - secs[r["row"], :r["epochs"]].sum() for r in run.trials
+              if r["state"] == "running")
+    assert math.isclose(run.worker_seconds, charged + cut, rel_tol=1e-9)
+    assert set(run.scheduler.stopped) == {r["trial_id"] for r in stopped}
+
+
+def test_one_worker_runs_trials_back_to_back_and_the_budget_is_respected(setup):
+    job, space, _ = setup
+    table = _table(job, space)
+    budget = 12 * table.curves["epoch_time_s"].sum(1).mean()
+    run = R.replay(table, job, space, method="random+moasha", seed=0, workers=1, budget_s=budget)
+    starts = [r["start"] for r in run.trials]
+    ends = [r["end"] for r in run.trials]
+    assert starts[0] == 0 and np.allclose(starts[1:], ends[:-1])  # a freed worker starts the next trial at once
+    for workers in (1, 4, 8):
+        for method in ("random", "tpe+moasha"):
+            run = R.replay(table, job, space, method=method, seed=1, workers=workers, budget_s=budget)
+            assert all(t <= run.horizon_s for t, _, _ in run.events)
+            assert run.worker_seconds <= budget * (1 + 1e-9)
+            assert run.worker_seconds == pytest.approx(budget)  # every worker busy to the end
+            assert math.isclose(run.horizon_s, budget / workers)
+
+
+def test_a_dominating_configuration_is_found_by_every_method(setup):
+    job, space, _ = setup
+    df = R.synthetic_table(job, space, configs=30, seed=1, best=BEST)
+    last = df["config_id"].iloc[-1]
+    same = np.logical_and.reduce([df[k] == v for k, v in BEST.items() if k != "train.lr"])
+    table = R.read_table(df[~same | (df["config_id"] == last)], space)  # its combination maps to it alone
+    objectives = dict(job.search.objectives)
+    ref = R.table_reference(table, objectives)
+    hv_star = R.true_hypervolume(table, objectives, ref)
+    best_row = len(table) - 1
+    budget = 30 * table.curves["epoch_time_s"].sum(1).mean()
+    # Not st-moasha: Syne Tune 0.16's MOASHA can stop a trial that dominates its rung (the bug described in
+    # benchmarks/_peer_synetune.py); here it does.
+    methods = list(R.METHODS) + (["st-random"] if HAS_PEER else [])
+    for method in methods:
+        if method.startswith("st-"):
+            peer = load_benchmark("_replay_peer")
+            run = peer.peer_replay(table, job, space, method=method, seed=0, workers=4, budget_s=budget)
+        else:
+            run = R.replay(table, job, space, method=method, seed=0, workers=4, budget_s=budget)
+        assert best_row in [r for _, r in run.full], method
+        hv = R.hv_curve(table, run, objectives, ref, [run.horizon_s])[-1]
+        assert hv == pytest.approx(hv_star), method  # it dominates the table: the front is that one point
+
+
+def test_short_replay_goes_through_the_real_searcher_and_schedulers(setup):
+    from ray.tune.schedulers import FIFOScheduler
+
+    from attnsearch.search import MOASHAScheduler, StudySearcher
+    from attnsearch.search._schedulers import BaselineASHAScheduler
+
+    job, space, _ = setup
+    table = _table(job, space, configs=20)
+    budget = 10 * table.curves["epoch_time_s"].sum(1).mean()
+    kinds = {"random": FIFOScheduler, "tpe+asha": BaselineASHAScheduler, "tpe+moasha": MOASHAScheduler}
+    base = baseline_point(job, space)
+    for method, kind in kinds.items():
+        run = R.replay(table, job, space, method=method, seed=0, workers=2, budget_s=budget)
+        assert isinstance(run.searcher, StudySearcher) and type(run.scheduler) is kind
+        first = run.trials[0]
+        assert first["trial_id"] == "00000" and first["state"] == "completed" and first["epochs"] == table.max_t
+        assert is_point(first["config"], base)  # the baseline first, trained to the full budget
+        assert not any(is_point(t["config"], base) for t in run.trials[1:])
+        if method != "random":
+            assert any(t["state"] == "early_stopped" for t in run.trials), method
+
+
+def test_replay_is_deterministic_given_the_seed(setup):
+    job, space, _ = setup
+    table = _table(job, space)
+    budget = 15 * table.curves["epoch_time_s"].sum(1).mean()
+    a, b = (R.replay(table, job, space, method="tpe+moasha", seed=5, workers=4, budget_s=budget) for _ in "ab")
+    c = R.replay(table, job, space, method="tpe+moasha", seed=6, workers=4, budget_s=budget)
+    assert a.events == b.events and a.full == b.full
+    assert a.events != c.events
+
+
+# --------------------------------------------------------------------------------------------------- the CLI
+
+
+def test_cli_writes_the_report_json_and_plot_and_refuses_bad_input(setup, tmp_path, capsys):
+    job, space, job_path = setup
+    cli = load_benchmark("replay")
+    table = tmp_path / "t.parquet"
+    R.synthetic_table(job, space, configs=25).to_parquet(table)
+    out, js, png = tmp_path / "r.md", tmp_path / "r.json", tmp_path / "r.png"
+    rc = cli.main(["--table", str(table), "--job", str(job_path), "--methods", "random,tpe+moasha", "--seeds", "3",
+                   "--budget", "8x", "--json", str(js), "--out", str(out), "--plot", str(png)])
+    assert rc == 0
+    data = json.loads(js.read_text())
+    pairs = [(m, s) for s in range(3) for m in ("random", "tpe+moasha")]
+    assert [(r["method"], r["seed"]) for r in data["runs"]] == pairs
+    assert data["meta"]["configs"] == 25 and len(data["runs"][0]["hv"]) == cli.GRID
+    assert "| tpe+moasha | 3 |" in out.read_text() and png.stat().st_size > 0
+    assert "p_vs_random" in data["summary"]["methods"]["tpe+moasha"]
+    for bad, fix in ((["--table", str(tmp_path / "nope.csv")], "no such file"),
+                     (["--table", str(table), "--methods", "bogus"], "unknown"),
+                     (["--table", str(table), "--budget", "-3"], "--budget")):
+        assert cli.main([*bad, "--job", str(job_path), "--seeds", "1", "--json", str(tmp_path / "x.json")]) == 2
+        assert fix in capsys.readouterr().err
+        assert not (tmp_path / "x.json").exists()
