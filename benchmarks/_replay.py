@@ -271,43 +271,6 @@ def job_for_method(job: Job, method: str, seed: int) -> Job:
     return out
 
 
-def searcher_and_scheduler(job: Job, space: SearchSpace):
-    """The study's searcher (baseline enqueued first) and scheduler (baseline protected), as a study builds them."""
-    from attnsearch import search
-
-    public = getattr(search, "searcher_and_scheduler", None)
-    if public is not None:
-        return public(job, space)
-    return _searcher_and_scheduler_shim(job, space)
-
-
-def _searcher_and_scheduler_shim(job: Job, space: SearchSpace):
-    # NOTE: temporary, until attnsearch.search.searcher_and_scheduler lands; builds exactly what run_study builds.
-    from ray.tune.schedulers import FIFOScheduler
-
-    from attnsearch.search import MOASHAScheduler, StudySearcher, asha_metric, make_sampler
-    from attnsearch.search._schedulers import BaselineASHAScheduler
-    from attnsearch.space import baseline_point, define_by_run
-
-    objectives = dict(job.search.objectives)
-    baseline = [baseline_point(job, space)] if job.search.baseline else []
-    searcher = StudySearcher(space=define_by_run(space), metric=list(objectives), mode=list(objectives.values()),
-                             sampler=make_sampler(job.search.sampler, job.search.seed),
-                             points_to_evaluate=baseline or None, max_t=job.train.epochs)
-    if job.scheduler_type == "asha":
-        metric, mode = asha_metric(job)
-        scheduler = BaselineASHAScheduler(time_attr="epoch", metric=metric, mode=mode, max_t=job.train.epochs,
-                                          grace_period=job.scheduler.grace_period,
-                                          reduction_factor=job.scheduler.reduction_factor, protected=baseline)
-    elif job.scheduler_type == "moasha":
-        scheduler = MOASHAScheduler(objectives, max_t=job.train.epochs, grace_period=job.scheduler.grace_period,
-                                    reduction_factor=job.scheduler.reduction_factor, time_attr="epoch",
-                                    protected=baseline)
-    else:
-        scheduler = FIFOScheduler()
-    return searcher, scheduler
-
-
 # ------------------------------------------------------------------------------------------------- the replay
 
 
@@ -368,6 +331,7 @@ def replay(table: Table, job: Job, space: SearchSpace, *, method: str, seed: int
     from ray.tune.schedulers import TrialScheduler
     from ray.tune.search import ConcurrencyLimiter
 
+    from attnsearch.search import searcher_and_scheduler
     from attnsearch.space import feasible
 
     if workers < 1:
@@ -382,7 +346,7 @@ def replay(table: Table, job: Job, space: SearchSpace, *, method: str, seed: int
     calls0, exact0 = mapper.calls, mapper.exact
     np.random.seed(seed)  # Ray's ASHA draws its bracket from numpy's global generator
     _quiet()
-    searcher, scheduler = searcher_and_scheduler(job, space)
+    searcher, scheduler = searcher_and_scheduler(job, space)  # exactly what a study of this job runs
     search_alg = ConcurrencyLimiter(searcher, max_concurrent=workers)
     controller = _Controller()
     horizon = budget_s / workers
