@@ -158,6 +158,11 @@ class DataConfig(_Strict):
             raise ValueError(f"root: dataset {self.dataset!r} needs data.root (the folder that holds it)")
         return self
 
+    @property
+    def resolved_image_size(self) -> int:
+        """The side of the (square) images a trial trains on: ``image_size``, else the dataset's native size."""
+        return self.image_size or NATIVE_IMAGE_SIZE[self.dataset]
+
 
 def _auto_bool(value: Any) -> Any:
     if value == "auto" or isinstance(value, bool):
@@ -331,8 +336,13 @@ class Job(_Strict):
 
     @property
     def max_t(self) -> int:
-        """ASHA's time budget in epochs (= ``train.epochs``)."""
+        """A trial's full budget in epochs (``train.epochs``): the schedulers' ``max_t``, what ``completed`` means."""
         return self.train.epochs
+
+    @property
+    def experiment(self) -> str:
+        """The MLflow experiment of the job's studies: ``tracking.experiment``, else the job's name."""
+        return self.tracking.experiment or self.name
 
     @property
     def source(self) -> Path | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from attnsearch.config import ConfigError, Job, TrainConfig, load_job
+from attnsearch.config import NATIVE_IMAGE_SIZE, ConfigError, DataConfig, Job, TrainConfig, load_job
 from attnsearch.space import load_space
 from attnsearch.uris import resolve_tracking_uri
 
@@ -238,3 +238,14 @@ def test_auto_scheduler_is_moasha_for_several_objectives_and_asha_for_one(jobdir
     assert load_job(path, ["scheduler.type=none", "search.objectives={flops: min}"]).scheduler_type == "none"
     with pytest.raises(ConfigError, match="scheduler.type 'moasha' stops trials on a per-epoch metric"):
         load_job(path, ["search.objectives={flops: min, params: min}"])
+
+
+def test_derived_values_have_one_home():
+    job = Job.model_validate({"name": "j", "backbone": {"name": "resnet20"}, "search": {"space": "s.yaml"},
+                              "train": {"epochs": 7}})
+    assert job.experiment == "j" and job.max_t == 7
+    named = job.model_copy(update={"tracking": job.tracking.model_copy(update={"experiment": "exp"})})
+    assert named.experiment == "exp"
+    assert DataConfig(dataset="fake").resolved_image_size == NATIVE_IMAGE_SIZE["fake"] == 32
+    assert DataConfig(dataset="digits").resolved_image_size == 16
+    assert DataConfig(dataset="digits", image_size=24).resolved_image_size == 24

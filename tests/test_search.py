@@ -50,7 +50,7 @@ def e2e_job(tmp_path: Path, *, num_samples: int, **sections) -> Path:
 
 def child_runs(job):
     client = mlflow.MlflowClient(job.tracking.uri)
-    exp = client.get_experiment_by_name(job.tracking.experiment or job.name)
+    exp = client.get_experiment_by_name(job.experiment)
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]

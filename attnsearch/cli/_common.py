@@ -63,7 +63,7 @@ def experiment_and_uri(target: str, args, overrides) -> tuple[str, str, "Job | N
 
     if target.endswith((".yaml", ".yml")) or Path(target).is_file():
         job = load_job(target, overrides=overrides or ())
-        return job.tracking.experiment or job.name, args.tracking_uri or job.tracking.uri, job
+        return job.experiment, args.tracking_uri or job.tracking.uri, job
     with user_argument("--tracking-uri"):
         return target, resolve_tracking_uri(args.tracking_uri or "sqlite:///mlflow.db"), None
 

@@ -60,7 +60,7 @@ def cmd_ui(args) -> int:
     existing_store(job.tracking.uri)
     experiment_id = None
     client = MlflowClient(job.tracking.uri)
-    exp = client.get_experiment_by_name(job.tracking.experiment or job.name)
+    exp = client.get_experiment_by_name(job.experiment)
     if exp is not None:
         experiment_id = exp.experiment_id
         if exp.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND_MODELS:  # a store from before attnsearch tagged it

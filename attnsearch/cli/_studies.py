@@ -31,7 +31,7 @@ def cmd_run(args) -> int:
         return 0
     from .. import pareto
 
-    experiment = job.tracking.experiment or job.name
+    experiment = job.experiment
     try:  # the study's own front (the objectives its parent run records, full budget): the study's answer
         front, hv = pareto.analyze(
             job.tracking.uri, experiment, parent_run_id=outcome.parent_run_id, budget="full", record=True,
@@ -79,10 +79,10 @@ def cmd_sync(args) -> int:
         raise ConfigError(f"sync: job {job.name!r} has no study under {job.ray.storage_path}")
     from .. import pareto
 
-    experiment, objectives = job.tracking.experiment or job.name, dict(job.search.objectives)
+    experiment, objectives = job.experiment, dict(job.search.objectives)
     for study_id in studies:
         counts = sync_study(study_path(job, study_id), job.tracking.uri, experiment, study_id,
-                            max_t=job.train.epochs, objectives=objectives)
+                            max_t=job.max_t, objectives=objectives)
         print(f"{study_id}: {counts}")
         try:  # the study's own front, as its end records it; nothing before a trial has completed
             recorded = pareto.record_study(job.tracking.uri, experiment, study_id, definition=objectives)
@@ -118,7 +118,7 @@ def cmd_retrain(args) -> int:
     if args.out:
         export_front(table, args.out)
         print(f"wrote {args.out}")
-    experiment = job.tracking.experiment or job.name
+    experiment = job.experiment
     print(f"MLflow: experiment {experiment!r}, retrain parent run {outcome.parent_run_id} ({outcome.retrain_id})")
     if not (table["n"] > 0).any():
         print("attnsearch retrain: no run completed; the reasons are in MLflow (tag attnsearch.reason) and under "

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
-from ..config import NATIVE_IMAGE_SIZE, ConfigError, DataConfig
+from ..config import ConfigError, DataConfig
 
 # Per-channel statistics of the training sets (computed over all training pixels; the same values appear in
 # e.g. kuangliu/pytorch-cifar#19 for CIFAR-10 and weiaicunzai/pytorch-cifar100 for CIFAR-100).
@@ -191,7 +191,7 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 def _digits(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
     images, labels = _digits_arrays()
-    size = cfg.image_size or NATIVE_IMAGE_SIZE["digits"]
+    size = cfg.resolved_image_size
     x = torch.from_numpy(images)[:, None]
     if size != x.shape[-1]:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
@@ -228,7 +228,7 @@ def _cifar(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
     meta = _CIFAR[cfg.dataset]
     folder = str(Path(cfg.root) / meta["folder"])
     classes = list(_unpickle(Path(folder) / meta["meta"][0])[meta["meta"][1]])
-    size = cfg.image_size or NATIVE_IMAGE_SIZE[cfg.dataset]
+    size = cfg.resolved_image_size
     info = DatasetInfo(meta["num_classes"], size, 3, meta["mean"], meta["std"])
     x_train, y_train = _cifar_split(folder, tuple(meta["train"]), meta["labels"])
     x_val, y_val = _cifar_split(folder, tuple(meta["test"]), meta["labels"])
@@ -284,7 +284,7 @@ def _folder_layout(cfg: DataConfig) -> tuple[Path, Path | None]:
 def _folder(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
     from torchvision.datasets import ImageFolder
 
-    size = cfg.image_size or NATIVE_IMAGE_SIZE[cfg.dataset]
+    size = cfg.resolved_image_size
     train_tf = _image_transforms(size, cfg.augment, IMAGENET_MEAN, IMAGENET_STD)
     val_tf = _image_transforms(size, False, IMAGENET_MEAN, IMAGENET_STD)
     train_dir, val_dir = _folder_layout(cfg)
@@ -307,7 +307,7 @@ def _folder(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
 
 
 def _fake(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
-    size = cfg.image_size or NATIVE_IMAGE_SIZE["fake"]
+    size = cfg.resolved_image_size
     train = FakePatterns(cfg.fake_train_size, cfg.fake_num_classes, size, seed=1)
     val = FakePatterns(cfg.fake_val_size, cfg.fake_num_classes, size, seed=2)
     return train, val, DatasetInfo(cfg.fake_num_classes, size)
@@ -324,7 +324,7 @@ def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
 
 def dataset_info(cfg: DataConfig) -> DatasetInfo:
     """Class count, image size and normalisation without loading any images (cheap, driver side)."""
-    size = cfg.image_size or NATIVE_IMAGE_SIZE[cfg.dataset]
+    size = cfg.resolved_image_size
     if cfg.dataset == "digits":
         return DatasetInfo(10, size)
     if cfg.dataset in _CIFAR:

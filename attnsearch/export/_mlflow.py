@@ -188,7 +188,7 @@ def log_study_models(
     done = ModelsLogged(mode)
     if mode == "none":
         return done
-    uri, experiment = job.tracking.uri, job.tracking.experiment or job.name
+    uri, experiment = job.tracking.uri, job.experiment
     name = registered_name(experiment)
     done.registered_as = name
     with _tracking(uri):

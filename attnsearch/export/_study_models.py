@@ -116,7 +116,7 @@ def export_study(
     recorded front (``front``; the newest study unless ``study``) or for the trial ``run_id``. Weights and spec
     come from the trial's MLflow model when it has one, else from its final Ray checkpoint under
     ``storage_path`` (default the job's ``ray.storage_path``)."""
-    uri, experiment = job.tracking.uri, job.tracking.experiment or job.name
+    uri, experiment = job.tracking.uri, job.experiment
     storage = (storage_path or job.ray.storage_path).rstrip("/")
     with fast_http():
         client = MlflowClient(uri)

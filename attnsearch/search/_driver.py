@@ -149,7 +149,7 @@ def searcher_and_scheduler(job: Job, space: SearchSpace) -> tuple[StudySearcher,
         mode=list(objectives.values()),
         sampler=make_sampler(job.search.sampler, job.search.seed),
         points_to_evaluate=baseline or None,  # the baseline is enqueued first
-        max_t=job.train.epochs,
+        max_t=job.max_t,
     )
     return searcher, _scheduler(job, baseline)
 
@@ -158,13 +158,13 @@ def _scheduler(job: Job, protected: list[dict[str, Any]]) -> TrialScheduler:
     if job.scheduler_type == "asha":
         metric, mode = asha_metric(job)
         return BaselineASHAScheduler(
-            time_attr="epoch", metric=metric, mode=mode, max_t=job.train.epochs,
+            time_attr="epoch", metric=metric, mode=mode, max_t=job.max_t,
             grace_period=job.scheduler.grace_period, reduction_factor=job.scheduler.reduction_factor,
             protected=protected,
         )
     if job.scheduler_type == "moasha":
         return MOASHAScheduler(
-            dict(job.search.objectives), max_t=job.train.epochs, grace_period=job.scheduler.grace_period,
+            dict(job.search.objectives), max_t=job.max_t, grace_period=job.scheduler.grace_period,
             reduction_factor=job.scheduler.reduction_factor, time_attr="epoch", protected=protected,
         )
     return FIFOScheduler()

@@ -278,8 +278,8 @@ def retrain(job: Job, *, study: str | None = None, front: bool = True, runs: Seq
     if seeds < 1:
         raise UsageError(f"--seeds {seeds}: give at least 1 seed (2 or more for a standard deviation and an interval)")
     job = _with_epochs(job, epochs)
-    epochs = job.train.epochs
-    experiment, uri = job.tracking.experiment or job.name, job.tracking.uri
+    epochs = job.max_t
+    experiment, uri = job.experiment, job.tracking.uri
     if study == ALL_STUDIES:
         raise UsageError("--study all: a retrain re-evaluates the front of one study; name it (an id or latest)")
     db = sqlite_path(uri)

@@ -95,12 +95,12 @@ def run_study(job: Job, *, resume: bool | str = False, job_text: str | None = No
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         restored_config = _restored_run_config(tuner)
 
-    experiment = job.tracking.experiment or job.name
+    experiment = job.experiment
     parent_run_id = tracking.start_study(
         job.tracking.uri, experiment, study_id, job_text or job.to_yaml(), space_to_dict(space), resume=restoring,
-        objectives=dict(job.search.objectives), max_t=job.train.epochs,
+        objectives=dict(job.search.objectives), max_t=job.max_t,
     )
-    max_t = job.train.epochs
+    max_t = job.max_t
     objectives = dict(job.search.objectives)
     progress = StudyProgress(job.search.num_samples, max_t, objectives)
     callbacks = [

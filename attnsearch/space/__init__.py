@@ -36,7 +36,6 @@ from ._parse import (
     FIXED_TRAIN_FIELDS,
     NAM_PENALTY,
     backbone_stages,
-    input_size,
     load_space,
     parse_space,
 )
@@ -61,7 +60,6 @@ __all__ = [
     "NAM_PENALTY",
     "stages_key",
     "parse_stages_key",
-    "input_size",
     "backbone_stages",
     "load_space",
     "parse_space",

@@ -22,7 +22,7 @@ from ..data import dataset_info
 from ..flops import count
 from ..models import build_model, check_attention_placement
 from ._model import SearchSpace, parse_stages_key
-from ._parse import NAM_PENALTY, input_size
+from ._parse import NAM_PENALTY
 
 if TYPE_CHECKING:
     from torch import nn
@@ -174,7 +174,7 @@ def cheapest(job: Job, space: SearchSpace) -> dict[str, Candidate] | None:
     if not limits or info.num_classes < 1:  # no class folders: check_data names the data root
         return None
     width = float(_smallest(space, "backbone.width_mult", job.backbone.width_mult))
-    size = int(_smallest(space, "data.image_size", input_size(job)))
+    size = int(_smallest(space, "data.image_size", job.data.resolved_image_size))
     count_one = _Counter(job, width, size, info.num_classes)
     bare = count_one(None)
     assert bare is not None  # the backbone without attention always builds

@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..attention import ATTENTION_TYPES, get_spec
 from ..config import (
-    NATIVE_IMAGE_SIZE,
     ConfigError,
     Job,
     TrainConfig,
@@ -28,7 +27,7 @@ from ..models import (
 )
 from ._model import Param, SearchSpace, parse_stages_key, stages_key
 
-__all__ = ["load_space", "parse_space", "input_size", "backbone_stages", "NAM_PENALTY", "FIXED_TRAIN_FIELDS",
+__all__ = ["load_space", "parse_space", "backbone_stages", "NAM_PENALTY", "FIXED_TRAIN_FIELDS",
            "SCALE_FIELDS"]
 
 FIXED_TRAIN_FIELDS = ("epochs",)
@@ -257,13 +256,8 @@ def _parse_choice_list(
     return Param.choice(name, values)
 
 
-def input_size(job: Job) -> int:
-    """The image size the models of this job see (``data.image_size`` or the dataset's native size)."""
-    return job.data.image_size or NATIVE_IMAGE_SIZE[job.data.dataset]
-
-
 def backbone_stages(job: Job) -> tuple[int, ...]:
-    sites = list_sites(job.backbone.name, input_size=input_size(job), width_mult=job.backbone.width_mult)
+    sites = list_sites(job.backbone.name, input_size=job.data.resolved_image_size, width_mult=job.backbone.width_mult)
     return tuple(sorted({s.stage for s in sites}))
 
 

@@ -13,7 +13,7 @@ from ..config import Job, TrainConfig, format_validation_error, parse_yaml
 from ..models import check_attention_placement, list_sites
 from ._cost import check_constraints, knob_combos, placements
 from ._model import Param, SearchSpace, parse_stages_key, stages_key
-from ._parse import NAM_PENALTY, SCALE_FIELDS, _Problems, input_size, load_space
+from ._parse import NAM_PENALTY, SCALE_FIELDS, _Problems, load_space
 
 if TYPE_CHECKING:
     import optuna
@@ -79,7 +79,7 @@ def baseline_point(job: Job, space: SearchSpace) -> dict[str, Any]:
     """
     point: dict[str, Any] = {space.types.name: "none"}
     defaults = {**{f"train.{name}": getattr(job.train, name) for name in space.train},
-                "backbone.width_mult": job.backbone.width_mult, "data.image_size": input_size(job)}
+                "backbone.width_mult": job.backbone.width_mult, "data.image_size": job.data.resolved_image_size}
     for param in [*space.scale.values(), *space.train.values()]:
         value = defaults[param.name]
         if not param.is_const and param.contains(value):
@@ -153,7 +153,7 @@ def materialize(job: Job, params: Mapping[str, Any]) -> TrialSettings:
     return TrialSettings(
         attention=attention, train=train, nam_penalty=nam_penalty,
         width_mult=float(scale.get("backbone.width_mult", job.backbone.width_mult)),
-        image_size=int(scale.get("data.image_size", input_size(job))),
+        image_size=int(scale.get("data.image_size", job.data.resolved_image_size)),
     )
 
 
@@ -168,7 +168,7 @@ def _scales(job: Job, space: SearchSpace) -> list[tuple[float, int]]:
     """Every (width multiplier, image size) a trial may get: both ends of a range, every choice."""
     widths = space.scale["backbone.width_mult"].values() if "backbone.width_mult" in space.scale else [
         job.backbone.width_mult]
-    sizes = space.scale["data.image_size"].values() if "data.image_size" in space.scale else [input_size(job)]
+    sizes = space.scale["data.image_size"].values() if "data.image_size" in space.scale else [job.data.resolved_image_size]
     return [(float(w), int(s)) for w in widths for s in sizes]
 
 
