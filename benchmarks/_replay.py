@@ -54,6 +54,7 @@ __all__ = [
 
 CURVE_COLUMNS = ("val_acc", "val_loss", "train_loss", "epoch_time_s")  # per epoch, besides ``epoch``
 CONFIG_ID = "config_id"
+ID_ALIASES = ("trial_id", "run_id")  # read as config_id when the table has no config_id column
 # method -> (search.sampler, scheduler.type); "+asha" is the baseline-protecting ASHA on the first per-epoch objective
 METHODS: dict[str, tuple[str, str]] = {
     "random": ("random", "none"),
@@ -146,6 +147,10 @@ def read_table(source: str | Path | pd.DataFrame, space: SearchSpace, *, max_t: 
         if not path.is_file():
             raise ConfigError(f"--table {path}: no such file; give a CSV or Parquet learning-curve table")
         df = pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path)
+    if CONFIG_ID not in df.columns:  # a table read back from MLflow/Ray names its configurations by run or trial
+        alias = next((c for c in ID_ALIASES if c in df.columns), None)
+        if alias is not None:
+            df = df.rename(columns={alias: CONFIG_ID})
     needed = [CONFIG_ID, "epoch", *CURVE_COLUMNS]
     missing = [c for c in needed if c not in df.columns]
     if missing:

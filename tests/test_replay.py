@@ -105,6 +105,8 @@ def test_read_table_refuses_a_table_without_the_space_columns(setup):
     df = R.synthetic_table(job, space, configs=5).drop(columns=["train.lr"])
     with pytest.raises(R.ConfigError, match=r"train\.lr"):
         R.read_table(df, space)
+    renamed = R.read_table(R.synthetic_table(job, space, configs=5).rename(columns={"config_id": "run_id"}), space)
+    assert len(renamed) == 5 and renamed.max_t == job.train.epochs
     with pytest.raises(R.ConfigError, match="epoch_time_s"):
         R.read_table(R.synthetic_table(job, space, configs=5).drop(columns=["epoch_time_s"]), space)
 
