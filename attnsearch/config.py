@@ -216,6 +216,9 @@ class TrainConfig(_Strict):
         return self
 
 
+OPTUNA_RDB_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")  # SQLAlchemy's, as Optuna's RDBStorage
+
+
 class SearchConfig(_Strict):
     space: str | dict[str, Any]  # a search-space YAML file or the space inline
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
@@ -227,6 +230,9 @@ class SearchConfig(_Strict):
     baseline: bool = True
     # end the study once its trials have trained this many epochs in total (null: after num_samples trials)
     budget_epochs: int | None = Field(None, ge=1)
+    # where the study's Optuna record lives: an RDB URL (sqlite:///..., postgresql://...), or a journal file path;
+    # null: optuna.journal in the study's Ray folder (attnsearch.search.optuna_storage_url)
+    optuna_storage: str | None = None
 
     @field_validator("space", mode="before")
     @classmethod
@@ -234,6 +240,19 @@ class SearchConfig(_Strict):
         if isinstance(value, dict) or (isinstance(value, str) and value.strip()):
             return value
         raise ValueError(f"must be a search-space file path or an inline mapping (got {value!r})")
+
+    @field_validator("optuna_storage")
+    @classmethod
+    def _optuna_storage(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        scheme = value.split("://", 1)[0].split("+", 1)[0] if "://" in value else None
+        if not value or (scheme is not None and scheme not in OPTUNA_RDB_SCHEMES):
+            raise ValueError(f"must be an RDB URL Optuna's RDBStorage takes ({', '.join(OPTUNA_RDB_SCHEMES)}: "
+                             "e.g. postgresql://user@db/optuna, sqlite:///optuna.db) or a journal file path, or "
+                             f"null for a journal file in the study's Ray folder (got {value!r})")
+        return value
 
     @field_validator("objectives")
     @classmethod
@@ -493,6 +512,13 @@ def _resolve_paths(job: Job, job_dir: Path | None) -> None:
         job.tracking.uri = resolve_tracking_uri(job.tracking.uri)
     except ValueError as exc:
         raise ConfigError(f"{job.label}: tracking.uri: {exc}") from None
+    storage = job.search.optuna_storage
+    if storage and (storage.startswith("sqlite:///") or "://" not in storage):  # local: absolute on the driver
+        try:
+            job.search.optuna_storage = (resolve_tracking_uri(storage) if "://" in storage
+                                         else str(Path(storage).expanduser().resolve()))
+        except ValueError as exc:
+            raise ConfigError(f"{job.label}: search.optuna_storage: {exc}") from None
 
 
 def validate_job(raw: Any, source: str = "<job>", job_dir: Path | None = None) -> Job:

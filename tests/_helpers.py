@@ -61,6 +61,29 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def processes() -> list[tuple[int, str, int, int]]:
+    """(pid, state, parent pid, process group) of every process (/proc/PID/stat)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out.append((int(stat.parent.name), fields[0], int(fields[1]), int(fields[2])))
+    return out
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` lives. Zombies do not count: an orphan's exit status waits for PID 1,
+    which in a container may never reap it."""
+    return any(group == pgid and state != "Z" for _, state, _, group in processes())
+
+
+def children_of(pid: int) -> list[int]:
+    """The live child processes of ``pid``."""
+    return [p for p, state, parent, _ in processes() if parent == pid and state != "Z"]
+
+
 def remove_dir(path: Path) -> None:
     """rmtree that outlasts Ray processes still writing their last log lines while they exit."""
     for _ in range(10):
@@ -92,3 +115,47 @@ def load_benchmark(name: str) -> Any:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def assert_optuna_record_matches_mlflow(job: Any, study_id: str) -> dict[str, int]:
+    """The study's Optuna record holds each of its MLflow child runs once (matched by Ray trial id), in the state
+    and with the values MLflow has: completed -> COMPLETE with the objectives' last values and the constraint
+    met, early_stopped -> PRUNED, infeasible -> COMPLETE with the constraint violated, failed -> FAIL. Any other
+    Optuna trial is one the record marked lost. Returns the count of MLflow states."""
+    import math
+
+    import mlflow
+    from optuna.trial import TrialState
+
+    from attnsearch.contract import STATE_KEY
+    from attnsearch.search import INFEASIBLE_CONSTRAINT, TRIAL_ID_ATTR, load_optuna_study, optuna_storage_url
+
+    study = load_optuna_study(optuna_storage_url(job, study_id), study_id)
+    trials = study.get_trials()
+    by_id: dict[str, Any] = {}
+    for trial in trials:
+        tid = trial.user_attrs.get(TRIAL_ID_ATTR)
+        assert tid not in by_id, f"Ray trial {tid} twice in the Optuna record"
+        by_id[tid] = trial
+    client = mlflow.MlflowClient(job.tracking.uri)
+    exp = client.get_experiment_by_name(job.tracking.experiment or job.name)
+    runs = [r for r in client.search_runs([exp.experiment_id], "tags.`attnsearch.role` = 'trial'", max_results=1000)
+            if r.data.tags.get("attnsearch.study") == study_id]
+    expected = {"completed": TrialState.COMPLETE, "early_stopped": TrialState.PRUNED,
+                "infeasible": TrialState.COMPLETE, "failed": TrialState.FAIL}
+    counts: dict[str, int] = {}
+    for run in runs:
+        state, tid = run.data.tags["attnsearch.state"], run.data.tags["attnsearch.trial_id"]
+        counts[state] = counts.get(state, 0) + 1
+        trial = by_id.pop(tid, None)
+        assert trial is not None, f"MLflow run {run.info.run_name} (trial {tid}) is not in the Optuna record"
+        assert (trial.state, trial.user_attrs.get(STATE_KEY)) == (expected[state], state), (tid, trial)
+        if state == "completed":
+            assert trial.constraints[INFEASIBLE_CONSTRAINT] == 0.0
+            for name, value in zip(study.metric_names, trial.values):
+                assert math.isclose(value, run.data.metrics[name], rel_tol=1e-6), (tid, name)
+        if state == "infeasible":
+            assert trial.constraints[INFEASIBLE_CONSTRAINT] > 0
+    for tid, trial in by_id.items():
+        assert trial.state == TrialState.FAIL and trial.user_attrs.get("attnsearch_reason", "").startswith("lost"), tid
+    return counts

@@ -63,12 +63,12 @@ def ray_driver(monkeypatch):
 #
 # `slow` marks exactly the tests that start Ray or a server. A test not marked slow fails (an error at its
 # teardown) when, from its setup to its teardown, this process called ray.init (tune.Tuner.fit and Ray's
-# auto-init call it too), or spawned `ray start`, `mlflow server|ui` or `attnsearch run|ui`, or Ray came up, or
+# auto-init call it too), or spawned `ray start`, `mlflow server|ui` or `attnsearch run|ui|dashboard`, or Ray came up, or
 # the test uses the local_ray fixture. The reverse (a slow test that starts nothing) is checked by hand.
 
 _STARTS: list[str] = []  # what this process started, in order: "ray.init(...)", "`ray start ...`"
 _SERVER_COMMANDS = {("ray", "start"), ("mlflow", "server"), ("mlflow", "ui"), ("attnsearch", "run"),
-                    ("attnsearch", "ui")}
+                    ("attnsearch", "ui"), ("attnsearch", "dashboard")}
 _BEFORE = pytest.StashKey[tuple[int, bool]]()
 _UNDO: list = []
 

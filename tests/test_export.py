@@ -26,7 +26,7 @@ import mlflow
 import pytest
 import torch
 import yaml
-from _helpers import BIN, free_port, write_job
+from _helpers import BIN, children_of, free_port, group_alive, write_job
 from mlflow import MlflowClient
 
 from attnsearch import cli
@@ -430,27 +430,6 @@ def test_ui_url_opens_the_front_in_model_training_mode():
     assert "orderByAsc=true" in T.ui_url("::", 1, "1", {"latency_ms": "min"}).replace("[::1]", "")
 
 
-def _processes() -> list[tuple[int, str, int, int]]:
-    """(pid, state, parent pid, process group) of every process (/proc/PID/stat)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out.append((int(stat.parent.name), fields[0], int(fields[1]), int(fields[2])))
-    return out
-
-
-def _group_alive(pgid: int) -> bool:
-    # zombies do not count: an orphan's exit status waits for PID 1, which in a container may never reap it
-    return any(group == pgid and state != "Z" for _, state, _, group in _processes())
-
-
-def _children(pid: int) -> list[int]:
-    return [p for p, state, parent, _ in _processes() if parent == pid and state != "Z"]
-
-
 class UI:
     """`attnsearch ui JOB --port P` as a user runs it; its printed URL; stopped with SIGTERM."""
 
@@ -470,7 +449,7 @@ class UI:
         raise AssertionError(f"attnsearch ui did not serve in {timeout_s} s:\n{self.log.read_text()[-3000:]}")
 
     def server_group(self) -> int:
-        children = _children(self.proc.pid)
+        children = children_of(self.proc.pid)
         assert children, "attnsearch ui started no server"
         return os.getpgid(children[0])
 
@@ -508,7 +487,7 @@ def test_ctrl_c_on_serve_ui_stops_the_group_even_processes_that_ignore_sigterm(t
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0 and "MLflow UI: http://x/" in out and "stopping the MLflow UI" in err
         assert T.STOP_GRACE_S <= time.monotonic() - started < T.STOP_GRACE_S + 10  # SIGTERM, then SIGKILL
-        assert not _group_alive(group)
+        assert not group_alive(group)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -525,9 +504,9 @@ def test_sigterm_on_attnsearch_ui_stops_the_whole_server_group(study, tmp_path):
         assert ui.stop() == 0
         print(f"attnsearch ui stopped {time.monotonic() - started:.1f} s after SIGTERM")
         deadline = time.monotonic() + 15
-        while _group_alive(group) and time.monotonic() < deadline:
+        while group_alive(group) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not _group_alive(group), "MLflow server processes outlived attnsearch ui"
+        assert not group_alive(group), "MLflow server processes outlived attnsearch ui"
         assert not T.wait_for_port("127.0.0.1", ui.port, 1.0), "the port is still held"
     finally:
         if ui.proc.poll() is None:

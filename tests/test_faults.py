@@ -30,7 +30,14 @@ import pytest
 ray = pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
 
-from _helpers import BIN, free_port, ray_env, remove_dir, write_job  # noqa: E402
+from _helpers import (  # noqa: E402
+    BIN,
+    assert_optuna_record_matches_mlflow,
+    free_port,
+    ray_env,
+    remove_dir,
+    write_job,
+)
 
 from attnsearch.config import load_job  # noqa: E402
 from attnsearch.search import run_study  # noqa: E402
@@ -468,6 +475,10 @@ def test_killed_driver_resumes_without_rerunning_or_losing_trials(tmp_path):
     for tid, history in finished.items():
         assert steps(uri, runs[tid].info.run_id) == history == list(range(1, epochs + 1))
     assert all(r.data.tags["attnsearch.state"] == "completed" for r in runs.values())
+    # the Optuna record (kept by the killed driver, then the resumed one) holds each trial once, as MLflow does
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)  # ray.storage_path is relative to where the drivers ran
+        assert assert_optuna_record_matches_mlflow(load_job(job_path), studies[0].name) == {"completed": samples}
 
 
 def _unusable_device() -> str | None:

@@ -141,3 +141,43 @@ def test_plots_are_pngs(space, tmp_path):
                             "parallel_coordinate_flops.png", "hypervolume_trials.png", "hypervolume_time.png"}
     for path in written.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_importances_and_plots_on_the_parent_run(space, tmp_path):
+    import matplotlib.image
+    from mlflow import MlflowClient
+
+    from attnsearch import tracking
+    from attnsearch.contract import TAG_IMPORTANCE_RELIABLE, TAG_NOTE
+    from attnsearch.importance import record_importances
+    from attnsearch.pareto import select_study
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    parent = tracking.start_study(uri, "planted", "planted-1", "name: planted\n", {}, False,
+                                  objectives={"val_acc": "max", "flops": "min"}, max_t=2)
+    client = MlflowClient(uri)
+    # a front's section written first (as the study's end does): the importances add theirs beside it
+    client.set_tag(parent, "mlflow.note.content", "**Pareto front** of study `planted-1`")
+    study = select_study(client, "planted", "planted-1")
+    imp = record_importances(client, study, planted_study(space, 40, stopped=4), evaluator="mdi")
+
+    run = client.get_run(parent)
+    assert run.data.metrics["importance.val_acc.train.lr"] == imp.overall["val_acc"]["train.lr"]
+    assert max(imp.overall["flops"], key=imp.overall["flops"].get) == "backbone.width_mult"
+    assert run.data.tags[TAG_IMPORTANCE_RELIABLE] == "true"
+    plots = sorted(a.path for a in client.list_artifacts(parent, "plots"))
+    assert plots == ["plots/hypervolume_time.png", "plots/hypervolume_trials.png",
+                     "plots/parallel_coordinate_flops.png", "plots/parallel_coordinate_val_acc.png",
+                     "plots/param_importances.png"]
+    for path in plots:  # each opens as a PNG image
+        image = matplotlib.image.imread(client.download_artifacts(parent, path, str(tmp_path)))
+        assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 300
+    assert [a.path for a in client.list_artifacts(parent, "importance")] == ["importance/importance.csv"]
+    note = run.data.tags[TAG_NOTE]
+    assert note.startswith("**Pareto front** of study `planted-1`")  # the front's section is kept
+    assert "**Parameter importances**" in note and "| train.lr |" in note
+    assert f"get-artifact?path=plots/param_importances.png&run_uuid={parent}" in note
+    # recording the same again writes no metric point twice
+    study = select_study(client, "planted", "planted-1")
+    record_importances(client, study, planted_study(space, 40, stopped=4), evaluator="mdi")
+    assert len(client.get_metric_history(parent, "importance.val_acc.train.lr")) == 1

@@ -9,7 +9,7 @@ import pytest
 ray = pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
 
-from _helpers import write_job  # noqa: E402
+from _helpers import assert_optuna_record_matches_mlflow, write_job  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from attnsearch.config import ConfigError, load_job  # noqa: E402
@@ -181,6 +181,9 @@ def test_search_states_optuna_mlflow_and_resume(tmp_path, local_ray):
         if c.data.tags["attnsearch.state"] == "completed":
             assert c.data.metrics["epoch"] == 3 and 0.0 <= c.data.metrics["val_acc"] <= 1.0
             assert c.data.tags["attnsearch.budget"] == "3"
+    # the study's Optuna record (a journal file in its Ray folder) holds the same trials, once each
+    assert Path(outcome.optuna_storage) == Path(outcome.experiment_path) / "optuna.journal"
+    assert sum(assert_optuna_record_matches_mlflow(job, outcome.study_id).values()) == 8
 
     # Resuming a finished study re-runs nothing and duplicates no run.
     assert existing_studies(job) == [outcome.study_id]
@@ -192,6 +195,7 @@ def test_search_states_optuna_mlflow_and_resume(tmp_path, local_ray):
     assert len(parents) == 1 and len(children) == 8
     ids = [c.data.tags["attnsearch.trial_id"] for c in children]
     assert len(ids) == len(set(ids))
+    assert sum(assert_optuna_record_matches_mlflow(job, outcome.study_id).values()) == 8
 
 
 def test_resource_check_refuses_missing_gpus_unless_autoscaling(monkeypatch, tmp_path):

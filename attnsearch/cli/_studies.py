@@ -1,5 +1,5 @@
-"""The study commands: ``run`` (a study, then its Pareto front and models), ``sync`` (MLflow catches up with the
-Ray experiment directory) and ``retrain`` (a study's front and baseline with several seeds)."""
+"""The study commands: ``run`` (a study, then its Pareto front, models, importances and plots), ``sync`` (MLflow
+and the Optuna record catch up with the Ray experiment directory) and ``retrain`` (a study's front and baseline with several seeds)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..contract import ConfigError, UsageError
 from ._common import add_job_argument, add_resume_options, load_checked_job
+from ._optuna import reconcile_optuna, record_importances
 
 if TYPE_CHECKING:
     from ..config import Job
@@ -43,6 +44,7 @@ def cmd_run(args) -> int:
     print(f"\nPareto front ({len(front)} trials, hypervolume {hv:.6g}):")
     print(pareto.format_front(front))
     _log_models(job, outcome.parent_run_id, outcome.experiment_path)
+    record_importances(job, outcome.study_id, outcome.parent_run_id)
     print(f"\nMLflow: experiment {experiment!r} at {job.tracking.uri}; parent run {outcome.parent_run_id}")
     return 0
 
@@ -84,6 +86,7 @@ def cmd_sync(args) -> int:
         counts = sync_study(study_path(job, study_id), job.tracking.uri, experiment, study_id,
                             max_t=job.max_t, objectives=objectives)
         print(f"{study_id}: {counts}")
+        reconcile_optuna(job, study_id, prefix=f"{study_id}: ")
         try:  # the study's own front, as its end records it; nothing before a trial has completed
             recorded = pareto.record_study(job.tracking.uri, experiment, study_id, definition=objectives)
         except Exception as exc:  # the synced trials are in MLflow either way
@@ -95,6 +98,7 @@ def cmd_sync(args) -> int:
             front, hv = recorded
             print(f"{study_id}: Pareto front recorded ({len(front)} trials, hypervolume {hv:.6g})")
             _log_models(job, front.attrs["parent_run_id"], study_path(job, study_id), prefix=f"{study_id}: ")
+            record_importances(job, study_id, front.attrs["parent_run_id"], prefix=f"{study_id}: ")
     return 0
 
 

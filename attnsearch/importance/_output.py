@@ -43,8 +43,9 @@ def _counts(imp: Importances) -> str:
             f"{c.get('infeasible', 0)} infeasible, {c.get('failed', 0)} failed, {c.get('running', 0)} running)")
 
 
-def format_importances(imp: Importances, study: str = "") -> str:
-    """The terminal report: the whole study's knobs per objective, then each type's own among its trials."""
+def format_importances(imp: Importances, study: str = "", by_type: bool = True) -> str:
+    """The terminal report: the whole study's knobs per objective, then (``by_type``) each type's own knobs among
+    its trials."""
     name = _EVALUATOR_NAMES.get(imp.evaluator, imp.evaluator)
     lines = [f"Parameter importances{f' of study {study}' if study else ''} ({name}, normalised per objective; "
              f"{_counts(imp)})"]
@@ -53,7 +54,9 @@ def format_importances(imp: Importances, study: str = "") -> str:
         lines.append(format_table(header, rows))
     if imp.warnings:
         lines.append("UNRELIABLE, ranks only: " + "; ".join(imp.warnings))
-    if imp.by_type:
+    if imp.by_type and not by_type:
+        lines.append(f"(each attention type's own knobs: attnsearch importance JOB{f' --study {study}' if study else ''})")
+    elif imp.by_type:
         lines.append("\nEach attention type's knobs among its own trials:")
         for kind, per in imp.by_type.items():
             warn = imp.type_warnings.get(kind, [])

@@ -9,6 +9,7 @@ One private module per component; the public names are the ones below:
 * ``_driver``: one driver for every Tune run: ``prepare_driver``, ``trainable_for``, ``build_tuner``,
   ``searcher_and_scheduler`` (the searcher and scheduler a job asks for; also what a replay benchmark drives);
 * ``_ray_connection``: ``ray.address`` resolution and check, ``init_ray``, the per-trial resource check;
+* ``_optuna_record``: the study's Optuna record (its storage, reconciled with the Ray record);
 * ``_study_dirs``: study ids and their Ray experiment directories, which study ``--resume`` continues;
 * ``_run_study``: the Tuner of a study (new or restored), ``run_study``;
 * ``_retrain``: ``retrain``, a study's front and baseline retrained with several seeds.
@@ -33,6 +34,14 @@ from ._retrain import (
     select_configs,
     summarize,
 )
+from ._optuna_record import (
+    JOURNAL_FILE,
+    load_optuna_study,
+    open_optuna_storage,
+    optuna_record_exists,
+    optuna_storage_url,
+    reconcile_optuna_record,
+)
 from ._run_study import StudyOutcome, run_study
 from ._schedulers import (
     MOASHAScheduler,
@@ -41,10 +50,17 @@ from ._schedulers import (
     rung_order,
     rung_position,
 )
-from ._searcher import INFEASIBLE_CONSTRAINT, FixedConfigs, StudySearcher, make_sampler
+from ._searcher import INFEASIBLE_CONSTRAINT, TRIAL_ID_ATTR, FixedConfigs, StudySearcher, make_sampler
 from ._study_dirs import existing_studies, new_study_id, resolve_study, study_path
 
 __all__ = [
+    "JOURNAL_FILE",
+    "TRIAL_ID_ATTR",
+    "load_optuna_study",
+    "open_optuna_storage",
+    "optuna_record_exists",
+    "optuna_storage_url",
+    "reconcile_optuna_record",
     "EpochBudget",
     "FixedConfigs",
     "INFEASIBLE_CONSTRAINT",

@@ -20,6 +20,7 @@ from ._schedulers import BaselineASHAScheduler, MOASHAScheduler
 from ._searcher import StudySearcher, make_sampler
 
 if TYPE_CHECKING:
+    import optuna
     from ray.tune import Callback, Stopper
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import TrialScheduler
@@ -127,7 +128,8 @@ def protect_baseline(scheduler: TrialScheduler, baseline: Sequence[dict[str, Any
     return scheduler
 
 
-def searcher_and_scheduler(job: Job, space: SearchSpace) -> tuple[StudySearcher, TrialScheduler]:
+def searcher_and_scheduler(job: Job, space: SearchSpace, *, storage: optuna.storages.BaseStorage | None = None,
+                           study_name: str | None = None) -> tuple[StudySearcher, TrialScheduler]:
     """The searcher and the trial scheduler of a study of ``job``, as ``run_study`` runs it.
 
     The searcher is a ``StudySearcher`` over ``space`` (define-by-run) for every objective of
@@ -140,6 +142,8 @@ def searcher_and_scheduler(job: Job, space: SearchSpace) -> tuple[StudySearcher,
     Args:
         job: the validated job.
         space: its search space (``space.load_space(job)``).
+        storage: where the searcher keeps its Optuna study (``open_optuna_storage``; default: in memory).
+        study_name: the Optuna study's name there (a study's id).
     """
     objectives = dict(job.search.objectives)
     baseline = baseline_points(job, space)
@@ -150,6 +154,8 @@ def searcher_and_scheduler(job: Job, space: SearchSpace) -> tuple[StudySearcher,
         sampler=make_sampler(job.search.sampler, job.search.seed),
         points_to_evaluate=baseline or None,  # the baseline is enqueued first
         max_t=job.max_t,
+        storage=storage,
+        study_name=study_name,
     )
     return searcher, _scheduler(job, baseline)
 

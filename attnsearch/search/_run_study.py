@@ -13,6 +13,7 @@ from .. import tracking
 from ..contract import ConfigError
 from ..space import check_space, load_space, space_to_dict
 from ..tracking.callback import MLflowTracker
+from ..tracking.sync import read_ray_trials
 from ._budget import EpochBudget
 from ._driver import (
     baseline_points,
@@ -22,6 +23,7 @@ from ._driver import (
     searcher_and_scheduler,
     trainable_for,
 )
+from ._optuna_record import open_optuna_storage, optuna_storage_url, reconcile_optuna_record
 from ._progress import ProgressPrinter, StudyProgress
 from ._searcher import StudySearcher
 from ._study_dirs import resolve_study, study_path
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from ray.tune.schedulers import TrialScheduler
 
     from ..config import Job
+    from ..space import SearchSpace
 
 
 def _restored_run_config(tuner: tune.Tuner) -> tune.RunConfig:
@@ -70,6 +73,7 @@ class StudyOutcome:
     parent_run_id: str | None
     progress: StudyProgress
     searcher: StudySearcher | None
+    optuna_storage: str | None = None  # the study's Optuna record (optuna_storage_url)
 
 
 def run_study(job: Job, *, resume: bool | str = False, job_text: str | None = None,
@@ -86,6 +90,7 @@ def run_study(job: Job, *, resume: bool | str = False, job_text: str | None = No
     space = load_space(job)
     check_space(job, space)
     study_id, restoring = resolve_study(job, resume)
+    optuna_url = optuna_storage_url(job, study_id)  # refused here, before anything starts, when it cannot be
     prepare_driver(job)  # before the tracking store is opened (start_study)
     trainable = trainable_for(job, space)
     path = study_path(job, study_id)
@@ -112,7 +117,9 @@ def run_study(job: Job, *, resume: bool | str = False, job_text: str | None = No
         # The pickled callbacks hold the previous driver's state; this driver's callbacks replace them.
         restored_config.callbacks = callbacks
     else:
-        searcher, default_scheduler = searcher_and_scheduler(job, space)
+        # its Optuna study kept where optuna-dashboard and `attnsearch importance` read it
+        searcher, default_scheduler = searcher_and_scheduler(job, space, storage=open_optuna_storage(optuna_url),
+                                                             study_name=study_id)
         tuner = build_tuner(
             job, trainable, search_alg=searcher,
             scheduler=default_scheduler if scheduler is None else protect_baseline(scheduler,
@@ -123,4 +130,18 @@ def run_study(job: Job, *, resume: bool | str = False, job_text: str | None = No
     print(f"study {study_id}: {job.search.num_samples} trials, {job.search.sampler} sampler, "
           f"{job.scheduler_type} scheduler, results in {path}", file=stream or sys.stdout, flush=True)
     tuner.fit()
-    return StudyOutcome(study_id, path, parent_run_id, progress, searcher)
+    _reconcile_optuna(job, space, study_id, path, optuna_url, stream)
+    return StudyOutcome(study_id, path, parent_run_id, progress, searcher, optuna_url)
+
+
+def _reconcile_optuna(job: Job, space: SearchSpace, study_id: str, path: str, url: str,
+                      stream: IO[str] | None) -> None:
+    """The study's Optuna record made to agree with its Ray record (what a resumed or killed driver left); a
+    failure here never fails the study (``attnsearch sync JOB`` does it again)."""
+    try:
+        records = read_ray_trials(path, job.max_t)
+        reconcile_optuna_record(url, study_id, records, space, dict(job.search.objectives))
+    except Exception as exc:  # noqa: BLE001 - the study and its MLflow record are complete either way
+        print(f"Optuna record of {study_id} not reconciled: {exc}; attnsearch sync JOB does it later",
+              file=stream or sys.stderr)
+

@@ -7,16 +7,17 @@ import math
 import pickle
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ..contract import EPOCH_METRICS, REASON_KEY, STATE_KEY, ConfigError, result_state
 
-if TYPE_CHECKING:
-    import optuna
-
+# The user attribute that names the Ray trial an Optuna trial ran as: how a study's Optuna record, its Ray record
+# and its MLflow child runs (tag attnsearch.trial_id) are matched.
+TRIAL_ID_ATTR = "attnsearch_trial_id"
 # The Optuna constraint an infeasible trial violates (``Trial.set_constraint``: > 0 is infeasible); TPE, NSGA-II
 # and GP read every trial's constraints, so the sampler learns where the infeasible region lies.
 INFEASIBLE_CONSTRAINT = "attnsearch_infeasible"
@@ -24,8 +25,6 @@ INFEASIBLE_CONSTRAINT = "attnsearch_infeasible"
 
 def make_sampler(sampler: str, seed: int | None) -> optuna.samplers.BaseSampler:
     """The Optuna sampler for ``search.sampler``; infeasible trials reach it through their constraint."""
-    import optuna
-
     if sampler == "tpe":
         # multivariate+group model the joint, conditional (define-by-run) space, at a fraction of independent
         # sampling's cost per trial (design.md); group is experimental in Optuna 5, and says so once
@@ -49,12 +48,31 @@ class StudySearcher(OptunaSearch):
     as complete with the worst values and the sampler's constraint violated; diverged or errored trials as FAIL.
     The telling itself is OptunaSearch's (``on_trial_complete``): this class only chooses what Ray passes it.
     Each Optuna trial carries the attnsearch state (and reason) as the user attributes ``attnsearch_state`` and
-    ``attnsearch_reason``.
+    ``attnsearch_reason``, and its Ray trial id as ``attnsearch_trial_id``; the study's objectives are its metric
+    names. With a ``storage`` (``attnsearch.search.open_optuna_storage``) the study is kept where Optuna's tools
+    (optuna-dashboard, ``optuna.load_study``) open it.
     """
 
     def __init__(self, *args: Any, max_t: int, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._max_t = max_t
+        study = self.optuna_study
+        if study is not None and not study.metric_names:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(list(self._objectives()))
+
+    @property
+    def optuna_study(self) -> optuna.Study | None:
+        """The Optuna study this searcher asks and tells (None before Ray gives it a space)."""
+        return self._ot_study  # OptunaSearch's own; see _running_optuna_trial for why private state is read
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        ot_trial = self._running_optuna_trial(trial_id)
+        if config is not None and ot_trial is not None and TRIAL_ID_ATTR not in ot_trial.user_attrs:
+            ot_trial.set_user_attr(TRIAL_ID_ATTR, trial_id)
+        return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial = self._running_optuna_trial(trial_id)
@@ -86,7 +104,13 @@ class StudySearcher(OptunaSearch):
         """
         if trial_id in self._completed_trials:
             return None
-        return self._ot_trials.get(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and self._ot_study.get_trials(deepcopy=False)[ot_trial.number].state.is_finished():
+            # told before the driver stopped, after Ray last saved this searcher: a resumed study runs the Ray
+            # trial again, and its Optuna trial (in the study's storage) keeps what it was told the first time
+            self._completed_trials.add(trial_id)
+            return None
+        return ot_trial
 
     def _objectives(self) -> dict[str, str]:
         metrics, modes = self.metric, self.mode

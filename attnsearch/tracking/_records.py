@@ -39,6 +39,7 @@ class TrialRecord:
     start_ms: int | None = None
     end_ms: int | None = None
     nresults: int = 0
+    last: dict[str, float] = field(default_factory=dict)  # the newest epoch's metrics (what MLflow shows last)
 
     def add_result(self, result: Mapping[str, Any]) -> None:
         """Keep the metrics of one Ray result (bookkeeping keys dropped)."""
@@ -65,6 +66,7 @@ class TrialRecord:
             if _is_number(v) and k not in _RAY_KEYS and k not in STATIC_METRICS and k != "epoch"
         }
         self.pending.append({"epoch": epoch, "ms": self.end_ms, "metrics": metrics})
+        self.last = {**self.last, **metrics}
 
     def finish(self, max_t: int, errored: bool = False, error: str | None = None) -> None:
         """Decide the final state once the trial has ended."""

@@ -74,30 +74,30 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 def serve_ui(command: Sequence[str], url: str, *, host: str, port: int, open_browser: bool = False,
-             ready_timeout_s: float = 120.0) -> int:
+             ready_timeout_s: float = 120.0, name: str = "MLflow UI") -> int:
     """Run the UI server ``command`` in its own process group until it ends or this process is told to stop
     (SIGTERM, SIGINT, SIGHUP: forwarded to the group, then SIGKILL after ``STOP_GRACE_S``); print ``url``, and
     open it in a browser once the port answers when ``open_browser``. Returns the server's exit status (0 when
-    stopped by a signal)."""
+    stopped by a signal). ``name`` is what the messages call the server (``attnsearch dashboard``: optuna-dashboard)."""
     proc = subprocess.Popen(list(command), start_new_session=True)
     pgid = proc.pid  # start_new_session: the server leads a new session and process group
     stopping: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
         if not stopping:
-            print(f"stopping the MLflow UI (process group {pgid})", file=sys.stderr, flush=True)
+            print(f"stopping the {name} (process group {pgid})", file=sys.stderr, flush=True)
         stopping.append(signum)
         _signal_group(pgid, signal.SIGTERM)
 
     handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     previous = {sig: signal.signal(sig, forward) for sig in handled}
     try:
-        print(f"MLflow UI: {url}", flush=True)
+        print(f"{name}: {url}", flush=True)
         if open_browser:
             if wait_for_port(host, port, ready_timeout_s, alive=lambda: proc.poll() is None and not stopping):
                 webbrowser.open(url)
             elif proc.poll() is None and not stopping:
-                print(f"the UI did not answer on port {port} within {ready_timeout_s:.0f} s; open {url} yourself",
+                print(f"the {name} did not answer on port {port} within {ready_timeout_s:.0f} s; open {url} yourself",
                       file=sys.stderr, flush=True)
         stop_at = None  # when the first stop signal came (monotonic)
         while True:
