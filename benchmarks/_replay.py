@@ -157,6 +157,11 @@ def read_table(source: str | Path | pd.DataFrame, space: SearchSpace, *, max_t: 
         raise ConfigError(f"{label}: the table lacks column(s) {missing}; it needs {needed}, the knob columns and "
                           f"the static counts (flops, params); columns found: {list(df.columns)}")
     params = _space_params(space)
+    owner = {p.name: t for t, ps in space.knobs.items() for p in ps.values()}  # a type's knob -> the type
+    types = set(df[space.types.name].astype(str)) if space.types.name in df.columns else set()
+    for name in params:  # a type the table never recorded leaves its knobs without a column: all missing
+        if name not in df.columns and name in owner and owner[name] not in types:
+            df[name] = None
     knobs = [name for name in params if name in df.columns]
     absent = [name for name, p in params.items() if name not in df.columns and not p.is_const]
     if absent:

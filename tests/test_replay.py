@@ -105,6 +105,12 @@ def test_read_table_refuses_a_table_without_the_space_columns(setup):
     df = R.synthetic_table(job, space, configs=5).drop(columns=["train.lr"])
     with pytest.raises(R.ConfigError, match=r"train\.lr"):
         R.read_table(df, space)
+    df = R.synthetic_table(job, space, configs=12)
+    assert (df["attention"] == "se").any()
+    with pytest.raises(R.ConfigError, match=r"se\.reduction"):  # se was recorded: its knob is needed
+        R.read_table(df.drop(columns=["se.reduction"]), space)
+    only_none = df[df["attention"] == "none"].drop(columns=["se.reduction", "eca.kernel_size"])
+    assert len(R.read_table(only_none, space)) == only_none["config_id"].nunique() > 0  # none recorded: no knobs
     renamed = R.read_table(R.synthetic_table(job, space, configs=5).rename(columns={"config_id": "run_id"}), space)
     assert len(renamed) == 5 and renamed.max_t == job.train.epochs
     with pytest.raises(R.ConfigError, match="epoch_time_s"):
