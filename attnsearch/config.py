@@ -32,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from .contract import EPOCH_METRICS, METRICS, ConfigError
+from .contract import DEFAULT_OBJECTIVES, EPOCH_METRICS, METRICS, ConfigError
 from .models import BACKBONES
 from .uris import resolve_path, resolve_storage, resolve_tracking_uri
 
@@ -224,7 +224,7 @@ class SearchConfig(_Strict):
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
     num_samples: int = Field(20, ge=1)
     max_concurrent: int = Field(2, ge=1)
-    objectives: dict[str, Literal["max", "min"]] = Field(default_factory=lambda: {"val_acc": "max", "flops": "min"})
+    objectives: dict[str, Literal["max", "min"]] = Field(default_factory=lambda: dict(DEFAULT_OBJECTIVES))
     seed: int = Field(0, ge=0)
     # train `attention: none` once at the full budget, first: what every front member is compared with
     baseline: bool = True

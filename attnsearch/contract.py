@@ -9,6 +9,7 @@ the layers that raise them.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Mapping
 
 __all__ = [
@@ -23,7 +24,18 @@ __all__ = [
     "METRICS",
     "LOGGED_EPOCH_METRICS",
     "STATES",
+    "COMPLETED",
+    "EARLY_STOPPED",
+    "INFEASIBLE",
+    "FAILED",
     "RUNNING",
+    "TIME_ATTR",
+    "LATEST",
+    "ALL_STUDIES",
+    "MODES",
+    "DEFAULT_OBJECTIVES",
+    "check_objectives",
+    "is_number",
     "STATE_KEY",
     "REASON_KEY",
     "trial_state",
@@ -72,9 +84,39 @@ METRICS = EPOCH_METRICS + STATIC_METRICS + MEASURED_METRICS
 # Per-epoch metrics a trial reports besides the objectives (logged to MLflow at step=epoch).
 LOGGED_EPOCH_METRICS = EPOCH_METRICS + ("nam_penalty", "lr", "epoch_time_s") + MEASURED_METRICS + (LATENCY_LOAD,)
 
+# The result key that counts a trial's progress (epochs trained): the schedulers' time attribute, the MLflow step
+# of the per-epoch metrics, a trial's budget.
+TIME_ATTR = "epoch"
+
+# Objectives: ``{metric: mode}``, each mode one of MODES; the default of a job's search.objectives and of a query.
+MODES = ("max", "min")
+DEFAULT_OBJECTIVES: Mapping[str, str] = {"val_acc": "max", "flops": "min"}
+
+
+def check_objectives(objectives: Mapping[str, str], what: str = "objectives") -> dict[str, str]:
+    """``objectives`` as a dict, checked: at least one metric, every mode ``max`` or ``min``; else ``ValueError``
+    naming ``what`` (callers that read the user's input turn it into their ``InputError``)."""
+    objectives = dict(objectives)
+    if not objectives:
+        raise ValueError(f"{what} must name at least one metric, e.g. {{'val_acc': 'max', 'flops': 'min'}}")
+    bad = {name: mode for name, mode in objectives.items() if mode not in MODES}
+    if bad:
+        raise ValueError(f"{what}: each mode must be 'max' or 'min', got {bad}")
+    return objectives
+
+
+def is_number(value: Any) -> bool:
+    """A real number a result may carry (int, float, numpy scalars), not a bool; NaN and infinities included."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 # --------------------------------------------------------------------------------------------------- states
 
-STATES = ("completed", "early_stopped", "infeasible", "failed")
+COMPLETED = "completed"  # trained to the full budget (train.epochs)
+EARLY_STOPPED = "early_stopped"  # stopped by the scheduler before the full budget
+INFEASIBLE = "infeasible"  # over the job's constraints: never trained
+FAILED = "failed"  # diverged, or raised (a Ray error)
+STATES = (COMPLETED, EARLY_STOPPED, INFEASIBLE, FAILED)
 RUNNING = "running"  # the MLflow tag's value while a trial trains (not a final state)
 # Result keys of a trial that ends without training to its budget (states "infeasible" and "failed").
 STATE_KEY = "attnsearch_state"
@@ -90,15 +132,20 @@ def trial_state(reported: str | None, budget: int, max_t: int, errored: bool = F
     if reported in STATES:
         return reported
     if errored:
-        return "failed"
-    return "completed" if budget >= max_t else "early_stopped"
+        return FAILED
+    return COMPLETED if budget >= max_t else EARLY_STOPPED
 
 
 def result_state(result: Mapping[str, Any] | None, max_t: int, errored: bool = False) -> str:
     """``trial_state`` read from a trial's last result (its ``STATE_KEY`` and ``epoch``)."""
     result = result or {}
-    return trial_state(result.get(STATE_KEY), int(result.get("epoch", 0) or 0), max_t, errored)
+    return trial_state(result.get(STATE_KEY), int(result.get(TIME_ATTR, 0) or 0), max_t, errored)
 
+
+# Which study a query reads (``--study``): the experiment's most recently started one, or every study of it
+# (compared at equal budget); anything else is a study id.
+LATEST = "latest"
+ALL_STUDIES = "all"
 
 # --------------------------------------------------------------------------------------------------- MLflow tags
 

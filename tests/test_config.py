@@ -249,3 +249,15 @@ def test_derived_values_have_one_home():
     assert DataConfig(dataset="fake").resolved_image_size == NATIVE_IMAGE_SIZE["fake"] == 32
     assert DataConfig(dataset="digits").resolved_image_size == 16
     assert DataConfig(dataset="digits", image_size=24).resolved_image_size == 24
+
+
+def test_contract_objectives_check_and_is_number():
+    from attnsearch.contract import DEFAULT_OBJECTIVES, check_objectives, is_number
+
+    assert check_objectives(DEFAULT_OBJECTIVES) == {"val_acc": "max", "flops": "min"}
+    with pytest.raises(ValueError, match="at least one metric"):
+        check_objectives({})
+    with pytest.raises(ValueError, match=r"'max' or 'min', got \{'flops': 'low'\}"):
+        check_objectives({"val_acc": "max", "flops": "low"})
+    assert is_number(3) and is_number(0.5) and is_number(float("nan"))
+    assert not is_number(True) and not is_number("3") and not is_number(None)

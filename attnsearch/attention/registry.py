@@ -8,6 +8,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
 
+from ..contract import is_number
+
 SLOTS = ("residual_end", "mid", "post_add", "stage_end")
 
 
@@ -51,7 +53,7 @@ class Knob:
             if value not in self.choices:
                 raise ValueError(f"{where} must be one of {list(self.choices)}, got {value!r}")
             return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not is_number(value):
             raise ValueError(f"{where} must be a number ({self._valid()}), got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):  # NaN would pass the range check below
             raise ValueError(f"{where} must be a finite number ({self._valid()}), got {value!r}")

@@ -8,7 +8,7 @@ import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from ..contract import UsageError
+from ..contract import LATEST, MODES, UsageError
 
 if TYPE_CHECKING:
     from ..config import Job
@@ -33,7 +33,7 @@ def add_job_argument(sp: argparse.ArgumentParser, *, optional: bool = False, hel
 
 def add_resume_options(sp: argparse.ArgumentParser, resume_help: str) -> None:
     """``--resume [STUDY]`` (the newest study without a value) and ``--no-pareto``: ``run``'s and ``submit``'s."""
-    sp.add_argument("--resume", nargs="?", const="latest", default=None, metavar="STUDY", help=resume_help)
+    sp.add_argument("--resume", nargs="?", const=LATEST, default=None, metavar="STUDY", help=resume_help)
     sp.add_argument("--no-pareto", action="store_true", help="skip the Pareto analysis at the end")
 
 
@@ -75,7 +75,7 @@ def parse_objectives(text: str | None, job) -> dict[str, str] | None:
     out = {}
     for part in text.split(","):
         metric, _, mode = part.partition(":")
-        if mode not in ("max", "min") or not metric:
+        if mode not in MODES or not metric:
             raise UsageError(f"--objectives: {part!r} must look like metric:max or metric:min")
         out[metric.strip()] = mode
     return out

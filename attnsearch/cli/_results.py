@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..contract import EXPERIMENT_KIND_MODELS, TAG_EXPERIMENT_KIND
+from ..contract import ALL_STUDIES, EXPERIMENT_KIND_MODELS, LATEST, TAG_EXPERIMENT_KIND
 from ._common import (
     add_job_argument,
     add_set_option,
@@ -29,7 +29,7 @@ def cmd_pareto(args) -> int:
             definition=dict(job.search.objectives) if job else None,
         )
     info = front.attrs
-    which = (f"all studies ({', '.join(info.get('studies') or []) or 'none'})" if info["study"] == pareto.ALL_STUDIES
+    which = (f"all studies ({', '.join(info.get('studies') or []) or 'none'})" if info["study"] == ALL_STUDIES
              else f"study {info['study']}")
     print(f"Pareto front of {experiment!r}, {which} ({len(front)} trials, budget={args.budget}, "
           f"hypervolume {hv:.6g}):")
@@ -42,7 +42,7 @@ def cmd_pareto(args) -> int:
     if info["recorded"]:
         names = "as the study's own front" if info["record_key"] is None else f"under key {info['record_key']}"
         print(f"recorded in MLflow {names} (parent run {info['parent_run_id']})")
-    elif info["study"] == pareto.ALL_STUDIES:
+    elif info["study"] == ALL_STUDIES:
         print("not recorded in MLflow: a comparison of several studies is never recorded")
     else:
         print(f"not recorded in MLflow: the study's own front is {own_text}; add --record to record this one "
@@ -93,7 +93,7 @@ def add_pareto(sub: "argparse._SubParsersAction") -> None:
     sp.add_argument("--objectives", help="e.g. val_acc:max,flops:min (default: the job's; for an experiment name, the "
                          "study's own)")
     sp.add_argument("--budget", choices=("full", "any"), default="full")
-    sp.add_argument("--study", default="latest", metavar="ID|latest|all",
+    sp.add_argument("--study", default=LATEST, metavar=f"ID|{LATEST}|{ALL_STUDIES}",
                     help="which study: an id, the newest (default), or all of the experiment's at equal budget")
     sp.add_argument("--record", action="store_true",
                     help="record this front in MLflow even when it is not the study's own (its objectives at the "
@@ -121,7 +121,7 @@ def add_export(sub: "argparse._SubParsersAction") -> None:
     which.add_argument("--front", action="store_true", help="the study's recorded Pareto front")
     which.add_argument("--run", metavar="RUN_ID", help="one trial: its MLflow child run id")
     sp.add_argument("--out", required=True, metavar="DIR", help="one folder per model is written under DIR")
-    sp.add_argument("--study", metavar="ID|latest", help="with --front: which study (default: the newest)")
+    sp.add_argument("--study", metavar=f"ID|{LATEST}", help="with --front: which study (default: the newest)")
     sp.add_argument("--formats", default="pt2,torchscript",
                     help="compiled forms to try besides the weights: pt2 (torch.export), torchscript; '' for none")
     sp.set_defaults(func=cmd_export)

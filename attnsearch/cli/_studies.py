@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..contract import ConfigError, UsageError
+from ..contract import ALL_STUDIES, LATEST, ConfigError, UsageError
 from ._common import add_job_argument, add_resume_options, load_checked_job
 from ._optuna import reconcile_optuna, record_importances
 
@@ -68,9 +68,9 @@ def cmd_sync(args) -> int:
 
     job = load_checked_job(args)
     known = existing_studies(job)
-    if args.study in (None, "all"):
+    if args.study in (None, ALL_STUDIES):
         studies = known
-    elif args.study == "latest":
+    elif args.study == LATEST:
         studies = known[-1:]
     elif args.study in known:
         studies = [args.study]
@@ -141,7 +141,7 @@ def add_run(sub: "argparse._SubParsersAction") -> None:
 def add_sync(sub: "argparse._SubParsersAction") -> None:
     sp = sub.add_parser("sync", help="write to MLflow whatever the Ray experiment directory has and MLflow lacks")
     add_job_argument(sp)
-    sp.add_argument("--study", metavar="ID|latest|all", help="which studies (default: all of the job's)")
+    sp.add_argument("--study", metavar=f"ID|{LATEST}|{ALL_STUDIES}", help="which studies (default: all of the job's)")
     sp.set_defaults(func=cmd_sync)
 
 
@@ -149,7 +149,7 @@ def add_retrain(sub: "argparse._SubParsersAction") -> None:
     sp = sub.add_parser("retrain", help="retrain a study's front and its baseline with several seeds at the full "
                                         "budget: mean, std and the difference to the baseline with a 95 %% interval")
     add_job_argument(sp)
-    sp.add_argument("--study", default="latest", metavar="ID|latest",
+    sp.add_argument("--study", default=LATEST, metavar=f"ID|{LATEST}",
                     help="which study of the job's experiment (default: the newest)")
     sp.add_argument("--front", action="store_true",
                     help="retrain the study's front (the default without --runs; with --runs: both)")

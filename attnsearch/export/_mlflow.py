@@ -39,6 +39,7 @@ from mlflow.models import infer_signature
 
 from ..config import Job
 from ..contract import (
+    COMPLETED,
     LATENCY_LOAD,
     LOG_MODELS,
     METRICS,
@@ -47,7 +48,7 @@ from ..contract import (
     UsageError,
 )
 from ..pareto import load_runs
-from ..tracking import fast_http, first_line, quote
+from ..tracking import fast_http, first_line, quote, run_params
 from ._checkpoint import final_weights
 from ._spec import (
     SPEC_FILE,
@@ -134,10 +135,8 @@ def _metric_tags(row: pd.Series) -> dict[str, str]:
 
 
 def trial_params(client: MlflowClient, row: pd.Series) -> dict[str, Any]:
-    """A child run's params (the trial's config), typed as ``load_runs`` read them."""
-    names = client.get_run(row["run_id"]).data.params
-    values = {k: (row[k] if k in row.index and _present(row[k]) else None) for k in names}
-    return {k: v.item() if hasattr(v, "item") and not isinstance(v, str) else v for k, v in values.items()}
+    """A child run's params (the trial's config), typed as the trial had them (``tracking.run_params``)."""
+    return run_params(client.get_run(row["run_id"]))
 
 
 def logged_model_of(client: MlflowClient, experiment_id: str, run_id: str, trial_id: str | None = None,
@@ -164,7 +163,7 @@ def _versions(model: Any, name: str) -> list[str]:
 def _rows(df: pd.DataFrame, mode: str) -> pd.DataFrame:
     if df.empty or "state" not in df.columns:
         return df.iloc[0:0]
-    done = df[df["state"] == "completed"]
+    done = df[df["state"] == COMPLETED]
     if mode == "front":
         return done[done["pareto"].fillna(False).astype(bool)]
     return done

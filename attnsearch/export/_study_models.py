@@ -12,8 +12,8 @@ from mlflow import MlflowClient
 from torch import nn
 
 from ..config import Job
-from ..contract import TAG_PARENT, TAG_ROLE, TAG_STUDY, UsageError
-from ..pareto import LATEST, load_runs, select_study
+from ..contract import COMPLETED, EARLY_STOPPED, LATEST, TAG_PARENT, TAG_ROLE, TAG_STUDY, UsageError
+from ..pareto import load_runs, select_study
 from ..tracking import fast_http, first_line
 from ._checkpoint import final_weights
 from ._folder import FORMATS, ExportedModel, export_model, folder_name
@@ -84,7 +84,7 @@ def _select(client: MlflowClient, job: Job, experiment: str, *, run_id: str | No
         df = load_runs(experiment, tracking_uri=uri, parent_run_id=parent)
         rows = df[df["run_id"] == run_id]
         state = rows["state"].iloc[0] if len(rows) else None
-        if state not in ("completed", "early_stopped"):
+        if state not in (COMPLETED, EARLY_STOPPED):
             raise UsageError(f"--run {run_id}: trial {rows['run_name'].iloc[0] if len(rows) else run_id} is "
                              f"{state or 'unknown'}: only a trained trial (completed or early_stopped) has weights")
         return rows, parent
@@ -98,7 +98,7 @@ def _select(client: MlflowClient, job: Job, experiment: str, *, run_id: str | No
     if "pareto" not in df.columns or not df["pareto"].fillna(False).astype(bool).any():
         raise UsageError(f"export --front: study {chosen.study} has no recorded Pareto front yet; record it with "
                          f"attnsearch pareto JOB (or attnsearch sync JOB), or export one trial with --run RUN_ID")
-    rows = df[df["pareto"].fillna(False).astype(bool) & (df["state"] == "completed")]
+    rows = df[df["pareto"].fillna(False).astype(bool) & (df["state"] == COMPLETED)]
     return rows, chosen.parent_run_id
 
 

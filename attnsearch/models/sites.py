@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 
 from .._table import format_table
 from ..attention.registry import get_spec
+from ..contract import is_number
 from .backbones import BACKBONES, get_backbone
 from .geometry import as_hw
 from .slots import POSITION_CHOICES, POSITIONS
@@ -66,7 +67,7 @@ class Placement:
 
 def _width(backbone: str, width_mult: float) -> float:
     bb = get_backbone(backbone)
-    if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) or not width_mult > 0:
+    if not is_number(width_mult) or not width_mult > 0:
         raise ValueError(f"width_mult must be a positive number, got {width_mult!r}")
     if not bb.width_mult and width_mult != 1.0:
         supported = [n for n, b in BACKBONES.items() if b.width_mult]

@@ -24,9 +24,9 @@ Conventions (documented here because results depend on them):
   then under names keyed by ``front_key`` (``_record``); ``--study all`` queries are never recorded.
 """
 
+from ..contract import ALL_STUDIES, DEFAULT_OBJECTIVES, LATEST
 from ._analysis import analyze, record_study
 from ._front import (
-    DEFAULT_OBJECTIVES,
     baseline_row,
     competing,
     default_reference,
@@ -36,7 +36,7 @@ from ._front import (
 )
 from ._output import export_front, format_front, front_markdown, plot_front
 from ._record import RecordNames, front_key, record_names
-from ._runs import ALL_STUDIES, LATEST, Study, load_runs, select_study, study_definition
+from ._runs import Study, load_runs, select_study, study_definition
 from ._statistics import CONFIDENCE, mean_std, welch_interval
 
 __all__ = [

@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 from mlflow import MlflowClient
 
+from ..contract import ALL_STUDIES, COMPLETED
 from ._front import (
     _objectives,
     _reference,
@@ -20,7 +21,7 @@ from ._front import (
 )
 from ._output import export_front, plot_front
 from ._record import front_key, record_names, write_record
-from ._runs import ALL_STUDIES, Study, load_runs, select_study
+from ._runs import Study, load_runs, select_study
 
 __all__ = ["analyze", "record_study"]
 
@@ -78,7 +79,7 @@ def record_study(
     client = MlflowClient(uri)
     study = select_study(client, experiment, study_id, parent_run_id)
     df = load_runs(experiment, tracking_uri=uri, parent_run_id=study.parent_run_id)
-    if "state" not in df.columns or not (df["state"] == "completed").any():
+    if "state" not in df.columns or not (df["state"] == COMPLETED).any():
         return None
     return _analyze(client, study, df, objectives=None, budget="full", reference=None, out=None, plot=None,
                     record=True, definition=definition)

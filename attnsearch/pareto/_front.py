@@ -11,7 +11,7 @@ import moocore
 import numpy as np
 import pandas as pd
 
-from ..contract import EPOCH_METRICS
+from ..contract import COMPLETED, DEFAULT_OBJECTIVES, EPOCH_METRICS, FAILED, INFEASIBLE, RUNNING, check_objectives
 
 __all__ = [
     "DEFAULT_OBJECTIVES",
@@ -25,18 +25,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OBJECTIVES: dict[str, str] = {"val_acc": "max", "flops": "min"}
-_NO_COMPETE = ("failed", "infeasible", "running")
+_NO_COMPETE = (FAILED, INFEASIBLE, RUNNING)
 
 
 def _objectives(objectives: Mapping[str, str] | None) -> dict[str, str]:
-    objectives = dict(DEFAULT_OBJECTIVES if objectives is None else objectives)
-    if not objectives:
-        raise ValueError("objectives must name at least one metric, e.g. {'val_acc': 'max', 'flops': 'min'}")
-    for name, mode in objectives.items():
-        if mode not in ("max", "min"):
-            raise ValueError(f"objective {name!r}: mode must be 'max' or 'min', got {mode!r}")
-    return objectives
+    return check_objectives(DEFAULT_OBJECTIVES if objectives is None else objectives)
 
 
 def _check_columns(df: pd.DataFrame, objectives: Mapping[str, str]) -> None:
@@ -53,7 +46,7 @@ def competing(df: pd.DataFrame, budget: str | int = "full") -> pd.DataFrame:
         d = d[~d["state"].isin(_NO_COMPETE)]
     if budget == "full":
         if "state" in d.columns:
-            d = d[d["state"] == "completed"]
+            d = d[d["state"] == COMPLETED]
         if "budget" in d.columns and len(d) and d["budget"].notna().any():
             d = d[d["budget"] == d["budget"].max()]
     elif budget == "any":

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .._table import format_table
+from ..contract import ALL_STUDIES, FAILED, INFEASIBLE
 from ._front import _objectives, _points, _present, hypervolume
 
 __all__ = ["plot_front", "export_front", "format_front", "front_markdown"]
@@ -46,7 +47,7 @@ def plot_front(
         hv = hypervolume(front, objectives)
     shown = df
     if "state" in shown.columns:
-        shown = shown[~shown["state"].isin(("failed", "infeasible"))]
+        shown = shown[~shown["state"].isin((FAILED, INFEASIBLE))]
     shown, _, _ = _points(shown, {x: "min", y: "max"})
     front_pts, _, _ = _points(front, {x: "min", y: "max"})
     kinds = sorted(set(shown.get("attention", pd.Series(dtype=str)).dropna().astype(str))
@@ -126,7 +127,7 @@ def _by_study(front: pd.DataFrame) -> bool:
     # rows of several studies (``--study all``): the table says which study each row is from
     if "study" not in front.columns:
         return False
-    return front.attrs.get("study") == "all" or front["study"].dropna().nunique() > 1
+    return front.attrs.get("study") == ALL_STUDIES or front["study"].dropna().nunique() > 1
 
 
 def _front_rows(front: pd.DataFrame, objectives: Mapping[str, str]) -> tuple[list[str], list[list[str]]]:

@@ -10,10 +10,12 @@ import numpy as np
 import pandas as pd
 
 from ..contract import (
+    ALL_STUDIES,
+    LATEST,
+    MODES,
     TAG_BUDGET,
     TAG_MAX_T,
     TAG_OBJECTIVES,
-    TAG_PARAM_TYPES,
     TAG_PARENT,
     TAG_PARETO,
     TAG_REASON,
@@ -21,19 +23,19 @@ from ..contract import (
     TAG_STATE,
     TAG_STUDY,
     TAG_TRIAL,
+    is_number,
 )
-from ..tracking import decode_param, fast_http, latest_parent, quote, search_all
+from ..tracking import fast_http, latest_parent, param_types, quote, run_params, search_all
 
 __all__ = ["load_runs", "Study", "select_study", "study_definition", "LATEST", "ALL_STUDIES"]
 
-LATEST = "latest"  # --study latest (the default): the experiment's most recently started study
-ALL_STUDIES = "all"  # --study all: every study of the experiment, compared at equal budget
 # Columns every frame from load_runs has first, in this order (then params, then metrics).
 _LEAD = ["run_name", "state", "budget", "pareto", "reason", "trial_id", "study", "run_id", "status", "start_time"]
 
 
-def _column_values(texts: list[str | None], kinds: list[str | None]) -> pd.Series:
-    values = [decode_param(t, k) if t is not None else None for t, k in zip(texts, kinds)]
+def _column_values(values: list[Any], texts: list[str | None], guessed: list[bool]) -> pd.Series:
+    """One param over the runs (None where a run lacks it), decoded (``tracking.run_params``), as the tightest
+    pandas dtype; ``texts`` are the logged strings, ``guessed`` says where no type was recorded."""
     present = [v for v in values if v is not None]
     if not present:
         return pd.Series(values, dtype=object)
@@ -41,11 +43,11 @@ def _column_values(texts: list[str | None], kinds: list[str | None]) -> pd.Serie
         return pd.Series(values, dtype="boolean")
     if all(isinstance(v, int) and not isinstance(v, bool) for v in present):
         return pd.Series(values, dtype="Int64")
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+    if all(is_number(v) for v in present):
         return pd.Series([np.nan if v is None else float(v) for v in values], dtype="float64")
     if all(isinstance(v, str) for v in present):
         return pd.Series(values)
-    if any(k is None for k in kinds):
+    if any(guessed):
         # guessed types disagree within a column (e.g. stages "3" and "2,3"): the strings are the truth
         return pd.Series(texts)
     return pd.Series(values, dtype=object)
@@ -82,10 +84,10 @@ def load_runs(
             studies = {r.info.run_id for r in search_all(client, [exp.experiment_id], f"tags.`{TAG_ROLE}` = 'study'")}
             runs = [r for r in runs if r.data.tags.get(TAG_PARENT) in studies]
 
-    base, params, kinds, metrics = [], {}, {}, {}
+    base, params, texts, guessed, metrics = [], {}, {}, {}, {}
     for i, run in enumerate(sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))):
         tags = run.data.tags
-        types = json.loads(tags.get(TAG_PARAM_TYPES) or "{}")
+        types = param_types(run)
         budget = tags.get(TAG_BUDGET)
         pareto = tags.get(TAG_PARETO)
         base.append({
@@ -100,9 +102,10 @@ def load_runs(
             "status": run.info.status,
             "start_time": pd.Timestamp(run.info.start_time, unit="ms") if run.info.start_time else pd.NaT,
         })
-        for key, text in run.data.params.items():
-            params.setdefault(key, [None] * len(runs))[i] = text
-            kinds.setdefault(key, [None] * len(runs))[i] = types.get(key)
+        for key, value in run_params(run).items():
+            params.setdefault(key, [None] * len(runs))[i] = value
+            texts.setdefault(key, [None] * len(runs))[i] = run.data.params[key]
+            guessed.setdefault(key, [True] * len(runs))[i] = key not in types  # no type recorded (or no param)
         for key, value in run.data.metrics.items():
             metrics.setdefault(key, [np.nan] * len(runs))[i] = value
 
@@ -111,7 +114,7 @@ def load_runs(
     df["pareto"] = df["pareto"].astype("boolean")
     columns = {}
     for key in params:
-        columns[key] = _column_values(params[key], kinds[key])
+        columns[key] = _column_values(params[key], texts[key], guessed[key])
     for key, values in metrics.items():
         name = key if key not in columns and key not in df.columns else f"metric.{key}"
         columns[name] = pd.Series(values, dtype="float64")
@@ -145,7 +148,7 @@ def study_definition(tags: dict[str, str]) -> tuple[dict[str, str] | None, int |
     objectives = max_t = None
     try:
         value = json.loads(tags.get(TAG_OBJECTIVES) or "null")
-        if isinstance(value, dict) and value and all(m in ("max", "min") for m in value.values()):
+        if isinstance(value, dict) and value and all(m in MODES for m in value.values()):
             objectives = {str(k): str(m) for k, m in value.items()}
     except ValueError:
         pass

@@ -8,6 +8,8 @@ from typing import Any
 
 from ray.tune.stopper import Stopper
 
+from ..contract import TIME_ATTR
+
 __all__ = ["EpochBudget"]
 
 
@@ -22,7 +24,7 @@ class EpochBudget(Stopper):
     count lives in the driver: a study resumed with ``--resume`` counts from zero again.
     """
 
-    def __init__(self, budget: int, time_attr: str = "epoch") -> None:
+    def __init__(self, budget: int, time_attr: str = TIME_ATTR) -> None:
         if not budget > 0:
             raise ValueError(f"budget must be a positive number of epochs, got {budget!r}")
         self.budget, self.time_attr = budget, time_attr

@@ -11,7 +11,7 @@ from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from .. import tracking
-from ..contract import EPOCH_METRICS
+from ..contract import EPOCH_METRICS, TIME_ATTR
 from ..data import check_data
 from ..space import baseline_point, define_by_run, space_to_dict
 from ..train import run_trial
@@ -164,13 +164,13 @@ def _scheduler(job: Job, protected: list[dict[str, Any]]) -> TrialScheduler:
     if job.scheduler_type == "asha":
         metric, mode = asha_metric(job)
         return BaselineASHAScheduler(
-            time_attr="epoch", metric=metric, mode=mode, max_t=job.max_t,
+            time_attr=TIME_ATTR, metric=metric, mode=mode, max_t=job.max_t,
             grace_period=job.scheduler.grace_period, reduction_factor=job.scheduler.reduction_factor,
             protected=protected,
         )
     if job.scheduler_type == "moasha":
         return MOASHAScheduler(
             dict(job.search.objectives), max_t=job.max_t, grace_period=job.scheduler.grace_period,
-            reduction_factor=job.scheduler.reduction_factor, time_attr="epoch", protected=protected,
+            reduction_factor=job.scheduler.reduction_factor, time_attr=TIME_ATTR, protected=protected,
         )
     return FIFOScheduler()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections import Counter
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
@@ -13,7 +13,7 @@ from typing import IO, TYPE_CHECKING, Any
 import pandas as pd
 from ray.tune import Callback
 
-from ..contract import REASON_KEY, STATES, result_state
+from ..contract import COMPLETED, FAILED, INFEASIBLE, REASON_KEY, STATES, TIME_ATTR, is_number, result_state
 from ..pareto import pareto_front
 
 if TYPE_CHECKING:
@@ -39,31 +39,31 @@ class StudyProgress:
         if result and result.get(REASON_KEY):
             self.reasons[trial_id] = str(result[REASON_KEY])
         if result:
-            keys = dict.fromkeys(("val_acc", "flops", "params", "epoch", *self.objectives))
+            keys = dict.fromkeys(("val_acc", "flops", "params", TIME_ATTR, *self.objectives))
             self.finals[trial_id] = {k: result.get(k) for k in keys}
 
     def best_acc(self) -> float | None:
         accs = [r["val_acc"] for t, r in self.finals.items()
-                if self.states.get(t) == "completed" and isinstance(r.get("val_acc"), (int, float))]
+                if self.states.get(t) == COMPLETED and is_number(r.get("val_acc"))]
         return max(accs) if accs else None
 
     def front_size(self) -> int:
         objs = [m for m in self.objectives]
         rows = [r for t, r in self.finals.items()
-                if self.states.get(t) == "completed"
-                and all(isinstance(r.get(m), (int, float)) and math.isfinite(r[m]) for m in objs)]
+                if self.states.get(t) == COMPLETED
+                and all(is_number(r.get(m)) and math.isfinite(r[m]) for m in objs)]
         if not rows:
             return 0
-        return len(pareto_front(pd.DataFrame(rows).assign(state="completed", budget=self.max_t),
+        return len(pareto_front(pd.DataFrame(rows).assign(state=COMPLETED, budget=self.max_t),
                                 dict(self.objectives), budget="any"))
 
     def nothing_trained(self) -> str | None:
         """What to tell the user when no trial trained (each ended infeasible or failed), else None: such a study
         has no result to analyse and its command exits 1."""
         states = list(self.states.values())
-        if not states or any(s not in ("infeasible", "failed") for s in states):
+        if not states or any(s not in (INFEASIBLE, FAILED) for s in states):
             return None
-        n, infeasible = len(states), states.count("infeasible")
+        n, infeasible = len(states), states.count(INFEASIBLE)
         if infeasible == n:
             head = f"every trial was infeasible ({n} of {n}): no configuration it tried met the job's constraints"
         elif infeasible == 0:

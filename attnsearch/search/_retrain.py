@@ -36,6 +36,9 @@ from .. import tracking
 from .._table import format_table
 from ..config import TrainConfig, format_validation_error
 from ..contract import (
+    ALL_STUDIES,
+    COMPLETED,
+    INFEASIBLE,
     LOGGED_EPOCH_METRICS,
     METRIC_RETRAIN_BASELINE_MEAN,
     METRIC_RETRAIN_BASELINE_STD,
@@ -46,13 +49,13 @@ from ..contract import (
     PARAM_RETRAIN_SOURCE,
     STATIC_METRICS,
     TAG_NOTE,
-    TAG_PARAM_TYPES,
+    TIME_ATTR,
     ConfigError,
     UsageError,
+    is_number,
     result_state,
 )
 from ..pareto import (
-    ALL_STUDIES,
     CONFIDENCE,
     Study,
     baseline_row,
@@ -75,7 +78,7 @@ if TYPE_CHECKING:
 __all__ = ["RetrainConfig", "RetrainOutcome", "retrain", "select_configs", "summarize",
            "format_retrain", "retrain_seeds"]
 
-_RUN_METRICS = tuple(dict.fromkeys(["epoch", *METRICS, *LOGGED_EPOCH_METRICS]))
+_RUN_METRICS = tuple(dict.fromkeys([TIME_ATTR, *METRICS, *LOGGED_EPOCH_METRICS]))
 
 
 # --------------------------------------------------------------------------------------------------- what to retrain
@@ -98,12 +101,6 @@ def retrain_seeds(job: Job, n: int) -> list[int]:
     return [job.train.seed + 1 + k for k in range(n)]
 
 
-def _run_params(client: MlflowClient, run_id: str) -> dict[str, Any]:
-    run = client.get_run(run_id)
-    types = json.loads(run.data.tags.get(TAG_PARAM_TYPES) or "{}")
-    return {k: tracking.decode_param(v, types.get(k)) for k, v in run.data.params.items()}
-
-
 def select_configs(client: MlflowClient, job: Job, study: Study, df: pd.DataFrame, objectives: dict[str, str], *,
                    front: bool = True, runs: Sequence[str] = ()) -> list[RetrainConfig]:
     """The study's baseline first, then its front members (``front``) and the runs named (``runs``), each
@@ -118,7 +115,7 @@ def select_configs(client: MlflowClient, job: Job, study: Study, df: pd.DataFram
         raise UsageError(f"--runs: {', '.join(unknown)} is not a trial run of study {study.study}; give child run ids "
                          f"of that study (MLflow UI or `attnsearch pareto`), e.g. {known}")
     for run_id in runs:
-        if by_id.loc[run_id, "state"] == "infeasible":
+        if by_id.loc[run_id, "state"] == INFEASIBLE:
             raise UsageError(f"--runs: run {run_id} ({by_id.loc[run_id, 'run_name']}) is infeasible (over the job's "
                              "constraints): it would never train; leave it out")
     wanted = list(dict.fromkeys([*(on_front["run_id"] if front and len(on_front) else []), *runs]))
@@ -130,7 +127,7 @@ def select_configs(client: MlflowClient, job: Job, study: Study, df: pd.DataFram
         row = by_id.loc[run_id]
         metrics = {k: float(row[k]) for k in dict.fromkeys(["val_acc", *objectives])
                    if k in row.index and pd.notna(row[k])}
-        return RetrainConfig(str(row["run_name"]), _run_params(client, run_id), run_id, baseline,
+        return RetrainConfig(str(row["run_name"]), tracking.run_params(client.get_run(run_id)), run_id, baseline,
                              run_id in front_ids, metrics)
 
     base = baseline_row(df)
@@ -169,7 +166,7 @@ def summarize(configs: Sequence[RetrainConfig], runs: pd.DataFrame, objectives: 
     ``delta_val_acc`` (minus the baseline's mean), ``delta_low``/``delta_high`` (95 % Welch t interval),
     ``study_val_acc`` (the search's one run), the counts (``flops``, ``params``...), ``<objective>_mean`` for
     any other objective measured per run, and ``on_front``: on the front of the means, the study's objectives."""
-    done = runs[runs["state"] == "completed"] if len(runs) else runs
+    done = runs[runs["state"] == COMPLETED] if len(runs) else runs
     base = configs[0]
     base_acc = _values(done, base, "val_acc")
     rows = []
@@ -189,7 +186,7 @@ def summarize(configs: Sequence[RetrainConfig], runs: pd.DataFrame, objectives: 
         rows.append(row)
     table = pd.DataFrame(rows)
     means = table.rename(columns={_column(m): m for m in objectives})
-    means = means[means["n"] > 0].assign(state="completed")
+    means = means[means["n"] > 0].assign(state=COMPLETED)
     present = {m: mode for m, mode in objectives.items() if m in means.columns}  # an objective no run reported
     front = pareto_front(means, present, "any") if len(means) and present else means.iloc[:0]
     table["on_front"] = table.index.isin(front.index)
@@ -332,7 +329,7 @@ def _run_row(result: Any, epochs: int) -> dict[str, Any]:
     config, metrics = result.config or {}, result.metrics or {}
     row = {"source": config.get(PARAM_RETRAIN_SOURCE), "baseline": bool(config.get(PARAM_RETRAIN_BASELINE)),
            "seed": config.get("train.seed"), "state": result_state(metrics, epochs, errored=result.error is not None)}
-    row.update({k: metrics[k] for k in _RUN_METRICS if isinstance(metrics.get(k), (int, float))})
+    row.update({k: metrics[k] for k in _RUN_METRICS if is_number(metrics.get(k))})
     return row
 
 

@@ -28,13 +28,13 @@ resumed in the middle of a rung decides its next trials against the same records
 from __future__ import annotations
 
 import math
-import numbers
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import moocore
 import numpy as np
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
+from ..contract import TIME_ATTR, check_objectives, is_number
 from ..space import is_point
 from ..tracking.sync import trial_results
 
@@ -56,11 +56,7 @@ def rung_milestones(max_t: float, grace_period: float, reduction_factor: float) 
 def check_rung_arguments(objectives: Mapping[str, str], max_t: float, grace_period: float,
                          reduction_factor: float) -> None:
     """Raise ``ValueError`` naming the argument when a multi-objective rung rule could not work with these."""
-    if not objectives:
-        raise ValueError("objectives: give at least one, e.g. {'val_acc': 'max', 'flops': 'min'}")
-    bad = {m: d for m, d in objectives.items() if d not in ("max", "min")}
-    if bad:
-        raise ValueError(f"objectives: each mode must be 'max' or 'min', got {bad}")
+    check_objectives(objectives)
     if reduction_factor <= 1:
         raise ValueError(f"reduction_factor must be > 1, got {reduction_factor}")
     if not 0 < grace_period <= max_t:
@@ -135,10 +131,6 @@ def rung_position(points: np.ndarray, row: int) -> int:
     return sum(1 for i in ahead if not same[i])
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 class MOASHAScheduler(FIFOScheduler):
     """Asynchronous successive halving on several objectives at once (see the module docstring).
 
@@ -162,7 +154,7 @@ class MOASHAScheduler(FIFOScheduler):
         max_t: float,
         grace_period: float = 1,
         reduction_factor: float = 3,
-        time_attr: str = "epoch",
+        time_attr: str = TIME_ATTR,
         read_results: Callable[["Trial"], list[dict]] | None = None,
         protected: Sequence[Mapping[str, Any]] = (),
     ) -> None:
@@ -184,7 +176,7 @@ class MOASHAScheduler(FIFOScheduler):
         values = []
         for metric, mode in self.objectives.items():
             v = result.get(metric)
-            v = float(v) if _is_number(v) else math.nan
+            v = float(v) if is_number(v) else math.nan
             values.append(-v if mode == "max" else v)
         vec = np.array(values)
         return None if np.isnan(vec).all() else vec
@@ -200,7 +192,7 @@ class MOASHAScheduler(FIFOScheduler):
         """Record ``result`` at the rung it reaches and return CONTINUE or STOP."""
         t = result.get(self.time_attr)
         vec = self._vector(result)
-        if not _is_number(t) or vec is None:
+        if not is_number(t) or vec is None:
             return TrialScheduler.CONTINUE
         milestone = self._rung_reached(trial_id, float(t))
         if milestone is None:
@@ -218,7 +210,7 @@ class MOASHAScheduler(FIFOScheduler):
         """Put a past result into the rungs without deciding (a restored trial's history)."""
         t = result.get(self.time_attr)
         vec = self._vector(result)
-        if not _is_number(t) or vec is None:
+        if not is_number(t) or vec is None:
             return
         milestone = self._rung_reached(trial_id, float(t))
         if milestone is not None:
@@ -269,6 +261,6 @@ class BaselineASHAScheduler(ASHAScheduler):
     def on_trial_result(self, tune_controller: Any, trial: "Trial", result: dict) -> str:
         action = super().on_trial_result(tune_controller, trial, result)
         t = result.get(self.time_attr)
-        if action == TrialScheduler.STOP and _protected(trial, self.protected) and _is_number(t) and t < self.max_t:
+        if action == TrialScheduler.STOP and _protected(trial, self.protected) and is_number(t) and t < self.max_t:
             return TrialScheduler.CONTINUE
         return action

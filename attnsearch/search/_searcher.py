@@ -13,7 +13,17 @@ import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from ..contract import EPOCH_METRICS, REASON_KEY, STATE_KEY, ConfigError, result_state
+from ..contract import (
+    COMPLETED,
+    EARLY_STOPPED,
+    EPOCH_METRICS,
+    INFEASIBLE,
+    REASON_KEY,
+    STATE_KEY,
+    ConfigError,
+    is_number,
+    result_state,
+)
 
 # The user attribute that names the Ray trial an Optuna trial ran as: how a study's Optuna record, its Ray record
 # and its MLflow child runs (tag attnsearch.trial_id) are matched.
@@ -80,15 +90,15 @@ class StudySearcher(OptunaSearch):
             return
         state = result_state(result, self._max_t, errored=error)
         ot_trial.set_user_attr(STATE_KEY, state)
-        if state == "completed":  # OptunaSearch tells the values of its metric list
+        if state == COMPLETED:  # OptunaSearch tells the values of its metric list
             ot_trial.set_constraint(INFEASIBLE_CONSTRAINT, 0.0)
             super().on_trial_complete(trial_id, result=result)
-        elif state == "infeasible":  # complete, worst values, constraint violated: the sampler learns the region
+        elif state == INFEASIBLE:  # complete, worst values, constraint violated: the sampler learns the region
             ot_trial.set_constraint(INFEASIBLE_CONSTRAINT, 1.0)
             ot_trial.set_user_attr(REASON_KEY, str(result.get(REASON_KEY, "")))
             worst = {m: _worst(result, m, mode) for m, mode in self._objectives().items()}
             super().on_trial_complete(trial_id, result={**result, **worst})
-        elif state == "early_stopped":  # no result, no error: OptunaSearch tells PRUNED
+        elif state == EARLY_STOPPED:  # no result, no error: OptunaSearch tells PRUNED
             super().on_trial_complete(trial_id, result=None, error=False)
         else:  # failed: no result, error: OptunaSearch tells FAIL
             super().on_trial_complete(trial_id, result=None, error=True)
@@ -122,7 +132,7 @@ class StudySearcher(OptunaSearch):
 def _worst(result: Mapping[str, Any], metric: str, mode: str) -> float:
     """What an infeasible trial is told for ``metric``: its static counts as measured, the worst otherwise."""
     value = result.get(metric)
-    if metric not in EPOCH_METRICS and isinstance(value, (int, float)) and math.isfinite(value):
+    if metric not in EPOCH_METRICS and is_number(value) and math.isfinite(value):
         return float(value)
     return 0.0 if mode == "max" else 1e12
 

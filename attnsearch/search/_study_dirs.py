@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pyarrow.fs
 from ray import tune
 
-from ..contract import ConfigError
+from ..contract import LATEST, ConfigError
 
 if TYPE_CHECKING:
     from ..config import Job
@@ -49,7 +49,7 @@ def resolve_study(job: Job, resume: bool | str) -> tuple[str, bool]:
     if not resume:
         return new_study_id(job), False
     studies = existing_studies(job)
-    if isinstance(resume, str) and resume not in ("latest", "true"):
+    if isinstance(resume, str) and resume not in (LATEST, "true"):
         if resume not in studies:
             raise ConfigError(
                 f"--resume {resume}: no study of that name under ray.storage_path={job.ray.storage_path}; "

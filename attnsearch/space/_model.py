@@ -12,6 +12,8 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from ..contract import is_number
+
 if TYPE_CHECKING:
     import optuna
 
@@ -91,7 +93,7 @@ class Param:
             return value == self.value
         if isinstance(self.dist, CategoricalDistribution):
             return value in self.dist.choices
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not is_number(value):
             return False
         if isinstance(self.dist, IntDistribution) and int(value) != value:
             return False

@@ -18,6 +18,7 @@ from ..config import (
     format_validation_error,
     read_yaml,
 )
+from ..contract import is_number
 from ..models import (
     BACKBONES,
     BLOCK_CHOICES,
@@ -93,7 +94,7 @@ def _parse_value(name: str, raw: Any, path: str, problems: _Problems) -> Param |
             return None
         low, high, log, step = raw["low"], raw["high"], raw.get("log", False), raw.get("step")
         for key, val in (("low", low), ("high", high), ("step", step)):
-            if val is not None and (isinstance(val, bool) or not isinstance(val, (int, float))):
+            if val is not None and not is_number(val):
                 problems.add(f"{path}.{key}", f"must be a number (got {val!r})")
                 return None
         if not isinstance(log, bool):
@@ -135,7 +136,7 @@ def _parse_knob(type_name: str, knob: str, raw: Any, path: str, problems: _Probl
         return None
     if knob == NAM_PENALTY and type_name == "nam":
         def check(v: Any) -> float:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+            if not is_number(v) or v <= 0:
                 raise ValueError(f"nam.penalty (the sparsity weight p) must be a number > 0, got {v!r}")
             return float(v)
         return _check_each(param.as_float(), check, path, problems)
@@ -359,7 +360,7 @@ def _parse_scale(section: str, name: str, raw: Any, job: Job, problems: _Problem
         return None
 
     def check_width(v: Any) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 4:
+        if not is_number(v) or not 0 < v <= 4:
             raise ValueError(f"backbone.width_mult must be a number in (0, 4], got {v!r}")
         return float(v)
 

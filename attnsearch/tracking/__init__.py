@@ -15,10 +15,8 @@ import Ray; import them by their module (``attnsearch.tracking.callback``, ``att
 from ..contract import TrackingError
 from ..uris import redact_uri, resolve_tracking_uri
 from ._connection import check_tracking, fast_http, first_line, ui_command
-from ._params import decode_param, encode_params, run_name
-from ._records import TrialRecord, error_summary
 from ._note import NOTE_LIMIT, NOTE_SECTIONS, note_room, note_section_tag, note_tags
-from ._store import Store, quote, search_all
+from ._params import decode_param, encode_params, param_types, run_name, run_params
 from ._parent_run import (
     ensure_experiment,
     find_parent,
@@ -27,6 +25,8 @@ from ._parent_run import (
     start_retrain,
     start_study,
 )
+from ._records import TrialRecord, error_summary
+from ._store import Store, quote, search_all
 from ._ui import STOP_GRACE_S, front_filter, serve_ui, ui_url, wait_for_port
 
 __all__ = [
@@ -46,6 +46,8 @@ __all__ = [
     "first_line",
     "encode_params",
     "decode_param",
+    "param_types",
+    "run_params",
     "run_name",
     "error_summary",
     "quote",

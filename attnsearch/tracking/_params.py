@@ -6,7 +6,9 @@ import json
 import re
 from typing import Any, Mapping
 
-__all__ = ["encode_params", "decode_param", "run_name"]
+from ..contract import TAG_PARAM_TYPES
+
+__all__ = ["encode_params", "decode_param", "param_types", "run_params", "run_name"]
 
 
 def _param_type(value: Any) -> str:
@@ -81,6 +83,18 @@ _KNOB_ABBREV = {
     "spatial": "sp", "no_spatial": "nosp", "detach_weights": "det",
 }
 _POSITION_ABBREV = {"residual_end": "resend", "post_add": "postadd", "stage_end": "stend"}
+
+
+def param_types(run: Any) -> dict[str, str]:
+    """``{param: type}`` that a run's ``attnsearch.param_types`` tag records (empty for runs of other tools)."""
+    return json.loads(run.data.tags.get(TAG_PARAM_TYPES) or "{}")
+
+
+def run_params(run: Any) -> dict[str, Any]:
+    """A run's params (an MLflow ``Run``), each decoded with the type ``param_types`` records (guessed for a param
+    it does not name)."""
+    types = param_types(run)
+    return {key: decode_param(text, types.get(key)) for key, text in run.data.params.items()}
 
 
 def _fmt_value(value: Any) -> str:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import numbers
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..contract import REASON_KEY, RUNNING, STATE_KEY, STATIC_METRICS, trial_state
+from ..contract import FAILED, REASON_KEY, RUNNING, STATE_KEY, STATIC_METRICS, TIME_ATTR, is_number, trial_state
 
 __all__ = ["TrialRecord", "error_summary"]
 
@@ -48,22 +47,22 @@ class TrialRecord:
             self.reported_state = str(result[STATE_KEY])
             self.reported_reason = str(result.get(REASON_KEY) or "") or None
         for key in STATIC_METRICS:
-            if _is_number(result.get(key)) and key not in self.static:
+            if is_number(result.get(key)) and key not in self.static:
                 self.static[key] = float(result[key])
-        epoch = result.get("epoch")
+        epoch = result.get(TIME_ATTR)
         ts = result.get("timestamp")
-        if _is_number(ts):
+        if is_number(ts):
             ms = int(float(ts) * 1000)
             self.end_ms = ms
             if self.start_ms is None:
                 self.start_ms = ms - int(1000 * float(result.get("time_this_iter_s") or 0))
-        if not _is_number(epoch) or (isinstance(epoch, float) and not math.isfinite(epoch)):
+        if not is_number(epoch) or (isinstance(epoch, float) and not math.isfinite(epoch)):
             return
         epoch = int(epoch)
         self.budget = max(self.budget, epoch)
         metrics = {
             k: float(v) for k, v in result.items()
-            if _is_number(v) and k not in _RAY_KEYS and k not in STATIC_METRICS and k != "epoch"
+            if is_number(v) and k not in _RAY_KEYS and k not in STATIC_METRICS and k != TIME_ATTR
         }
         self.pending.append({"epoch": epoch, "ms": self.end_ms, "metrics": metrics})
         self.last = {**self.last, **metrics}
@@ -71,7 +70,7 @@ class TrialRecord:
     def finish(self, max_t: int, errored: bool = False, error: str | None = None) -> None:
         """Decide the final state once the trial has ended."""
         if self.nresults == 0 and not errored:
-            self.state, self.reason = "failed", "the trial ended without reporting a result"
+            self.state, self.reason = FAILED, "the trial ended without reporting a result"
             return
         self.state = trial_state(self.reported_state, self.budget, max_t, errored)
         if self.state == self.reported_state:
@@ -97,10 +96,6 @@ def error_summary(text: str) -> str:
         return "Ray reported an error without a message"
     start = max((i for i, ln in enumerate(lines) if _EXC_LINE_RE.match(ln)), default=len(lines) - 1)
     return tail("\n".join(lines[start:]))
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def tail(text: str) -> str:

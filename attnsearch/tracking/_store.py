@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from ..contract import (
+    FAILED,
     RUNNING,
     STATES,
     STATIC_METRICS,
@@ -30,6 +31,7 @@ from ..contract import (
     TAG_STATE,
     TAG_STUDY,
     TAG_TRIAL,
+    TIME_ATTR,
 )
 from ._params import encode_params, run_name
 from ._records import TrialRecord, tail
@@ -68,7 +70,7 @@ class RunState:
     @classmethod
     def of(cls, run: Any) -> "RunState":
         metrics = run.data.metrics
-        epoch = metrics.get("epoch")
+        epoch = metrics.get(TIME_ATTR)
         return cls(
             run_id=run.info.run_id,
             params=set(run.data.params),
@@ -148,7 +150,7 @@ class Store:
                 continue  # a retried trial repeating epochs: keep the first value of each step
             ms = res["ms"] or now
             group = [Metric(k, v, ms, res["epoch"]) for k, v in res["metrics"].items()]
-            group.append(Metric("epoch", float(res["epoch"]), ms, res["epoch"]))
+            group.append(Metric(TIME_ATTR, float(res["epoch"]), ms, res["epoch"]))
             if cur and len(cur) + len(group) > MAX_METRICS - MAX_PARAMS_TAGS:  # room for the tags
                 chunks.append((cur, cur_epoch))
                 cur = []
@@ -180,7 +182,7 @@ class Store:
 
         final = record.state in STATES
         if final and rs.status in ("RUNNING", "SCHEDULED"):
-            status = "FAILED" if record.state == "failed" else "FINISHED"
+            status = "FAILED" if record.state == FAILED else "FINISHED"
             self.client.set_terminated(rs.run_id, status, end_time=record.end_ms)
             rs.status = status
             counts["finished"] += 1
