@@ -38,6 +38,7 @@ __all__ = [
     "is_number",
     "STATE_KEY",
     "REASON_KEY",
+    "BASELINE_KEY",
     "trial_state",
     "result_state",
 ]
@@ -121,6 +122,9 @@ RUNNING = "running"  # the MLflow tag's value while a trial trains (not a final 
 # Result keys of a trial that ends without training to its budget (states "infeasible" and "failed").
 STATE_KEY = "attnsearch_state"
 REASON_KEY = "attnsearch_reason"
+# Trial config key the study's searcher sets (True) on the baseline it enqueued; the tracking layer turns it into the
+# child run's tag TAG_BASELINE instead of a param, and every reader of "the study's baseline" reads that tag.
+BASELINE_KEY = "attnsearch_baseline"
 
 
 def trial_state(reported: str | None, budget: int, max_t: int, errored: bool = False) -> str:
@@ -158,6 +162,7 @@ TAG_BUDGET = "attnsearch.budget"
 TAG_PARETO = "attnsearch.pareto"
 TAG_REASON = "attnsearch.reason"
 TAG_FAILURES = "attnsearch.failures"
+TAG_BASELINE = "attnsearch.baseline"  # "true" on the child run of the study's baseline trial (BASELINE_KEY)
 TAG_PARAM_TYPES = "attnsearch.param_types"  # JSON {param: type} so readers can cast params back exactly
 # The study's own definition, on its parent run (written when the study starts, or by `attnsearch sync`): what its
 # recorded Pareto front means. JSON {metric: "max"|"min"} in the job's order, and the full budget in epochs.

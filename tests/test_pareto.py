@@ -549,3 +549,62 @@ def test_record_study_needs_a_completed_trial(tmp_path):
     assert json.loads(tags["attnsearch.pareto.objectives"]) == {"val_acc": "max"} and "pareto.csv" in artifacts
     with pytest.raises(ValueError, match="one study"):
         P.record_study(uri, "exp", "all")
+
+
+# ------------------------------------------------------------------------------------------------ the baseline's mark
+
+
+def _marked_study(uri, study_id, baseline_acc, sampled_acc, prefix):
+    """A study whose first trial is a sampled `none` (untagged) and whose enqueued baseline starts later."""
+    parent = T.start_study(uri, "marked", study_id, "name: marked\n", {}, False)
+    store = T.Store(uri, parent)
+    sampled = _record(f"{prefix}0", {"attention": "none", "train.lr": 0.02}, 3, sampled_acc, 1e6)
+    base = _record(f"{prefix}1", {"attention": "none", "train.lr": 0.1, C.BASELINE_KEY: True}, 3, baseline_acc, 2e6)
+    base.pending = [{**p, "ms": p["ms"] + 60_000} for p in base.pending]  # starts after the sampled one
+    base.start_ms = sampled.start_ms + 60_000
+    other = _record(f"{prefix}2", {"attention": "se", "se.reduction": 8}, 3, 0.95, 3e6)
+    for record in (sampled, base, other):
+        store.reconcile(record)
+    return parent
+
+
+def test_the_baseline_is_the_marked_trial_for_every_reader(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = T.resolve_tracking_uri("sqlite:///mlflow.db", tmp_path)
+    parent = _marked_study(uri, "s-1", baseline_acc=0.6, sampled_acc=0.8, prefix="a")
+    client = MlflowClient(uri)
+    runs = {r.data.tags[C.TAG_TRIAL]: r for r in client.search_runs(
+        [client.get_experiment_by_name("marked").experiment_id], f"tags.`{C.TAG_PARENT}` = '{parent}'")}
+    assert runs["a1"].data.tags[C.TAG_BASELINE] == "true" and C.BASELINE_KEY not in runs["a1"].data.params
+    assert C.TAG_BASELINE not in runs["a0"].data.tags
+    df = P.load_runs("marked", tracking_uri=uri, parent_run_id=parent)
+    assert dict(zip(df["trial_id"], df["baseline"])) == {"a0": False, "a1": True, "a2": False}
+    assert P.baseline_row(df)["trial_id"] == "a1"  # not the first `none` trial to start
+    front, _ = P.analyze(uri, "marked", "s-1", plot=tmp_path / "front.png")
+    assert front.attrs["baseline"]["run_id"] == runs["a1"].info.run_id
+    by = front.set_index("trial_id")
+    assert by.loc["a2", "delta_val_acc"] == pytest.approx(0.95 - 0.6)
+    assert P.format_front(front).splitlines()[-1] == "baseline: none (val_acc 0.6000, flops 2M)"
+    parent_run = client.get_run(parent)
+    assert parent_run.data.metrics["baseline.val_acc"] == pytest.approx(0.6)
+    note = parent_run.data.tags[C.TAG_NOTE]
+    assert f"runs/{runs['a1'].info.run_id}) (baseline)" in note and f"runs/{runs['a0'].info.run_id}) (baseline)" not in note
+    # a marked baseline that did not finish is no baseline; the sampled `none` never stands in for it
+    assert P.baseline_row(df.assign(state=df["state"].where(df["trial_id"] != "a1", "failed"))) is None
+    # a study recorded before the mark: its first `none` trial at the full budget, as before
+    assert P.baseline_row(df.assign(baseline=False))["trial_id"] == "a0"
+
+
+def test_study_all_compares_each_study_with_its_own_baseline(tmp_path):
+    uri = T.resolve_tracking_uri("sqlite:///mlflow.db", tmp_path)
+    _marked_study(uri, "s-1", baseline_acc=0.6, sampled_acc=0.5, prefix="a")
+    _marked_study(uri, "s-2", baseline_acc=0.7, sampled_acc=0.5, prefix="b")
+    front, _ = P.analyze(uri, "marked", "all", budget="any", plot=tmp_path / "all.png")
+    by = front.set_index("trial_id")
+    assert by.loc["a2", "delta_val_acc"] == pytest.approx(0.95 - 0.6)  # study s-1's baseline
+    assert by.loc["b2", "delta_val_acc"] == pytest.approx(0.95 - 0.7)  # study s-2's own
+    assert sorted(b["study"] for b in front.attrs["baselines"]) == ["s-1", "s-2"]
+    lines = P.format_front(front).splitlines()
+    assert "baseline of study s-1: none (val_acc 0.6000, flops 2M)" in lines
+    assert "baseline of study s-2: none (val_acc 0.7000, flops 2M)" in lines

@@ -106,6 +106,24 @@ def test_searcher_tells_optuna_what_each_trial_was():
     assert restored._ot_study.get_trials(deepcopy=False)[-1].values == [0.5, 7.0]
 
 
+def test_the_searcher_marks_the_enqueued_baseline_and_never_a_sampled_twin(tmp_path):
+    from attnsearch.contract import BASELINE_KEY
+    from attnsearch.space import baseline_point, define_by_run, load_space
+
+    job = load_job(write_job(tmp_path, "attention: {type: [none, se]}\ntrain: {lr: [0.1, 0.2]}\n",
+                             train={"lr": 0.1}))
+    space = load_space(job)
+    baseline = baseline_point(job, space)
+    searcher = StudySearcher(space=define_by_run(space), metric=["val_acc", "flops"], mode=["max", "min"],
+                             sampler=make_sampler("random", seed=0), max_t=3, points_to_evaluate=[baseline])
+    configs = {trial_id: searcher.suggest(trial_id) for trial_id in map(str, range(12))}
+    assert configs["0"][BASELINE_KEY] is True and {k: configs["0"][k] for k in baseline} == baseline
+    assert [t for t, c in configs.items() if c.get(BASELINE_KEY)] == ["0"]
+    twins = [t for t, c in configs.items() if t != "0" and all(c.get(k) == v for k, v in baseline.items())]
+    assert twins, "the sampler must have drawn the baseline's values again for this test to mean anything"
+    assert searcher.suggest("0")[BASELINE_KEY] is True  # asked again: still the baseline
+
+
 def _noop(config):
     pass
 
@@ -196,6 +214,38 @@ def test_search_states_optuna_mlflow_and_resume(tmp_path, local_ray):
     ids = [c.data.tags["attnsearch.trial_id"] for c in children]
     assert len(ids) == len(set(ids))
     assert sum(assert_optuna_record_matches_mlflow(job, outcome.study_id).values()) == 8
+
+
+@pytest.mark.slow  # starts Ray: a study's baseline mark, its definition as params and the trials' datasets
+def test_a_study_marks_its_baseline_logs_its_definition_and_each_trials_dataset(tmp_path, local_ray):
+    from attnsearch.contract import TAG_BASELINE
+    from attnsearch.search import study_params
+    from attnsearch.space import baseline_point, load_space
+    from attnsearch.tracking import dataset_inputs
+
+    path = e2e_job(tmp_path, num_samples=4, search={"num_samples": 4, "seed": 3, "baseline": True,
+                                                    "max_concurrent": 2}, train={"epochs": 1},
+                   scheduler={"type": "none"})
+    job = load_job(path)
+    run_study(job)
+    parents, children = child_runs(job)
+    marked = [c for c in children if c.data.tags.get(TAG_BASELINE) == "true"]
+    assert len(marked) == 1 and "attnsearch_baseline" not in marked[0].data.params
+    baseline = baseline_point(job, load_space(job))
+    assert {k: marked[0].data.params[k] for k in baseline} == {k: str(v) for k, v in baseline.items()}
+    expected = study_params(job, load_space(job))
+    assert parents[0].data.params == expected
+    assert expected["search.space"] == "space.yaml" and expected["scheduler.type"] == "none"
+    want = sorted((d["name"], d["digest"], d["context"]) for d in dataset_inputs(job.data))
+    for c in children:  # what the runs table's Dataset column shows
+        got = sorted((i.dataset.name, i.dataset.digest, {t.key: t.value for t in i.tags}["mlflow.data.context"])
+                     for i in c.inputs.dataset_inputs)
+        assert got == want, c.info.run_name
+    # a resume with an edited job keeps the params the study started with (MLflow params never change)
+    run_study(load_job(path, overrides=["search.num_samples=5"]), resume=True)
+    parents, children = child_runs(job)
+    assert parents[0].data.params["search.num_samples"] == "4"
+    assert all(len(c.inputs.dataset_inputs) == 2 for c in children)
 
 
 def test_resource_check_refuses_missing_gpus_unless_autoscaling(monkeypatch, tmp_path):

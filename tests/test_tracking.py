@@ -290,9 +290,10 @@ def test_sync_command_picks_studies_and_records_their_own_fronts(tmp_path, monke
     studies = ["tiny-20260101-000000", "tiny-20260102-000000"]
     synced = []
 
-    def fake_sync(path, uri, experiment, study_id, max_t, *, objectives=None):
+    def fake_sync(path, uri, experiment, study_id, max_t, *, objectives=None, datasets=()):
         synced.append(study_id)
-        store = T.Store(uri, open_or_create_parent(uri, experiment, study_id, objectives=objectives, max_t=max_t))
+        parent = open_or_create_parent(uri, experiment, study_id, objectives=objectives, max_t=max_t)
+        store = T.Store(uri, parent, datasets)
         record = T.TrialRecord("t-" + study_id[-6:], {"attention": "none"})
         epochs = max_t if study_id == studies[0] else 1  # the second study: only an early-stopped trial
         for e in range(1, epochs + 1):
@@ -593,3 +594,54 @@ def test_real_mlflow_server_end_to_end(ray_session, tmp_path):
         ui.start()
     finally:
         ui.stop()
+
+
+def test_each_child_run_gets_its_dataset_inputs_once(tmp_path):
+    from attnsearch.config import DataConfig
+
+    uri = T.resolve_tracking_uri("sqlite:///mlflow.db", tmp_path)
+    parent = T.start_study(uri, "exp", "s", "name: exp\n", {}, False)
+    datasets = T.dataset_inputs(DataConfig(dataset="digits"))
+    record = T.TrialRecord("t0", {"attention": "none"})
+    record.add_result({"epoch": 1, "val_acc": 0.5})
+    store = T.Store(uri, parent, datasets)
+    store.reconcile(record)
+    store.reconcile(record)
+    T.Store(uri, parent, datasets).reconcile(record)  # a resumed driver reads the run back
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("exp").experiment_id], "tags.`attnsearch.trial_id` = 't0'")
+    inputs = run.inputs.dataset_inputs
+    assert sorted((i.dataset.name, i.dataset.digest, i.tags[0].value) for i in inputs) == sorted(
+        (d["name"], d["digest"], d["context"]) for d in datasets)
+    assert {i.dataset.source_type for i in inputs} == {"code"} and "load_digits" in inputs[0].dataset.source
+    train, val = datasets
+    assert train["digest"] != val["digest"]
+    # the digest follows the split, not how batches are loaded
+    assert T.dataset_inputs(DataConfig(dataset="digits", val_fraction=0.3))[0]["digest"] != train["digest"]
+    assert T.dataset_inputs(DataConfig(dataset="digits", batch_size=7, image_size=24))[0]["digest"] == train["digest"]
+    folder = T.dataset_inputs(DataConfig(dataset="folder", root=str(tmp_path)))[0]
+    assert folder["source_type"] == "local" and json.loads(folder["source"])["uri"] == tmp_path.resolve().as_uri()
+
+
+def test_the_parent_run_logs_the_studys_definition_once(tmp_path, caplog):
+    from attnsearch.config import load_job
+    from attnsearch.search import space_digest, study_params
+    from attnsearch.space import load_space, space_to_dict
+
+    job = load_job(Path(__file__).resolve().parents[1] / "jobs" / "quickstart.yaml")
+    space = load_space(job)
+    params = study_params(job, space)
+    assert params["search.sampler"] == "tpe" and params["scheduler.type"] == "moasha"
+    assert params["scheduler.rungs"] == "[2]" and params["train.epochs"] == "6"  # grace 2, factor 3, 6 epochs
+    assert json.loads(params["search.objectives"]) == {"val_acc": "max", "flops": "min"}
+    assert params["search.space"] == "quickstart.yaml" and params["search.space_digest"] == space_digest(space)
+    assert params["backbone.name"] == "resnet20" and params["data.dataset"] == "digits"
+    uri = T.resolve_tracking_uri("sqlite:///mlflow.db", tmp_path)
+    parent = T.start_study(uri, "q", "s", "name: q\n", space_to_dict(space), False, params=params)
+    client = MlflowClient(uri)
+    assert client.get_run(parent).data.params == params
+    edited = {**params, "search.num_samples": "48", "search.new": "x"}
+    with caplog.at_level(logging.WARNING):
+        assert T.start_study(uri, "q", "s", "name: q\n", space_to_dict(space), True, params=edited) == parent
+    assert client.get_run(parent).data.params == {**params, "search.new": "x"}
+    assert "search.num_samples (24 -> 48)" in caplog.text

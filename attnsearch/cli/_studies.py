@@ -64,6 +64,7 @@ def _log_models(job: "Job", parent_run_id: str, experiment_path: str, prefix: st
 
 def cmd_sync(args) -> int:
     from ..search import existing_studies, study_path
+    from ..tracking import dataset_inputs
     from ..tracking.sync import sync_study
 
     job = load_checked_job(args)
@@ -84,7 +85,7 @@ def cmd_sync(args) -> int:
     experiment, objectives = job.experiment, dict(job.search.objectives)
     for study_id in studies:
         counts = sync_study(study_path(job, study_id), job.tracking.uri, experiment, study_id,
-                            max_t=job.max_t, objectives=objectives)
+                            max_t=job.max_t, objectives=objectives, datasets=dataset_inputs(job.data))
         print(f"{study_id}: {counts}")
         reconcile_optuna(job, study_id, prefix=f"{study_id}: ")
         try:  # the study's own front, as its end records it; nothing before a trial has completed

@@ -28,6 +28,7 @@ from ..contract import ALL_STUDIES, DEFAULT_OBJECTIVES, LATEST
 from ._analysis import analyze, record_study
 from ._front import (
     baseline_row,
+    baseline_rows,
     competing,
     default_reference,
     hypervolume,
@@ -53,6 +54,7 @@ __all__ = [
     "default_reference",
     "hypervolume",
     "baseline_row",
+    "baseline_rows",
     "relative_to_baseline",
     "plot_front",
     "export_front",

@@ -14,7 +14,7 @@ from ..contract import ALL_STUDIES, COMPLETED
 from ._front import (
     _objectives,
     _reference,
-    baseline_row,
+    baseline_rows,
     hypervolume,
     pareto_front,
     relative_to_baseline,
@@ -107,9 +107,9 @@ def _analyze(
     write = (is_own if record is None else bool(record)) and study.parent_run_id is not None
 
     front = pareto_front(df, query, budget)
-    baseline = baseline_row(df)
-    if baseline is not None:
-        front = relative_to_baseline(front, baseline, query)
+    baselines = baseline_rows(df)  # each study's own (--study all compares several)
+    if len(baselines):
+        front = relative_to_baseline(front, baselines, query)
     ref = _reference(front, query, reference if reference is not None else front.attrs["reference"])
     hv = hypervolume(front, query, ref)
     front["pareto"] = pd.array([True] * len(front), dtype="boolean")

@@ -20,6 +20,7 @@ __all__ = [
     "default_reference",
     "hypervolume",
     "baseline_row",
+    "baseline_rows",
     "relative_to_baseline",
 ]
 
@@ -164,33 +165,73 @@ def hypervolume(
     return float(moocore.hypervolume(points[better], ref=ref_vec, maximise=maximise))
 
 
-def baseline_row(df: pd.DataFrame) -> pd.Series | None:
-    """The study's baseline: its first ``attention: none`` trial completed at the full budget (None if absent)."""
-    if "attention" not in df.columns:
+def _study_baseline(df: pd.DataFrame) -> pd.Series | None:
+    """The baseline of one study's rows: the trial its searcher marked (column ``baseline``, the child run's tag
+    ``attnsearch.baseline``) when it competes at the full budget; for a study recorded before that tag, its first
+    ``attention: none`` trial completed at the full budget. None if absent."""
+    marked = "baseline" in df.columns and bool(df["baseline"].fillna(False).astype(bool).any())
+    if marked:
+        rows = competing(df[df["baseline"].fillna(False).astype(bool)], "full")
+    elif "attention" in df.columns:
+        full = competing(df, "full")
+        rows = full[full["attention"].astype(str) == "none"]
+    else:
         return None
-    full = competing(df, "full")
-    rows = full[full["attention"].astype(str) == "none"]
     if "start_time" in rows.columns:
         rows = rows.sort_values("start_time", kind="stable")
     return None if rows.empty else rows.iloc[0]
 
 
-def relative_to_baseline(front: pd.DataFrame, baseline: pd.Series, objectives: Mapping[str, str]) -> pd.DataFrame:
+def baseline_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Each study's own baseline (``_study_baseline``), one row per study of ``df`` that has one."""
+    groups = [g for _, g in df.groupby("study", sort=False, dropna=False)] if "study" in df.columns else [df]
+    rows = [row for row in map(_study_baseline, groups) if row is not None]
+    return pd.DataFrame(rows) if rows else df.iloc[:0]
+
+
+def baseline_row(df: pd.DataFrame) -> pd.Series | None:
+    """The baseline of ``df``'s study: the trial marked ``attnsearch.baseline`` when it completed at the full
+    budget (for a study recorded before that tag: its first ``attention: none`` trial completed at the full
+    budget); None if absent. ``df`` of several studies: the newest study's (``baseline_rows`` gives each one's)."""
+    rows = baseline_rows(df)
+    if rows.empty:
+        return None
+    return rows.sort_values("start_time", kind="stable").iloc[-1] if "start_time" in rows.columns else rows.iloc[-1]
+
+
+def relative_to_baseline(front: pd.DataFrame, baseline: pd.Series | pd.DataFrame,
+                         objectives: Mapping[str, str]) -> pd.DataFrame:
     """``front`` with, per objective, ``delta_<m>`` (a per-epoch metric minus the baseline's: accuracy points)
-    or ``<m>_ratio`` (a count over the baseline's: 1.5 = 50 % more FLOPs); ``val_acc`` and ``flops`` always."""
+    or ``<m>_ratio`` (a count over the baseline's: 1.5 = 50 % more FLOPs); ``val_acc`` and ``flops`` always.
+
+    ``baseline``: one row, or one per study (``baseline_rows``), each front row then compared with its own
+    study's baseline (no value for a study without one). ``attrs["baselines"]``: each baseline's ``run_id``,
+    ``run_name``, ``study`` and objectives; ``attrs["baseline"]``: the one baseline when there is exactly one.
+    """
+    bases = baseline.to_frame().T if isinstance(baseline, pd.Series) else baseline
     out = front.copy()
+    by_study = "study" in out.columns and "study" in bases.columns and len(bases) > 1
     for metric in dict.fromkeys([*objectives, "val_acc", "flops"]):
-        if metric not in out.columns or not _present(baseline.get(metric)):
+        if metric not in out.columns or metric not in bases.columns:
+            continue
+        ref = pd.to_numeric(bases[metric], errors="coerce").astype("float64")
+        if by_study:
+            ref = out["study"].map(dict(zip(bases["study"], ref))).astype("float64")
+        else:
+            ref = pd.Series(float(ref.iloc[0]), index=out.index)
+        if not ref.notna().any():
             continue
         values = pd.to_numeric(out[metric], errors="coerce").astype("float64")
         if metric in EPOCH_METRICS:
-            out[f"delta_{metric}"] = values - float(baseline[metric])
-        elif float(baseline[metric]):
-            out[f"{metric}_ratio"] = values / float(baseline[metric])
-    out.attrs = {**front.attrs, "baseline": {k: baseline.get(k) for k in ("run_id", "run_name", *objectives)
-                                            if k in baseline.index}}
+            out[f"delta_{metric}"] = values - ref
+        elif (ref != 0).any():
+            out[f"{metric}_ratio"] = values / ref.where(ref != 0)
+    keys = [k for k in ("run_id", "run_name", "study", *objectives) if k in bases.columns]
+    described = [{k: row.get(k) for k in keys} for _, row in bases.iterrows()]
+    out.attrs = {**front.attrs, "baselines": described}
+    if len(described) == 1:
+        out.attrs["baseline"] = described[0]
     return out
-
 
 
 def _present(value: Any) -> bool:

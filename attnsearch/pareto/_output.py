@@ -63,10 +63,10 @@ def plot_front(
         best = front_pts[front_pts["attention"].astype(str) == kind] if kind is not None else front_pts
         ax.scatter(best[x], best[y], s=46, color=colors.get(kind, "C0"), edgecolors="black", linewidths=0.8,
                    label=kind, zorder=3)
-    base = front.attrs.get("baseline") or {}
-    if _present(base.get(x)) and _present(base.get(y)):
+    bases = [b for b in _baselines(front) if _present(b.get(x)) and _present(b.get(y))]
+    for i, base in enumerate(bases):  # each study's own baseline
         ax.scatter([base[x]], [base[y]], marker="*", s=180, color="gold", edgecolors="black", linewidths=0.8,
-                   label="baseline (none)", zorder=4)
+                   label="baseline (none)" if i == 0 else None, zorder=4)
         ax.axhline(base[y], color="grey", linestyle=":", linewidth=0.8, zorder=1)
     if len(objectives) == 2 and len(front_pts):
         stair = front_pts.sort_values(x, ascending=objectives[x] == "min")
@@ -169,12 +169,21 @@ def format_front(front: pd.DataFrame, objectives: Mapping[str, str] | None = Non
         return "(empty Pareto front: no trial competed at this budget; try budget='any')"
     header, rows = _front_rows(front, objectives)
     table = format_table(header, rows)
-    base = front.attrs.get("baseline")
-    if base:
+    bases = _baselines(front)
+    for base in bases:
         shown = ", ".join(f"{k} {_human(v) if k != 'val_acc' else f'{v:.4f}'}" for k, v in base.items()
                           if k in objectives and _present(v))
-        table += f"\nbaseline: {base.get('run_name', 'none')} ({shown})"
+        study = f" of study {base['study']}" if len(bases) > 1 and base.get("study") else ""
+        table += f"\nbaseline{study}: {base.get('run_name', 'none')} ({shown})"
     return table
+
+
+def _baselines(front: pd.DataFrame) -> list[dict[str, Any]]:
+    """The baselines a front was compared with (``relative_to_baseline``): each study's own."""
+    bases = front.attrs.get("baselines")
+    if bases is None:
+        bases = [front.attrs["baseline"]] if front.attrs.get("baseline") else []
+    return list(bases)
 
 
 # MLflow keeps 8,000 characters of a tag (the description is the tag mlflow.note.content) and cuts the rest.

@@ -13,6 +13,7 @@ from ..contract import (
     ALL_STUDIES,
     LATEST,
     MODES,
+    TAG_BASELINE,
     TAG_BUDGET,
     TAG_MAX_T,
     TAG_OBJECTIVES,
@@ -30,7 +31,7 @@ from ..tracking import fast_http, latest_parent, param_types, quote, run_params,
 __all__ = ["load_runs", "Study", "select_study", "study_definition", "LATEST", "ALL_STUDIES"]
 
 # Columns every frame from load_runs has first, in this order (then params, then metrics).
-_LEAD = ["run_name", "state", "budget", "pareto", "reason", "trial_id", "study", "run_id", "status", "start_time"]
+_LEAD = ["run_name", "state", "budget", "pareto", "baseline", "reason", "trial_id", "study", "run_id", "status", "start_time"]
 
 
 def _column_values(values: list[Any], texts: list[str | None], guessed: list[bool]) -> pd.Series:
@@ -61,7 +62,8 @@ def load_runs(
 ) -> pd.DataFrame:
     """One row per trial (child run) of ``experiment``; all studies unless ``parent_run_id``/``study_id`` is given.
 
-    Columns: ``run_name``, ``state``, ``budget`` (Int64), ``pareto`` (boolean), ``reason``, ``trial_id``,
+    Columns: ``run_name``, ``state``, ``budget`` (Int64), ``pareto`` (boolean), ``baseline`` (bool: the study's
+    baseline trial, tag ``attnsearch.baseline``), ``reason``, ``trial_id``,
     ``study``, ``run_id``, ``status``, ``start_time``; then every param under its trial-config name
     (``attention``, ``stages``, ``sa.groups``, ``train.lr``...) cast back to its type; then every metric under its
     name (``val_acc``, ``flops``, ...: the value at the last step).
@@ -95,6 +97,7 @@ def load_runs(
             "state": tags.get(TAG_STATE),
             "budget": int(budget) if budget not in (None, "") else None,
             "pareto": None if pareto is None else pareto.lower() == "true",
+            "baseline": tags.get(TAG_BASELINE, "").lower() == "true",
             "reason": tags.get(TAG_REASON),
             "trial_id": tags.get(TAG_TRIAL),
             "study": tags.get(TAG_STUDY),
@@ -112,6 +115,7 @@ def load_runs(
     df = pd.DataFrame(base, columns=_LEAD)
     df["budget"] = df["budget"].astype("Int64")
     df["pareto"] = df["pareto"].astype("boolean")
+    df["baseline"] = df["baseline"].astype(bool)
     columns = {}
     for key in params:
         columns[key] = _column_values(params[key], texts[key], guessed[key])

@@ -11,6 +11,7 @@ One private module per component; the public names are the ones below:
 * ``_ray_connection``: ``ray.address`` resolution and check, ``init_ray``, the per-trial resource check;
 * ``_optuna_record``: the study's Optuna record (its storage, reconciled with the Ray record);
 * ``_study_dirs``: study ids and their Ray experiment directories, which study ``--resume`` continues;
+* ``_study_params``: ``study_params``, the study's definition as the MLflow params of its parent run;
 * ``_run_study``: the Tuner of a study (new or restored), ``run_study``;
 * ``_retrain``: ``retrain``, a study's front and baseline retrained with several seeds.
 """
@@ -51,6 +52,7 @@ from ._schedulers import (
     rung_position,
 )
 from ._searcher import INFEASIBLE_CONSTRAINT, TRIAL_ID_ATTR, FixedConfigs, StudySearcher, make_sampler
+from ._study_params import space_digest, study_params
 from ._study_dirs import existing_studies, new_study_id, resolve_study, study_path
 
 __all__ = [
@@ -91,6 +93,8 @@ __all__ = [
     "run_study",
     "searcher_and_scheduler",
     "select_configs",
+    "space_digest",
+    "study_params",
     "study_path",
     "summarize",
     "trainable_for",

@@ -307,7 +307,8 @@ def retrain(job: Job, *, study: str | None = None, front: bool = True, runs: Seq
     tuner = build_tuner(
         job, trainable_for(job, space), search_alg=FixedConfigs(points), scheduler=FIFOScheduler(),
         name=retrain_id, storage=storage, num_samples=len(points),
-        callbacks=[MLflowTracker(uri, experiment, parent_run_id, retrain_id, max_t=epochs),
+        callbacks=[MLflowTracker(uri, experiment, parent_run_id, retrain_id, max_t=epochs,
+                                 datasets=tracking.dataset_inputs(job.data)),
                    ProgressPrinter(progress, stream=stream)],
     )
     out = stream or sys.stdout

@@ -26,6 +26,7 @@ from ._driver import (
 from ._optuna_record import open_optuna_storage, optuna_storage_url, reconcile_optuna_record
 from ._progress import ProgressPrinter, StudyProgress
 from ._searcher import StudySearcher
+from ._study_params import study_params
 from ._study_dirs import resolve_study, study_path
 
 if TYPE_CHECKING:
@@ -103,13 +104,14 @@ def run_study(job: Job, *, resume: bool | str = False, job_text: str | None = No
     experiment = job.experiment
     parent_run_id = tracking.start_study(
         job.tracking.uri, experiment, study_id, job_text or job.to_yaml(), space_to_dict(space), resume=restoring,
-        objectives=dict(job.search.objectives), max_t=job.max_t,
+        objectives=dict(job.search.objectives), max_t=job.max_t, params=study_params(job, space),
     )
     max_t = job.max_t
     objectives = dict(job.search.objectives)
     progress = StudyProgress(job.search.num_samples, max_t, objectives)
     callbacks = [
-        MLflowTracker(job.tracking.uri, experiment, parent_run_id, study_id, max_t=max_t),
+        MLflowTracker(job.tracking.uri, experiment, parent_run_id, study_id, max_t=max_t,
+                      datasets=tracking.dataset_inputs(job.data)),
         ProgressPrinter(progress, stream=stream),
     ]
     searcher: StudySearcher | None = None

@@ -14,6 +14,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ..contract import (
+    BASELINE_KEY,
     COMPLETED,
     EARLY_STOPPED,
     EPOCH_METRICS,
@@ -61,11 +62,22 @@ class StudySearcher(OptunaSearch):
     ``attnsearch_reason``, and its Ray trial id as ``attnsearch_trial_id``; the study's objectives are its metric
     names. With a ``storage`` (``attnsearch.search.open_optuna_storage``) the study is kept where Optuna's tools
     (optuna-dashboard, ``optuna.load_study``) open it.
+
+    Args:
+        *args: OptunaSearch's arguments (``space``, ``metric``, ``mode``...), passed on unchanged.
+        max_t: the full budget in epochs: a trial told as completed trained that many.
+        points_to_evaluate: the study's baseline config(s), enqueued first. Optuna asks enqueued trials before it
+            samples (``Study.enqueue_trial``), so the first ``len(points_to_evaluate)`` trials suggested are
+            they: each gets ``BASELINE_KEY: True`` in its config, which the tracker turns into the child run's tag
+            ``attnsearch.baseline`` (a sampled ``attention: none`` trial is never taken for the baseline).
+        **kwargs: OptunaSearch's other keyword arguments (``sampler``...).
     """
 
-    def __init__(self, *args: Any, max_t: int, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, max_t: int, points_to_evaluate: list[dict] | None = None, **kwargs: Any):
+        super().__init__(*args, points_to_evaluate=points_to_evaluate, **kwargs)
         self._max_t = max_t
+        self._enqueued = len(points_to_evaluate or [])
+        self._baseline: dict[str, bool] = {}  # trial id -> whether it was served an enqueued point
         study = self.optuna_study
         if study is not None and not study.metric_names:
             with warnings.catch_warnings():
@@ -82,7 +94,11 @@ class StudySearcher(OptunaSearch):
         ot_trial = self._running_optuna_trial(trial_id)
         if config is not None and ot_trial is not None and TRIAL_ID_ATTR not in ot_trial.user_attrs:
             ot_trial.set_user_attr(TRIAL_ID_ATTR, trial_id)
-        return config
+        if config is None:
+            return None
+        if trial_id not in self._baseline:
+            self._baseline[trial_id] = len(self._baseline) < self._enqueued
+        return {**config, BASELINE_KEY: True} if self._baseline[trial_id] else config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial = self._running_optuna_trial(trial_id)

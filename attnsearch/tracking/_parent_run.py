@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 import yaml
 from mlflow import MlflowClient
+from mlflow.entities import Param
 
 from ..contract import (
     EXPERIMENT_KIND_MODELS,
@@ -25,7 +26,7 @@ from ..contract import (
 )
 from ..uris import redact_text, redact_uri, sqlite_path
 from ._connection import fast_http, first_line
-from ._store import quote
+from ._store import MAX_PARAMS_TAGS, quote
 
 __all__ = [
     "start_study", "open_or_create_parent", "ensure_experiment", "find_parent", "latest_parent", "study_ids",
@@ -92,6 +93,18 @@ def _add_missing_tags(client: MlflowClient, parent: Any, tags: Mapping[str, str]
             client.set_tag(parent.info.run_id, key, value)
 
 
+def _add_missing_params(client: MlflowClient, run_id: str, logged: Mapping[str, str],
+                        params: Mapping[str, str]) -> None:
+    # MLflow refuses to change a logged param: a resumed study keeps the values it started with
+    changed = sorted(k for k, v in params.items() if k in logged and logged[k] != str(v))
+    if changed:
+        logger.warning("the study's parent run keeps the params it started with; changed in this job: %s",
+                       ", ".join(f"{k} ({logged[k]} -> {params[k]})" for k in changed))
+    new = [Param(k, str(v)) for k, v in params.items() if k not in logged]
+    for i in range(0, len(new), MAX_PARAMS_TAGS):
+        client.log_batch(run_id, params=new[i:i + MAX_PARAMS_TAGS])
+
+
 def start_study(
     uri: str,
     experiment: str,
@@ -102,13 +115,27 @@ def start_study(
     *,
     objectives: Mapping[str, str] | None = None,
     max_t: int | None = None,
+    params: Mapping[str, str] | None = None,
 ) -> str:
     """Create (or, with ``resume``, reuse) the study's parent run; return its run id.
 
-    Logs ``job.yaml`` and ``search_space.yaml`` as artifacts of the parent run and tags it with the study's
-    definition (``objectives``, ``max_t``: ``definition_tags``; a reused parent keeps the definition it has).
+    Logs ``job.yaml`` and ``search_space.yaml`` as artifacts of the parent run, tags it with the study's
+    definition (``objectives``, ``max_t``: ``definition_tags``) and logs ``params`` (the study's settings, e.g.
+    ``attnsearch.search.study_params``) as its MLflow params; a reused parent keeps the definition and the params
+    it has (MLflow params cannot change: a resume with an edited job adds only the params that are new).
     Raises ``TrackingError`` when the study already exists and ``resume`` is false (two searches would otherwise
     share one parent run).
+
+    Args:
+        uri: the tracking URI (``tracking.uri``, resolved).
+        experiment: the MLflow experiment (created when missing).
+        study_id: the study's id (the parent run's ``attnsearch.study`` tag and name).
+        job_yaml_text: the job file's text (credentials in it are redacted before logging).
+        space_dict: the resolved search space (``attnsearch.space.space_to_dict``).
+        resume: reuse the study's parent run instead of refusing a second one.
+        objectives: the study's objectives, ``{metric: "max"|"min"}``.
+        max_t: the study's full budget in epochs.
+        params: the study's settings, logged once as params of the parent run.
     """
     definition = definition_tags(objectives, max_t)
     with fast_http():
@@ -130,9 +157,11 @@ def start_study(
                 experiment_id, tags={TAG_STUDY: study_id, TAG_ROLE: "study", **definition}, run_name=study_id
             )
             run_id = run.info.run_id
+            _add_missing_params(client, run_id, {}, params or {})
         else:
             run_id = parent.info.run_id
             _add_missing_tags(client, parent, definition)
+            _add_missing_params(client, run_id, parent.data.params, params or {})
             if parent.info.status != "RUNNING":
                 client.update_run(run_id, status="RUNNING")
         client.log_text(run_id, redact_text(job_yaml_text), "job.yaml")

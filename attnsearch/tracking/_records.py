@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..contract import FAILED, REASON_KEY, RUNNING, STATE_KEY, STATIC_METRICS, TIME_ATTR, is_number, trial_state
+from ..contract import BASELINE_KEY, FAILED, REASON_KEY, RUNNING, STATE_KEY, STATIC_METRICS, TIME_ATTR, is_number, trial_state
 
 __all__ = ["TrialRecord", "error_summary"]
 
@@ -39,6 +39,11 @@ class TrialRecord:
     end_ms: int | None = None
     nresults: int = 0
     last: dict[str, float] = field(default_factory=dict)  # the newest epoch's metrics (what MLflow shows last)
+    baseline: bool = False  # the study's baseline (its config's BASELINE_KEY, taken out of the params)
+
+    def __post_init__(self) -> None:
+        if self.config.pop(BASELINE_KEY, False):
+            self.baseline = True
 
     def add_result(self, result: Mapping[str, Any]) -> None:
         """Keep the metrics of one Ray result (bookkeeping keys dropped)."""

@@ -12,7 +12,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -22,6 +22,7 @@ from ..contract import (
     RUNNING,
     STATES,
     STATIC_METRICS,
+    TAG_BASELINE,
     TAG_BUDGET,
     TAG_FAILURES,
     TAG_PARAM_TYPES,
@@ -33,6 +34,7 @@ from ..contract import (
     TAG_TRIAL,
     TIME_ATTR,
 )
+from ._datasets import input_entities
 from ._params import encode_params, run_name
 from ._records import TrialRecord, tail
 
@@ -66,6 +68,7 @@ class RunState:
     static: set[str]
     tags: dict[str, str]
     status: str
+    inputs: bool = False  # the run has its dataset inputs
 
     @classmethod
     def of(cls, run: Any) -> "RunState":
@@ -78,15 +81,23 @@ class RunState:
             static={k for k in STATIC_METRICS if k in metrics},
             tags=dict(run.data.tags),
             status=run.info.status,
+            inputs=bool(run.inputs and run.inputs.dataset_inputs),
         )
 
 
 
 class Store:
-    """A study's child runs in one tracking store, cached by trial id."""
+    """A study's child runs in one tracking store, cached by trial id.
 
-    def __init__(self, uri: str, parent_run_id: str) -> None:
+    Args:
+        uri: the tracking URI.
+        parent_run_id: the study's parent run; its child runs are read once, then cached.
+        datasets: the dataset inputs every child run gets once (``dataset_inputs``: what the trials train on).
+    """
+
+    def __init__(self, uri: str, parent_run_id: str, datasets: Sequence[Mapping[str, Any]] = ()) -> None:
         self.uri = uri
+        self.datasets = list(datasets)
         self.client = MlflowClient(uri)
         parent = self.client.get_run(parent_run_id)
         self.parent_run_id = parent_run_id
@@ -117,6 +128,7 @@ class Store:
                 TAG_PARENT: self.parent_run_id, TAG_STUDY: self.study_id, TAG_ROLE: "trial",
                 TAG_TRIAL: record.trial_id, TAG_STATE: RUNNING,
                 TAG_PARAM_TYPES: json.dumps(types, sort_keys=True),
+                **({TAG_BASELINE: "true"} if record.baseline else {}),
             }
             run = self.client.create_run(
                 self.experiment_id, start_time=record.start_ms, tags=tags, run_name=run_name(record.config)
@@ -130,6 +142,9 @@ class Store:
         """Write what the store is missing for this trial; return what was written."""
         counts = {"runs_created": 0, "params": 0, "metrics": 0, "tags": 0, "finished": 0}
         rs = self._run_for(record, counts)
+        if self.datasets and not rs.inputs:
+            self.client.log_inputs(rs.run_id, datasets=input_entities(self.datasets))
+            rs.inputs = True
         values, types = encode_params(record.config)
         params = [Param(k, v) for k, v in values.items() if k not in rs.params]
         for i in range(0, len(params), MAX_PARAMS_TAGS):
@@ -163,6 +178,8 @@ class Store:
             desired[TAG_REASON] = tail(record.reason)
         if record.failures:
             desired[TAG_FAILURES] = str(record.failures)
+        if record.baseline:
+            desired[TAG_BASELINE] = "true"
         known = json.loads(rs.tags.get(TAG_PARAM_TYPES) or "{}")
         if not set(types) <= set(known):
             desired[TAG_PARAM_TYPES] = json.dumps({**known, **types}, sort_keys=True)

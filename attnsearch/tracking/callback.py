@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from ray.tune import Callback
 from ray.tune.utils import flatten_dict
@@ -36,6 +36,16 @@ class MLflowTracker(Callback):
     answers again, writes everything it missed. Whatever is still missing at the end can be written later from
     the Ray experiment directory with ``sync_study``. ``strict=True`` raises instead (tests). Picklable (Ray
     stores it in ``tuner.pkl``).
+
+    Args:
+        tracking_uri: the MLflow tracking URI (a relative SQLite path is pinned to the driver's directory).
+        experiment: the study's MLflow experiment.
+        parent_run_id: the study's parent run (``start_study``).
+        study_id: the study's id, to find the parent run again.
+        max_t: the full budget in epochs (``completed`` against ``early_stopped``).
+        retry_interval_s: seconds between two attempts while the store does not answer.
+        strict: raise MLflow errors instead of carrying on without the store.
+        datasets: the dataset inputs each child run gets (``attnsearch.tracking.dataset_inputs``).
     """
 
     def __init__(
@@ -48,6 +58,7 @@ class MLflowTracker(Callback):
         *,
         retry_interval_s: float = 30.0,
         strict: bool = False,
+        datasets: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         self.tracking_uri = resolve_tracking_uri(tracking_uri, os.getcwd())  # pin a relative store (driver cwd)
         self.experiment = experiment
@@ -56,6 +67,7 @@ class MLflowTracker(Callback):
         self.max_t = int(max_t)
         self.retry_interval_s = float(retry_interval_s)
         self.strict = strict
+        self.datasets = [dict(d) for d in datasets]
         self._reset()
 
     def _reset(self) -> None:
@@ -67,7 +79,8 @@ class MLflowTracker(Callback):
         self.errors = 0  # MLflow calls that failed (for reports and tests)
 
     def __getstate__(self) -> dict[str, Any]:
-        keep = ("tracking_uri", "experiment", "parent_run_id", "study_id", "max_t", "retry_interval_s", "strict")
+        keep = ("tracking_uri", "experiment", "parent_run_id", "study_id", "max_t", "retry_interval_s", "strict",
+                "datasets")
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -78,13 +91,13 @@ class MLflowTracker(Callback):
     def _open(self) -> Store:
         # reads back a resumed study's runs (last logged epoch, params, tags) so nothing is written twice
         try:
-            return Store(self.tracking_uri, self.parent_run_id)
+            return Store(self.tracking_uri, self.parent_run_id, self.datasets)
         except Exception as e:  # noqa: BLE001
             if getattr(e, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
                 raise
         self.parent_run_id = open_or_create_parent(self.tracking_uri, self.experiment, self.study_id)
         logger.warning("parent run of study %r not found; using run %s", self.study_id, self.parent_run_id)
-        return Store(self.tracking_uri, self.parent_run_id)
+        return Store(self.tracking_uri, self.parent_run_id, self.datasets)
 
     def _reconcile(self, record: TrialRecord) -> None:
         if self._store is None:

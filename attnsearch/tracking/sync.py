@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ray.tune import ExperimentAnalysis
 from ray.tune.utils import flatten_dict
@@ -89,19 +89,29 @@ def sync_study(
     max_t: int,
     *,
     objectives: Mapping[str, str] | None = None,
+    datasets: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, int]:
     """Write whatever MLflow is missing for a study from its Ray experiment directory (``attnsearch sync JOB``).
 
     Creates the parent run if needed (with the study's definition, ``objectives`` and ``max_t``, as tags it lacks);
     never duplicates runs, params, metric steps or tags, so running it twice writes nothing the second time.
     Returns counts: trials, runs_created, params, metrics, tags, finished.
+
+    Args:
+        experiment_dir: the study's Ray experiment directory.
+        uri: the MLflow tracking URI.
+        experiment: the study's MLflow experiment.
+        study_id: the study's id.
+        max_t: the full budget in epochs.
+        objectives: the study's objectives, for a parent run created here.
+        datasets: the dataset inputs each child run gets when it lacks them (``dataset_inputs``).
     """
     records = read_ray_trials(experiment_dir, max_t)
     totals = {"trials": len(records), "runs_created": 0, "params": 0, "metrics": 0, "tags": 0, "finished": 0}
     with fast_http():
         try:
             parent = open_or_create_parent(uri, experiment, study_id, objectives=objectives, max_t=max_t)
-            store = Store(uri, parent)
+            store = Store(uri, parent, datasets)
         except Exception as e:  # noqa: BLE001
             raise TrackingError(f"cannot use the MLflow store {redact_uri(uri)}: {first_line(e)}") from e
         for record in records:

@@ -1,0 +1,60 @@
+"""A study's definition as the MLflow params of its parent run, so that the UI compares two studies' settings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import PurePath
+from typing import TYPE_CHECKING
+
+from ..space import space_to_dict
+from ._schedulers import rung_milestones
+
+if TYPE_CHECKING:
+    from ..config import Job
+    from ..space import SearchSpace
+
+__all__ = ["space_digest", "study_params"]
+
+
+def space_digest(space: SearchSpace) -> str:
+    """SHA-256 of the resolved space (``space_to_dict``, keys sorted): equal for two files that search the same."""
+    text = json.dumps(space_to_dict(space), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def study_params(job: Job, space: SearchSpace) -> dict[str, str]:
+    """The parent run's params: what the study searches and how, under the job's own key names.
+
+    ``search.sampler``, ``scheduler.type`` (``auto`` resolved), for ASHA/MOASHA its ``grace_period``,
+    ``reduction_factor`` and ``rungs`` (the epochs it decides at), ``search.num_samples``, ``search.max_concurrent``,
+    ``search.seed``, ``search.baseline``, ``train.epochs``, ``search.objectives`` (JSON, the job's order),
+    ``search.budget_epochs`` (``none`` without one), ``backbone.name``, ``backbone.width_mult``, ``data.dataset``,
+    ``data.image_size``, ``search.space`` (the space file's name, ``inline`` for a space in the job) and
+    ``search.space_digest`` (``space_digest``).
+    """
+    kind = job.scheduler_type
+    params = {
+        "search.sampler": job.search.sampler,
+        "scheduler.type": kind,
+        "search.num_samples": job.search.num_samples,
+        "search.max_concurrent": job.search.max_concurrent,
+        "search.seed": job.search.seed,
+        "search.baseline": job.search.baseline,
+        "train.epochs": job.train.epochs,
+        "search.objectives": json.dumps(dict(job.search.objectives)),
+        "search.budget_epochs": job.search.budget_epochs if job.search.budget_epochs is not None else "none",
+        "backbone.name": job.backbone.name,
+        "backbone.width_mult": job.backbone.width_mult,
+        "data.dataset": job.data.dataset,
+        "data.image_size": job.data.image_size if job.data.image_size is not None else "native",
+        "search.space": PurePath(job.search.space).name if isinstance(job.search.space, str) else "inline",
+        "search.space_digest": space_digest(space),
+    }
+    if kind in ("asha", "moasha"):
+        sched = job.scheduler
+        params["scheduler.grace_period"] = sched.grace_period
+        params["scheduler.reduction_factor"] = sched.reduction_factor
+        rungs = rung_milestones(job.train.epochs, sched.grace_period, sched.reduction_factor)
+        params["scheduler.rungs"] = json.dumps([int(r) if float(r).is_integer() else r for r in rungs])
+    return {key: str(value) for key, value in params.items()}
