@@ -193,3 +193,31 @@ def test_the_option_a_shortcut_keeps_its_channel_map():
     # output dst[i] is the kept stage-2 channel that was stage-1 channel kept_in[src[i]] before pruning
     assert [kept_out[d] for d in dst] == [kept_in[s] for s in src]
     assert all(kept_out[d] < 16 for d in dst) and shortcut.out_channels == 16 and shortcut.in_channels == 8
+
+
+def test_a_pruned_models_spec_rebuilds_it_and_old_specs_still_load(tmp_path):
+    import yaml
+
+    from attnsearch.export import PRUNED_SPEC_FORMAT, SPEC_FORMAT, ModelSpec, rebuild
+
+    attention = {"type": "se", "reduction": 4, "stages": [2, 3]}
+    net = _randomised(build_model("resnet20", num_classes=10, attention=attention, input_size=8))
+    result = prune_model(net, 0.5, input_size=8, importance="l1")
+    plain = ModelSpec(backbone="resnet20", num_classes=10, image_size=8, attention=attention)
+    assert plain.to_dict()["format"] == SPEC_FORMAT and "pruning" not in plain.to_dict()  # what /1 readers know
+    spec = ModelSpec(backbone="resnet20", num_classes=10, image_size=8, attention=attention,
+                     pruning={"ratio": 0.5, "importance": "l1", "history": result.history,
+                              "widths": result.widths_after})
+    (tmp_path / "spec.yaml").write_text(spec.to_yaml())
+    again = ModelSpec.read(tmp_path / "spec.yaml")
+    assert again.to_dict()["format"] == PRUNED_SPEC_FORMAT and again.pruning["widths"] == result.widths_after
+    model = rebuild(again, result.model.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), result.model.eval()(x))
+    with pytest.raises(ValueError, match="weights do not fit"):  # unpruned spec, pruned weights
+        rebuild(plain, result.model.state_dict())
+    data = yaml.safe_load(spec.to_yaml())
+    data["format"] = SPEC_FORMAT
+    with pytest.raises(ValueError, match="with a pruning section"):
+        ModelSpec.from_dict(data)

@@ -30,13 +30,19 @@ from ._folder import (
 from ._mlflow import (
     ModelsLogged,
     download_model,
+    log_model,
     log_study_models,
+    logged_model_of,
     model_name,
     registered_name,
     resolve_logged_model,
+    tracking_context,
+    trial_params,
 )
 from ._spec import (
+    PRUNED_SPEC_FORMAT,
     SPEC_FILE,
+    SPEC_FORMAT,
     WEIGHTS_FILE,
     ModelSpec,
     read_weights,
@@ -44,10 +50,12 @@ from ._spec import (
     spec_for_trial,
     write_weights,
 )
-from ._study_models import export_study, load_model, load_spec_and_weights
+from ._study_models import export_study, load_model, load_spec_and_weights, trained_model
 
 __all__ = [
     "CARD_FILE",
+    "PRUNED_SPEC_FORMAT",
+    "SPEC_FORMAT",
     "FORMATS",
     "PT2_FILE",
     "SPEC_FILE",
@@ -64,13 +72,18 @@ __all__ = [
     "folder_name",
     "load_model",
     "load_spec_and_weights",
+    "log_model",
     "log_study_models",
+    "logged_model_of",
     "model_name",
     "read_weights",
     "rebuild",
     "registered_name",
     "resolve_logged_model",
     "spec_for_trial",
+    "trained_model",
+    "tracking_context",
     "trial_dir",
+    "trial_params",
     "write_weights",
 ]

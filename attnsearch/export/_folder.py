@@ -150,6 +150,11 @@ def model_card(model: nn.Module, spec: ModelSpec, costs: Mapping[str, Any], metr
     summary = (f"{spec.backbone} (width x{spec.width_mult:g}) at {spec.image_size}x{spec.image_size}, "
                f"{spec.num_classes} classes, attention: {spec.describe_attention()}.")
     lines = [f"# {title}", "", summary, ""]
+    if spec.pruning:
+        p = spec.pruning
+        lines += [f"Channel-pruned (`attnsearch prune`): {float(p['ratio']):g} of every dependency group's channels "
+                  f"removed by {p['importance']} importance from run `{p.get('source_run')}`, then fine-tuned "
+                  f"{p.get('finetune_epochs', 0)} epoch(s); the spec's `pruning.history` rebuilds the widths.", ""]
     if src:
         lines += ["## Source", "", *[f"- {k}: `{v}`" for k, v in src.items()], *[f"- {k}: {v}" for k, v in
                                                                                   extra.items()], ""]

@@ -60,8 +60,8 @@ from ._spec import (
     write_weights,
 )
 
-__all__ = ["ModelsLogged", "log_study_models", "registered_name", "resolve_logged_model", "download_model",
-           "model_name", "trial_params", "logged_model_of"]
+__all__ = ["ModelsLogged", "log_study_models", "log_model", "registered_name", "resolve_logged_model",
+           "download_model", "model_name", "trial_params", "logged_model_of", "tracking_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +107,9 @@ def registered_name(experiment: str) -> str:
 
 
 @contextlib.contextmanager
-def _tracking(uri: str) -> Iterator[None]:
-    # mlflow.pytorch.log_model and mlflow.register_model write through MLflow's global tracking URI
+def tracking_context(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI set to ``uri`` (``mlflow.pytorch.log_model`` and ``mlflow.register_model``
+    write through it), quiet progress bars and short HTTP retries; restored afterwards."""
     before = mlflow.get_tracking_uri()
     quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     added = [k for k in quiet if k not in os.environ]
@@ -190,7 +191,7 @@ def log_study_models(
     uri, experiment = job.tracking.uri, job.experiment
     name = registered_name(experiment)
     done.registered_as = name
-    with _tracking(uri):
+    with tracking_context(uri):
         client = MlflowClient(uri)
         parent = client.get_run(parent_run_id)
         experiment_id, study_id = parent.info.experiment_id, parent.data.tags.get(TAG_STUDY, "")
@@ -226,26 +227,36 @@ def _log_one(client: MlflowClient, job: Job, row: pd.Series, experiment_id: str,
     source = {"experiment": experiment, "study": study_id, "run_id": row["run_id"], "run_name": row["run_name"],
               "trial_id": row["trial_id"], "epoch": weights.epoch}
     spec = spec_for_trial(job, trial_params(client, row), state=weights.state, source=source)
-    model = rebuild(spec, weights.state)
+    tags = {TAG_TRIAL: str(row["trial_id"]), TAG_STUDY: study_id, **_metric_tags(row)}
+    return log_model(client, spec, weights.state, experiment_id=experiment_id, run_id=row["run_id"],
+                     name=model_name(row["run_name"]), step=budget, tags=tags)
+
+
+def log_model(client: MlflowClient, spec: ModelSpec, state: dict[str, torch.Tensor], *, experiment_id: str,
+              run_id: str, name: str, step: int, tags: dict[str, str]) -> Any:
+    """Log the model ``spec`` and ``state`` make as an MLflow logged model of run ``run_id`` (call inside the
+    tracking URI's context, as ``log_study_models`` does): the pickled module with a signature and an input example
+    of batch 2, the spec and the weights as extra files; a PENDING model of the run left by an interrupted call is
+    completed. Returns the READY logged model. ``tags`` should carry ``attnsearch.trial_id`` (what finds it again)."""
+    model = rebuild(spec, state)
     example = np.zeros((2, 3, spec.image_size, spec.image_size), dtype=np.float32)  # batch > 1: see the docstring
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
-    tags = {TAG_TRIAL: str(row["trial_id"]), TAG_STUDY: study_id, "attention": spec.describe_attention(),
-            **_metric_tags(row)}
-    pending = logged_model_of(client, experiment_id, row["run_id"], row["trial_id"], ready=False)
+    tags = {**tags, "attention": spec.describe_attention()}
+    pending = logged_model_of(client, experiment_id, run_id, tags.get(TAG_TRIAL), ready=False)
     if pending is None:
-        pending = client.create_logged_model(experiment_id, name=model_name(row["run_name"]),
-                                             source_run_id=row["run_id"], tags=tags, model_type="attnsearch")
+        pending = client.create_logged_model(experiment_id, name=name, source_run_id=run_id, tags=tags,
+                                             model_type="attnsearch")
     with tempfile.TemporaryDirectory(prefix="attnsearch-model-") as tmp:
         spec_path = Path(tmp, SPEC_FILE)
         spec_path.write_text(spec.to_yaml())
-        weights_path = write_weights(weights.state, Path(tmp, WEIGHTS_FILE))
+        weights_path = write_weights(state, Path(tmp, WEIGHTS_FILE))
         flavor_log = logging.getLogger("mlflow.pytorch")
         level = flavor_log.level
         flavor_log.setLevel(logging.ERROR)  # its warning about pickle: the weights_only route is next to it
         try:
             mlflow.pytorch.log_model(
-                model, name=pending.name, model_id=pending.model_id, run_id=row["run_id"], step=budget,
+                model, name=pending.name, model_id=pending.model_id, run_id=run_id, step=step,
                 serialization_format="pickle", signature=infer_signature(example, output), input_example=example,
                 extra_files=[str(spec_path), str(weights_path)], pip_requirements=_requirements(),
                 metadata={"attnsearch": spec.to_dict()},
@@ -306,7 +317,7 @@ def resolve_logged_model(client: MlflowClient, source: str) -> Any:
 def download_model(source: str, tracking_uri: str | None = None) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
     """The spec and the weights of the MLflow model ``source`` (``resolve_logged_model``), tensors only."""
     uri = tracking_uri or mlflow.get_tracking_uri()
-    with _tracking(uri), tempfile.TemporaryDirectory(prefix="attnsearch-load-") as tmp:
+    with tracking_context(uri), tempfile.TemporaryDirectory(prefix="attnsearch-load-") as tmp:
         client = MlflowClient(uri)
         model = resolve_logged_model(client, source)
         base = model.artifact_location.rstrip("/")

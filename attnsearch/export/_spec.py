@@ -3,6 +3,10 @@ weights, and the folder format both are kept in (``spec.yaml`` + ``weights.pt``)
 
 The spec is everything ``attnsearch.models.build_model`` needs to rebuild the architecture; the weights are a plain
 state dict, read with ``torch.load(..., weights_only=True)`` (tensors only: no code runs when a model is loaded).
+A pruned model's spec (``attnsearch prune``) adds ``pruning``: the ratio, the importance, the pruned convolutions'
+widths and torch-pruning's pruning history, which ``attnsearch.prune.replay`` applies to the freshly built
+unpruned architecture (format ``attnsearch-model/2``; a spec without ``pruning`` stays ``attnsearch-model/1``,
+and both load).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from torch import nn
 from ..config import Job
 from ..data import build_datasets, dataset_info
 from ..models import build_model, get_backbone
+from ..prune import replay
 from ..space import materialize
 
 __all__ = ["ModelSpec", "SPEC_FILE", "WEIGHTS_FILE", "SPEC_FORMAT", "spec_for_trial", "read_weights",
@@ -28,6 +33,8 @@ __all__ = ["ModelSpec", "SPEC_FILE", "WEIGHTS_FILE", "SPEC_FORMAT", "spec_for_tr
 SPEC_FILE = "spec.yaml"
 WEIGHTS_FILE = "weights.pt"
 SPEC_FORMAT = "attnsearch-model/1"
+PRUNED_SPEC_FORMAT = "attnsearch-model/2"  # a spec with ``pruning``
+_PRUNING_KEYS = ("ratio", "importance", "history")
 # Datasets whose normalisation is computed from their own (small, local) training split, not a fixed table.
 _COMPUTED_NORMALISATION = ("digits", "fake")
 
@@ -36,7 +43,9 @@ _COMPUTED_NORMALISATION = ("digits", "fake")
 class ModelSpec:
     """What rebuilds a trial's model: ``build_model(backbone, num_classes, attention, input_size=image_size,
     width_mult=width_mult)``. ``mean``/``std`` normalise the input as the trial's data did (per channel, after
-    scaling pixels to [0, 1]); ``source`` says where the weights came from (experiment, study, run, trial, epoch)."""
+    scaling pixels to [0, 1]); ``source`` says where the weights came from (experiment, study, run, trial, epoch).
+    ``pruning`` (a pruned model's): ``ratio``, ``importance``, ``history`` (torch-pruning's, replayed by ``build``),
+    ``widths`` (output channels per convolution) and ``source_run`` (the unpruned model's run)."""
 
     backbone: str
     num_classes: int
@@ -47,14 +56,21 @@ class ModelSpec:
     mean: list[float] | None = None
     std: list[float] | None = None
     source: dict[str, Any] = field(default_factory=dict)
+    pruning: dict[str, Any] | None = None
 
     def build(self) -> nn.Module:
-        """The architecture, freshly initialised (``rebuild`` loads weights into it)."""
-        return build_model(self.backbone, num_classes=self.num_classes, attention=self.attention,
-                           input_size=self.image_size, width_mult=self.width_mult)
+        """The architecture, freshly initialised (``rebuild`` loads weights into it); pruned when ``pruning``."""
+        model = build_model(self.backbone, num_classes=self.num_classes, attention=self.attention,
+                            input_size=self.image_size, width_mult=self.width_mult)
+        if self.pruning:
+            replay(model, self.pruning["history"], self.image_size)
+        return model
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": SPEC_FORMAT, **asdict(self)}
+        data = asdict(self)
+        if data["pruning"] is None:  # what attnsearch-model/1 readers know
+            data.pop("pruning")
+        return {"format": PRUNED_SPEC_FORMAT if self.pruning else SPEC_FORMAT, **data}
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -66,9 +82,16 @@ class ModelSpec:
             raise ValueError(f"{where}: not a model spec (a mapping with backbone, num_classes, image_size, ...)")
         data = dict(data)
         fmt = data.pop("format", None)
-        if fmt != SPEC_FORMAT:
-            raise ValueError(f"{where}: format: expected {SPEC_FORMAT!r}, got {fmt!r} (written by another tool or a "
-                             "newer attnsearch?)")
+        if fmt not in (SPEC_FORMAT, PRUNED_SPEC_FORMAT):
+            raise ValueError(f"{where}: format: expected {SPEC_FORMAT!r} or {PRUNED_SPEC_FORMAT!r}, got {fmt!r} "
+                             "(written by another tool or a newer attnsearch?)")
+        pruning = data.get("pruning")
+        if (fmt == PRUNED_SPEC_FORMAT) != bool(pruning):
+            raise ValueError(f"{where}: format {fmt!r} with{'out' if pruning is None else ''} a pruning section: "
+                             f"{PRUNED_SPEC_FORMAT} specs (pruned models) have one, {SPEC_FORMAT} specs do not")
+        if pruning is not None and (not isinstance(pruning, Mapping)
+                                    or any(k not in pruning for k in _PRUNING_KEYS)):
+            raise ValueError(f"{where}: pruning: must be a mapping with {list(_PRUNING_KEYS)}")
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:

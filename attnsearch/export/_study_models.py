@@ -27,7 +27,7 @@ from ._spec import (
     spec_for_trial,
 )
 
-__all__ = ["export_study", "load_model", "load_spec_and_weights"]
+__all__ = ["export_study", "load_model", "load_spec_and_weights", "trained_model"]
 
 _CARD_METRICS = ("val_acc", "val_loss", "train_loss", "flops", "macs", "params", "attn_flops", "attn_params",
                  "latency_ms", "throughput", "latency_load", "budget")
@@ -102,6 +102,26 @@ def _select(client: MlflowClient, job: Job, experiment: str, *, run_id: str | No
     return rows, chosen.parent_run_id
 
 
+def trained_model(client: MlflowClient, job: Job, row: pd.Series, experiment_id: str, study_id: str,
+                  experiment_path: str) -> tuple[ModelSpec, dict[str, Any], dict[str, str]]:
+    """The spec and final weights of a trained trial (a ``load_runs`` row): from its MLflow model when it has one,
+    else from its final Ray checkpoint in ``experiment_path`` (``UsageError`` when neither is usable); and what to
+    say about where they came from (``{"MLflow model": uri}`` or nothing)."""
+    logged = logged_model_of(client, experiment_id, row["run_id"], row["trial_id"])
+    if logged is not None:
+        spec, state = download_model(logged.model_uri, job.tracking.uri)
+        return spec, state, {"MLflow model": f"`{logged.model_uri}`"}
+    try:
+        weights = final_weights(experiment_path, row["trial_id"], int(row["budget"]))
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(f"{row['run_name']} ({row['run_id']}) has no MLflow model and its checkpoint is not "
+                         f"usable: {exc}") from None
+    source = {"experiment": job.tracking.experiment or job.name, "study": study_id, "run_id": row["run_id"],
+              "run_name": row["run_name"], "trial_id": row["trial_id"], "epoch": weights.epoch}
+    spec = spec_for_trial(job, trial_params(client, row), state=weights.state, source=source)
+    return spec, weights.state, {}
+
+
 def export_study(
     job: Job,
     out: str | os.PathLike,
@@ -128,21 +148,8 @@ def export_study(
         study_id = parent_run.data.tags.get(TAG_STUDY, "")
         exported = []
         for _, row in rows.iterrows():
-            logged = logged_model_of(client, parent_run.info.experiment_id, row["run_id"], row["trial_id"])
-            extra = {}
-            if logged is not None:
-                spec, state = download_model(logged.model_uri, uri)
-                extra["MLflow model"] = f"`{logged.model_uri}`"
-            else:
-                try:
-                    weights = final_weights(f"{storage}/{study_id}", row["trial_id"], int(row["budget"]))
-                except (FileNotFoundError, ValueError) as exc:
-                    raise UsageError(f"export: {row['run_name']} ({row['run_id']}) has no MLflow model and its "
-                                     f"checkpoint is not usable: {exc}") from None
-                source = {"experiment": experiment, "study": study_id, "run_id": row["run_id"],
-                          "run_name": row["run_name"], "trial_id": row["trial_id"], "epoch": weights.epoch}
-                spec = spec_for_trial(job, trial_params(client, row), state=weights.state, source=source)
-                state = weights.state
+            spec, state, extra = trained_model(client, job, row, parent_run.info.experiment_id, study_id,
+                                               f"{storage}/{study_id}")
             model = rebuild(spec, state)
             folder = Path(out) / folder_name(row["run_name"], row["trial_id"])
             exported.append(export_model(model, spec, folder, metrics=_metrics(row), formats=formats, extra=extra))
