@@ -202,5 +202,15 @@ METRIC_RETRAIN_BASELINE_STD = "retrain.baseline.val_acc_std"  # retrain parent: 
 TAG_IMPORTANCE_EVALUATOR = "attnsearch.importance.evaluator"
 TAG_IMPORTANCE_RELIABLE = "attnsearch.importance.reliable"
 TAG_IMPORTANCE_WARNINGS = "attnsearch.importance.warnings"
+# `attnsearch prune`: a parent run of its own (role ROLE_PRUNE, TAG_STUDY = the prune's id), linked to the study
+# whose models it prunes; each child run (role "trial") is one pruned model, tagged with the run it was pruned from.
+ROLE_PRUNE = "prune"
+TAG_PRUNE_STUDY = "attnsearch.prune.study"  # prune parent: the source study's id
+TAG_PRUNE_PARENT = "attnsearch.prune.parent_run"  # prune parent: the source study's parent run id
+TAG_PRUNED_FROM = "attnsearch.pruned_from"  # prune child: the study's child run id of the unpruned model
+TAG_PRUNE_RATIO = "attnsearch.prune.ratio"  # prune child: the fraction of channels removed
+TAG_PRUNE_IMPORTANCE = "attnsearch.prune.importance"  # prune child: nam | bn | l1 | random
+TAG_PRUNE_ON_FRONT = "attnsearch.prune.on_front"  # prune child: on the front over the study's and pruned models
+METRIC_VAL_ACC_PRUNED = "val_acc_pruned"  # prune child: val_acc right after pruning, before fine-tuning
 
 __all__ += [name for name in dict(globals()) if name.startswith(("TAG_", "METRIC_", "ROLE_", "PARAM_"))]

@@ -4,7 +4,7 @@ Exit status: 0 on success, 2 for bad input (``attnsearch.contract.InputError``: 
 and the fix; nothing is started), 1 for a failure while running.
 
 One module per group of commands: ``_studies`` (``run``, ``sync``, ``retrain``), ``_inspect`` (``modules``,
-``sites``, ``flops``), ``_results`` (``pareto``, ``ui``, ``export``), ``_optuna`` (``importance``, ``dashboard``:
+``sites``, ``flops``), ``_prune`` (``prune``), ``_results`` (``pareto``, ``ui``, ``export``), ``_optuna`` (``importance``, ``dashboard``:
 the study's Optuna record), ``_ray_jobs`` (``submit``, ``status``,
 ``logs``), and ``_common`` (the job argument, ``--set``, ``--resume``, what the commands share). Each command
 imports the layers it needs when it runs (the one package with function-level imports of attnsearch's own
@@ -18,14 +18,14 @@ import sys
 from typing import Sequence
 
 from ..contract import InputError
-from . import _inspect, _optuna, _ray_jobs, _results, _studies
+from . import _inspect, _optuna, _prune, _ray_jobs, _results, _studies
 
 __all__ = ["build_parser", "main"]
 
 # the order of `attnsearch --help`
 _COMMANDS = (
     _studies.add_run, _inspect.add_modules, _inspect.add_sites, _inspect.add_flops, _results.add_pareto,
-    _studies.add_sync, _studies.add_retrain, _optuna.add_importance, _results.add_ui, _optuna.add_dashboard,
+    _studies.add_sync, _studies.add_retrain, _prune.add_prune, _optuna.add_importance, _results.add_ui, _optuna.add_dashboard,
     _results.add_export,
     _ray_jobs.add_submit, _ray_jobs.add_status, _ray_jobs.add_logs,
 )

@@ -23,6 +23,7 @@ from ._parent_run import (
     find_parent,
     latest_parent,
     open_or_create_parent,
+    start_prune,
     start_retrain,
     start_study,
 )
@@ -65,4 +66,5 @@ __all__ = [
     "open_or_create_parent",
     "start_study",
     "start_retrain",
+    "start_prune",
 ]

@@ -13,10 +13,13 @@ from mlflow.entities import Param
 
 from ..contract import (
     EXPERIMENT_KIND_MODELS,
+    ROLE_PRUNE,
     ROLE_RETRAIN,
     TAG_EXPERIMENT_KIND,
     TAG_MAX_T,
     TAG_OBJECTIVES,
+    TAG_PRUNE_PARENT,
+    TAG_PRUNE_STUDY,
     TAG_RETRAIN_PARENT,
     TAG_RETRAIN_SEEDS,
     TAG_RETRAIN_STUDY,
@@ -30,7 +33,7 @@ from ._store import MAX_PARAMS_TAGS, quote
 
 __all__ = [
     "start_study", "open_or_create_parent", "ensure_experiment", "find_parent", "latest_parent", "study_ids",
-    "definition_tags", "start_retrain",
+    "definition_tags", "start_retrain", "start_prune",
 ]
 
 logger = logging.getLogger(__name__)
@@ -246,4 +249,31 @@ def start_retrain(
         except Exception as e:  # noqa: BLE001
             raise TrackingError(f"cannot use the MLflow store {redact_uri(uri)}: {first_line(e)}") from e
         client.log_text(run_id, redact_text(job_yaml_text), "job.yaml")
+    return run_id
+
+
+def start_prune(
+    uri: str,
+    experiment: str,
+    prune_id: str,
+    *,
+    source_study: str,
+    source_parent_run_id: str,
+    objectives: Mapping[str, str],
+    max_t: int | None,
+    params: Mapping[str, str],
+) -> str:
+    """Create the parent run of an ``attnsearch prune`` (role ``prune``, ``attnsearch.study`` = its own id, linked
+    to the source study by tags, the study's objectives) with ``params``; return its run id."""
+    tags = {TAG_STUDY: prune_id, TAG_ROLE: ROLE_PRUNE, TAG_PRUNE_STUDY: source_study,
+            TAG_PRUNE_PARENT: source_parent_run_id, **definition_tags(objectives, max_t)}
+    with fast_http():
+        client = MlflowClient(uri)
+        try:
+            experiment_id = ensure_experiment(client, uri, experiment)
+            run_id = client.create_run(experiment_id, tags=tags, run_name=prune_id).info.run_id
+            for key, value in params.items():
+                client.log_param(run_id, key, value)
+        except Exception as e:  # noqa: BLE001
+            raise TrackingError(f"cannot use the MLflow store {redact_uri(uri)}: {first_line(e)}") from e
     return run_id
