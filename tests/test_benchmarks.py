@@ -104,3 +104,19 @@ def test_trial_throughput_reports_each_loader_against_the_step(tmp_path: Path) -
     text = out.read_text()
     assert "| torch | 1 |" in text and "| dali | 1 |" in text and "ratio loader/step" in text
     assert "GPU figures: not measured yet" in text  # on a CPU the GPU target is stated, not claimed
+
+
+def test_prune_nam_benchmark_reports_every_model_ratio_and_importance(tmp_path: Path) -> None:
+    pytest.importorskip("torch_pruning")
+    bench = _load("prune_nam")
+    out = tmp_path / "prune.md"
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--seeds", "0", "--epochs", "1", "--image-size", "8", "--penalties", "1e-3", "--ratios", "0.5",
+                    "--importances", "nam,random", "--finetune-epochs", "0", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| ")][1:]
+    assert [r[0].strip() for r in rows] == ["none", "nam p=0.001"]
+    assert rows[0][5].strip() == "(= bn)" and "/" in rows[1][5] and "/" in rows[0][6]
+    assert (tmp_path / "prune.csv").read_text().count("\n") == 4  # header + 1 + 2 pruned models
