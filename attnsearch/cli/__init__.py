@@ -25,8 +25,8 @@ __all__ = ["build_parser", "main"]
 # the order of `attnsearch --help`
 _COMMANDS = (
     _studies.add_run, _inspect.add_modules, _inspect.add_sites, _inspect.add_flops, _results.add_pareto,
-    _studies.add_sync, _studies.add_retrain, _prune.add_prune, _optuna.add_importance, _results.add_ui, _optuna.add_dashboard,
-    _results.add_export,
+    _studies.add_sync, _studies.add_retrain, _prune.add_prune, _optuna.add_importance, _results.add_ui,
+    _optuna.add_dashboard, _results.add_export,
     _ray_jobs.add_submit, _ray_jobs.add_status, _ray_jobs.add_logs,
 )
 
