@@ -99,6 +99,14 @@ def write_plots(
     import matplotlib
 
     matplotlib.use("Agg")  # headless: CI, Ray drivers, SSH
+    import matplotlib.pyplot as plt
+
+    with plt.style.context("default"):  # Optuna's plots set the ggplot style globally: it stays inside this call
+        return _draw(study, importances, out_dir, reference, title)
+
+
+def _draw(study: optuna.Study, importances: Importances, out_dir: str | Path, reference: Mapping[str, float] | None,
+          title: str) -> dict[str, Path]:
     from optuna.visualization import matplotlib as ovm
 
     out = Path(out_dir)
