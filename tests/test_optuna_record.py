@@ -191,3 +191,27 @@ def test_dashboard_serves_the_study_and_stops_on_sigterm(job, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_importance_command_reads_the_record_and_names_the_fix(job, tmp_path, capsys):
+    from ray import tune
+
+    from attnsearch.cli import main
+
+    study_id = "tiny-20261201-000001"
+    job_file = str(tmp_path / "job.yaml")
+    assert main(["importance", job_file]) == 2  # no study yet
+    assert "has no study under ray.storage_path" in capsys.readouterr().err
+    tune.Tuner(_noop, run_config=tune.RunConfig(name=study_id, storage_path=job.ray.storage_path))
+    assert main(["importance", job_file]) == 2  # a study without its Optuna record
+    assert f"attnsearch sync JOB --study {study_id}" in capsys.readouterr().err
+    searcher = searcher_for(job, study_id)
+    for i in range(4):
+        config = searcher.suggest(f"t{i}")
+        searcher.on_trial_complete(f"t{i}", {"epoch": 2, "val_acc": config["train.lr"], "flops": 100.0})
+    assert main(["importance", job_file, "--evaluator", "mdi", "--objective", "val_acc"]) == 0
+    out = capsys.readouterr().out
+    assert f"Parameter importances of study {study_id} (mean decrease in impurity" in out
+    assert "train.lr" in out and "UNRELIABLE, ranks only: only 4 trial(s)" in out
+    assert main(["importance", job_file, "--objective", "latency_ms"]) == 2
+    assert "not an objective of the job; its objectives: val_acc, flops" in capsys.readouterr().err
