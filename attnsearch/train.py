@@ -31,7 +31,7 @@ from torch import nn
 
 from .attention import nam_penalty
 from .config import DataConfig, Job, TrainConfig
-from .contract import LATENCY_LOAD, REASON_KEY, STATE_KEY
+from .contract import COMPLETED, FAILED, INFEASIBLE, LATENCY_LOAD, REASON_KEY, STATE_KEY, TIME_ATTR
 from .data import build_datasets, build_loaders
 from .latency import (
     DeviceClaim,
@@ -164,109 +164,155 @@ def fit(
         counts_out.update(counts)
     reason = over_budget(job, counts)
     if reason:
-        report({STATE_KEY: "infeasible", REASON_KEY: reason, "epoch": 0, **counts}, None)
-        return "infeasible"
+        report({STATE_KEY: INFEASIBLE, REASON_KEY: reason, TIME_ATTR: 0, **counts}, None)
+        return INFEASIBLE
 
-    channels_last = use_channels_last(device, cfg.channels_last)
-    train_loader, val_loader = build_loaders(
-        job.data, train_ds, val_ds, seed=cfg.seed, pin_memory=device.type == "cuda", device=device,
-        channels_last=channels_last,
-    )
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, cfg)
-    amp_ctx, scaler = _autocast(device, cfg)
-    uses_nam = plan.nam_penalty > 0 and plan.attention is not None and plan.attention.get("type") == "nam"
-
-    start_epoch = 0
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if scaler is not None and checkpoint.get("scaler"):
-            scaler.load_state_dict(checkpoint["scaler"])
-        start_epoch = int(checkpoint["epoch"])
-    # Static shapes: with dynamic shapes (a smaller last eval batch) torch 2.14's inductor fails on CBAM,
-    # CoordAtt and Triplet ("cannot determine truth value of Relational" in get_stride_order); one
-    # recompilation for the last batch is cheap by comparison.
-    step_model = torch.compile(model, dynamic=False) if cfg.compile else model
-
-    steps_per_epoch = max(len(train_loader), 1)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    loop = _Loop.build(job, plan, model, train_ds, val_ds, device)
+    start_epoch = loop.restore(checkpoint)
     with DeviceClaim(device) as claim:
-        counts = {**counts, **measure_cost(model, job, cfg, device, info.image_size, claim)}
+        counts = {**counts, **measure_cost(loop.model, job, cfg, device, info.image_size, claim)}
         if counts_out is not None:
             counts_out.update(counts)
         for epoch in range(start_epoch, cfg.epochs):
             started = time.perf_counter()
-            # the shuffle of epoch k depends on (seed, k) only: a trial resumed from a checkpoint sees the same order
-            train_loader.generator.manual_seed(cfg.seed + 1_000_003 * epoch)
-            model.train()
-            loss_sum, pen_sum = _accumulator(device), _accumulator(device)
-            seen, steps, checked = 0, 0, 0  # checked: steps known to have had a finite loss
-            reason = None
-            for i, (images, targets) in enumerate(train_loader):
-                factor = lr_factor(cfg, epoch + i / steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * factor
-                images, targets = _batch_to(images, targets, device, channels_last)
-                with amp_ctx:
-                    logits = step_model(images)
-                    loss = criterion(logits.float(), targets)
-                total = loss
-                n = targets.numel()
-                if uses_nam:
-                    penalty = plan.nam_penalty * nam_penalty(model)
-                    total = loss + penalty
-                    pen_sum.add_(penalty.detach(), alpha=n)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(total).backward()
-                    if cfg.grad_clip:
-                        scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    total.backward()
-                    if cfg.grad_clip:
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    optimizer.step()
-                loss_sum.add_(loss.detach(), alpha=n)
-                seen, steps = seen + n, i + 1
-                if steps - checked == FINITE_CHECK_STEPS:
-                    reason = _nonfinite(loss_sum + pen_sum, checked, i, epoch)
-                    if reason:
-                        break
-                    checked = steps
-            if reason is None and steps > checked:  # the epoch's last steps
-                reason = _nonfinite(loss_sum + pen_sum, checked, steps - 1, epoch)
+            loss_sum, pen_sum, seen, reason = loop.train_epoch(epoch)
             if reason:
-                report({STATE_KEY: "failed", REASON_KEY: reason, "epoch": epoch, **counts}, None)
-                return "failed"
-            val_acc, val_loss = evaluate(step_model, val_loader, device, amp_ctx, channels_last)
-            if not math.isfinite(val_loss):
-                report({STATE_KEY: "failed", REASON_KEY: f"validation loss is {val_loss} after epoch {epoch + 1}",
-                        "epoch": epoch + 1, **counts}, None)
-                return "failed"
-            metrics = {
-                "epoch": epoch + 1,
-                "val_acc": val_acc,
-                "val_loss": val_loss,
-                "train_loss": loss_sum.item() / max(seen, 1),
-                "nam_penalty": pen_sum.item() / max(seen, 1),
-                "lr": optimizer.param_groups[0]["lr"],
-                "epoch_time_s": time.perf_counter() - started,
-                **counts,
-            }
-            state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "epoch": epoch + 1,
-            }
-            report(metrics, state)
-    return "completed"
+                report({STATE_KEY: FAILED, REASON_KEY: reason, TIME_ATTR: epoch, **counts}, None)
+                return FAILED
+            if not loop.evaluate_and_report(epoch, started, loss_sum, pen_sum, seen, counts, report):
+                return FAILED
+    return COMPLETED
+
+
+class _Loop:
+    """What one trial's training loop holds: the model (and its compiled form for the steps), the optimizer, the
+    autocast context and gradient scaler, the loss, the loaders. ``fit`` drives it epoch by epoch."""
+
+    def __init__(self, plan: TrialSettings, model: nn.Module, train_loader: Any, val_loader: Any,
+                 device: torch.device, channels_last: bool) -> None:
+        cfg = self.cfg = plan.train
+        self.plan, self.model, self.device, self.channels_last = plan, model, device, channels_last
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.optimizer = make_optimizer(model, cfg)
+        self.amp_ctx, self.scaler = _autocast(device, cfg)
+        self.uses_nam = plan.nam_penalty > 0 and plan.attention is not None and plan.attention.get("type") == "nam"
+        # Static shapes: with dynamic shapes (a smaller last eval batch) torch 2.14's inductor fails on CBAM,
+        # CoordAtt and Triplet ("cannot determine truth value of Relational" in get_stride_order); one
+        # recompilation for the last batch is cheap by comparison.
+        self.step_model = torch.compile(model, dynamic=False) if cfg.compile else model
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.steps_per_epoch = max(len(train_loader), 1)
+
+    @classmethod
+    def build(cls, job: Job, plan: TrialSettings, model: nn.Module, train_ds: Any, val_ds: Any,
+              device: torch.device) -> "_Loop":
+        """The loaders, and the model on ``device`` in the memory format it trains in."""
+        cfg = plan.train
+        channels_last = use_channels_last(device, cfg.channels_last)
+        train_loader, val_loader = build_loaders(
+            job.data, train_ds, val_ds, seed=cfg.seed, pin_memory=device.type == "cuda", device=device,
+            channels_last=channels_last,
+        )
+        model = model.to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return cls(plan, model, train_loader, val_loader, device, channels_last)
+
+    def restore(self, checkpoint: Mapping[str, Any] | None) -> int:
+        """Load a checkpoint's model, optimizer and scaler state; the epoch to continue from (0 without one)."""
+        if checkpoint is None:
+            return 0
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.scaler is not None and checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        return int(checkpoint["epoch"])
+
+    def train_epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, int, str | None]:
+        """One epoch: ``(loss sum, NAM-penalty sum, images seen, divergence reason or None)``; the sums stay on
+        the device, finiteness is read every ``FINITE_CHECK_STEPS`` steps and at the end."""
+        cfg, device = self.cfg, self.device
+        # the shuffle of epoch k depends on (seed, k) only: a trial resumed from a checkpoint sees the same order
+        self.train_loader.generator.manual_seed(cfg.seed + 1_000_003 * epoch)
+        self.model.train()
+        loss_sum, pen_sum = _accumulator(device), _accumulator(device)
+        seen, steps, checked = 0, 0, 0  # checked: steps known to have had a finite loss
+        reason = None
+        for i, (images, targets) in enumerate(self.train_loader):
+            factor = lr_factor(cfg, epoch + i / self.steps_per_epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = cfg.lr * factor
+            images, targets = _batch_to(images, targets, device, self.channels_last)
+            n = targets.numel()
+            loss, penalty = self.step(images, targets)
+            if penalty is not None:
+                pen_sum.add_(penalty.detach(), alpha=n)
+            loss_sum.add_(loss.detach(), alpha=n)
+            seen, steps = seen + n, i + 1
+            if steps - checked == FINITE_CHECK_STEPS:
+                reason = _nonfinite(loss_sum + pen_sum, checked, i, epoch)
+                if reason:
+                    break
+                checked = steps
+        if reason is None and steps > checked:  # the epoch's last steps
+            reason = _nonfinite(loss_sum + pen_sum, checked, steps - 1, epoch)
+        return loss_sum, pen_sum, seen, reason
+
+    def step(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One optimizer step on a batch: ``(loss, NAM penalty or None)``, both still attached to the graph.
+
+        One path with and without a gradient scaler: the scaled loss backwards, the gradients unscaled before
+        they are clipped to ``train.grad_clip`` (clipping is on the true gradients), the scaler's step or the
+        optimizer's."""
+        cfg, optimizer, scaler = self.cfg, self.optimizer, self.scaler
+        with self.amp_ctx:
+            logits = self.step_model(images)
+            loss = self.criterion(logits.float(), targets)
+        total, penalty = loss, None
+        if self.uses_nam:
+            penalty = self.plan.nam_penalty * nam_penalty(self.model)
+            total = loss + penalty
+        optimizer.zero_grad(set_to_none=True)
+        (scaler.scale(total) if scaler is not None else total).backward()
+        if cfg.grad_clip:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        return loss, penalty
+
+    def evaluate_and_report(self, epoch: int, started: float, loss_sum: torch.Tensor, pen_sum: torch.Tensor,
+                            seen: int, counts: Mapping[str, Any], report: Report) -> bool:
+        """Evaluate after ``epoch`` and report its metrics and checkpoint; False (reported as ``failed``) when the
+        validation loss is not finite."""
+        val_acc, val_loss = evaluate(self.step_model, self.val_loader, self.device, self.amp_ctx,
+                                     self.channels_last)
+        if not math.isfinite(val_loss):
+            report({STATE_KEY: FAILED, REASON_KEY: f"validation loss is {val_loss} after epoch {epoch + 1}",
+                    TIME_ATTR: epoch + 1, **counts}, None)
+            return False
+        metrics = {
+            TIME_ATTR: epoch + 1,
+            "val_acc": val_acc,
+            "val_loss": val_loss,
+            "train_loss": loss_sum.item() / max(seen, 1),
+            "nam_penalty": pen_sum.item() / max(seen, 1),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_time_s": time.perf_counter() - started,
+            **counts,
+        }
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": epoch + 1,
+        }
+        report(metrics, state)
+        return True
 
 
 def _nonfinite(total: torch.Tensor, first: int, last: int, epoch: int) -> str | None:
@@ -294,7 +340,7 @@ def run_trial(config: dict, job_dict: dict) -> None:
     job = Job.model_validate(job_dict)
     reason = feasible(job, config)
     if reason:
-        tune.report({STATE_KEY: "infeasible", REASON_KEY: reason, "epoch": 0})
+        tune.report({STATE_KEY: INFEASIBLE, REASON_KEY: reason, TIME_ATTR: 0})
         return
     plan = plan_for(job, config)
     if plan.train.threads is None:

@@ -266,3 +266,26 @@ def test_loaders_prefetch_and_keep_their_workers_only_with_workers():
         assert (loader.num_workers, loader.prefetch_factor, loader.persistent_workers) == (2, 4, True)
     for loader in build_loaders(job.data, train_ds, val_ds):  # torch refuses both options without workers
         assert (loader.num_workers, loader.prefetch_factor, loader.persistent_workers) == (0, None, False)
+
+
+@pytest.mark.parametrize("grad_clip", [None, 1e-3])
+def test_one_step_clips_the_true_gradients_with_and_without_a_scaler(grad_clip):
+    """The step's single path: with a gradient scaler the gradients are unscaled before clipping, so a scaled
+    step moves the weights exactly as an unscaled one (a clip of the scaled gradients would not)."""
+    job = tiny_job(lr=0.1, grad_clip=grad_clip, weight_decay=0.0)
+    plan = TrialSettings(attention=None, train=job.train)
+    images, targets = torch.rand(8, 3, 8, 8), torch.randint(0, 4, (8,))
+    torch.manual_seed(0)
+    model = train_module.build_for_job(job, plan, 4, 8)
+    after = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=1024.0)):
+        loop = train_module._Loop(plan, copy.deepcopy(model), [], [], torch.device("cpu"), False)
+        loop.scaler = scaler
+        loop.step(images, targets)
+        if grad_clip:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in loop.model.parameters()])
+            assert float(norm) <= grad_clip * (1 + 1e-4)
+        after.append([p.detach().clone() for p in loop.model.parameters()])
+    moved = [torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(*after)]
+    assert all(moved)
+    assert any(not torch.equal(a, b) for a, b in zip(after[0], model.parameters()))  # the step did move them
