@@ -12,7 +12,12 @@ from ._common import add_job_argument, existing_store, load_checked_job
 
 def cmd_prune(args) -> int:
     from ..compress import format_pruned, parse_ratios, prune_study, pruned_table
+    from ..prune import require_torch_pruning
 
+    try:
+        require_torch_pruning()
+    except ImportError as exc:  # the `prune` extra is not installed: say how to get it, no traceback
+        raise UsageError(str(exc)) from None
     ratios = parse_ratios(args.ratios)  # bad input before the job, torch or MLflow are loaded
     if args.out and Path(args.out).suffix.lower() not in (".csv", ".parquet", ".pq"):
         raise UsageError(f"--out {args.out}: the suffix must be .csv, .parquet or .pq")
