@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _helpers import write_job
 
 from attnsearch.config import load_job
 from attnsearch.importance import (
@@ -21,8 +22,6 @@ from attnsearch.importance import (
 )
 from attnsearch.search import INFEASIBLE_CONSTRAINT
 from attnsearch.space import define_by_run, load_space
-
-from _helpers import write_job
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 DASHBOARD_HOST = "127.0.0.1"  # optuna-dashboard has no login: it listens on this machine only
 
 
-def resolve_study_id(job: "Job", study: str | None, command: str) -> str:
+def resolve_study_id(job: Job, study: str | None, command: str) -> str:
     """``--study ID|latest`` among the job's studies under ``ray.storage_path`` (default: the newest)."""
     from ..search import existing_studies
 
@@ -36,7 +36,7 @@ def resolve_study_id(job: "Job", study: str | None, command: str) -> str:
     return study
 
 
-def _optuna_study(job: "Job", study_id: str, command: str):
+def _optuna_study(job: Job, study_id: str, command: str):
     from ..search import load_optuna_study, optuna_storage_url
 
     url = optuna_storage_url(job, study_id)
@@ -62,7 +62,7 @@ def cmd_importance(args) -> int:
     return 0
 
 
-def record_importances(job: "Job", study_id: str, parent_run_id: str | None, prefix: str = "") -> None:
+def record_importances(job: Job, study_id: str, parent_run_id: str | None, prefix: str = "") -> None:
     """The study's importances and plots on its parent run, as its end does (and ``sync``); a failure here never
     fails the study (``attnsearch sync JOB`` writes them later)."""
     from mlflow import MlflowClient
@@ -87,7 +87,7 @@ def record_importances(job: "Job", study_id: str, parent_run_id: str | None, pre
     print(f"{prefix}importances and plots recorded on the parent run {study.parent_run_id}")
 
 
-def reconcile_optuna(job: "Job", study_id: str, prefix: str = "") -> None:
+def reconcile_optuna(job: Job, study_id: str, prefix: str = "") -> None:
     """``sync``: the study's Optuna record rebuilt from its Ray folder when missing, else completed from it."""
     from ..search import optuna_storage_url, reconcile_optuna_record, study_path
     from ..space import load_space
@@ -134,7 +134,7 @@ def cmd_dashboard(args) -> int:
                     name="optuna-dashboard")
 
 
-def add_importance(sub: "argparse._SubParsersAction") -> None:
+def add_importance(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("importance", help="which knobs matter: each knob's importance for each objective (Optuna's "
                                            "evaluators on the study's full-budget trials), and each attention "
                                            "type's own knobs among its trials")
@@ -146,7 +146,7 @@ def add_importance(sub: "argparse._SubParsersAction") -> None:
     sp.set_defaults(func=cmd_importance)
 
 
-def add_dashboard(sub: "argparse._SubParsersAction") -> None:
+def add_dashboard(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("dashboard", help="start optuna-dashboard on the study's Optuna record (127.0.0.1 only)")
     add_job_argument(sp)
     sp.add_argument("--study", metavar="ID|latest", help="which study of the job (default: the newest)")

@@ -39,18 +39,18 @@ if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
 __all__ = [
-    "EVALUATORS",
     "ATTENTION_PARAM",
+    "EVALUATORS",
+    "MAX_STOPPED_SHARE",
     "MIN_TRIALS",
     "MIN_TYPE_TRIALS",
     "TRIALS_PER_KNOB",
-    "MAX_STOPPED_SHARE",
     "Importances",
-    "make_evaluator",
     "evaluated_trials",
+    "make_evaluator",
+    "objective_names",
     "study_importances",
     "substudy",
-    "objective_names",
 ]
 
 # `--evaluator`: Optuna's three importance evaluators (fANOVA: Hutter et al. 2014; PED-ANOVA: Watanabe et al.

@@ -47,8 +47,8 @@ def format_importances(imp: Importances, study: str = "", by_type: bool = True) 
     """The terminal report: the whole study's knobs per objective, then (``by_type``) each type's own knobs among
     its trials."""
     name = _EVALUATOR_NAMES.get(imp.evaluator, imp.evaluator)
-    lines = [f"Parameter importances{f' of study {study}' if study else ''} ({name}, normalised per objective; "
-             f"{_counts(imp)})"]
+    lines = [(f"Parameter importances{f' of study {study}' if study else ''} ({name}, normalised per objective; "
+              f"{_counts(imp)})")]
     if imp.overall:
         header, rows = _cells(imp.overall, imp.reliable)
         lines.append(format_table(header, rows))

@@ -34,7 +34,7 @@ from ._evaluate import Importances, evaluated_trials, substudy
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
-__all__ = ["TOP_KNOBS", "write_plots", "plot_file"]
+__all__ = ["TOP_KNOBS", "plot_file", "write_plots"]
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def _draw(study: optuna.Study, importances: Importances, out_dir: str | Path, re
                 continue
             name = plot_file("parallel_coordinate", k)
             try:
-                ax = ovm.plot_parallel_coordinate(sub, params=top, target=lambda t, i=names.index(k): t.values[i],
+                ax = ovm.plot_parallel_coordinate(sub, params=top, target=_value(names.index(k)),
                                                   target_name=k)
                 written[name] = _save(ax, out / name, f"{heading}{k} against its {len(top)} most important knobs")
             except (RuntimeError, ValueError) as exc:
@@ -154,6 +154,10 @@ def _draw(study: optuna.Study, importances: Importances, out_dir: str | Path, re
     return written
 
 
+def _value(index: int):
+    return lambda t: t.values[index]
+
+
 def _importance_bars(imp: Importances):
     import matplotlib.pyplot as plt
     import numpy as np
@@ -161,7 +165,7 @@ def _importance_bars(imp: Importances):
     objectives = [k for k in imp.objectives if k in imp.overall]
     first = imp.overall[objectives[0]]
     knobs = sorted(dict.fromkeys(k for o in objectives for k in imp.overall[o]), key=lambda k: -first.get(k, 0.0))
-    fig, ax = plt.subplots(figsize=(7, max(3.0, 0.45 * len(knobs) * len(objectives) + 1.5)))
+    _, ax = plt.subplots(figsize=(7, max(3.0, 0.45 * len(knobs) * len(objectives) + 1.5)))
     height = 0.8 / len(objectives)
     pos = np.arange(len(knobs))[::-1]  # the most important on top
     for j, objective in enumerate(objectives):
@@ -182,7 +186,7 @@ def _importance_bars(imp: Importances):
 def _step_plot(xs: list[float], ys: list[float], ref: Mapping[str, float]):
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    _, ax = plt.subplots(figsize=(7, 4.5))
     minutes = max(xs) > 600
     scale = 60.0 if minutes else 1.0
     ax.step([0.0, *(x / scale for x in xs)], [0.0, *ys], where="post", color="C0")

@@ -41,10 +41,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "JOURNAL_FILE",
-    "optuna_storage_url",
-    "open_optuna_storage",
     "load_optuna_study",
+    "open_optuna_storage",
     "optuna_record_exists",
+    "optuna_storage_url",
     "reconcile_optuna_record",
 ]
 
@@ -155,7 +155,7 @@ def _running(study: optuna.Study, trial: FrozenTrial) -> optuna.Trial:
     """The live ``Trial`` of a running trial of a study loaded from storage. The one private read here: Optuna
     has no public way to reach a running trial another process asked for (``study.tell`` takes its number, but
     user attributes and constraints must be set through a ``Trial``, built from the storage's trial id)."""
-    return optuna.Trial(study, trial._trial_id)  # noqa: SLF001
+    return optuna.Trial(study, trial._trial_id)
 
 
 def _tell(study: optuna.Study, trial: FrozenTrial, record: TrialRecord, objectives: Mapping[str, str]) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from ..contract import TAG_NOTE
 
-__all__ = ["NOTE_SECTIONS", "NOTE_LIMIT", "note_section_tag", "note_tags", "note_room"]
+__all__ = ["NOTE_LIMIT", "NOTE_SECTIONS", "note_room", "note_section_tag", "note_tags"]
 
 NOTE_SECTIONS = ("pareto", "importance")
 NOTE_LIMIT = 7900
