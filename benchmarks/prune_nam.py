@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                                          seed=seed)
                     first: dict = {}
                     final = finetune(result.model, job, plan, args.finetune_epochs,
-                                     lambda epoch, m: first.update(m) if epoch == 0 else None)
+                                     lambda epoch, m, first=first: first.update(m) if epoch == 0 else None)
                     rows.append({"seed": seed, "model": label, "ratio": ratio, "importance": importance,
                                  "val_acc": trained["val_acc"], "val_acc_pruned": first["val_acc"],
                                  "val_acc_finetuned": final["val_acc"], "flops": trained["flops"],

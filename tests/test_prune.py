@@ -11,8 +11,8 @@ from torch import nn
 
 pytest.importorskip("torch_pruning")
 
-from attnsearch.models import build_model  # noqa: E402
-from attnsearch.prune import (  # noqa: E402
+from attnsearch.models import build_model
+from attnsearch.prune import (
     CHANNEL_LAYERS,
     UNPRUNABLE,
     UnprunableError,

@@ -42,7 +42,7 @@ def cmd_prune(args) -> int:
     return 0
 
 
-def add_prune(sub: "argparse._SubParsersAction") -> None:
+def add_prune(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("prune", help="channel-prune a study's models at several ratios (torch-pruning; NAM's "
                                       "scaling factors, BN scales, L1 or random importance), fine-tune, log, and "
                                       "recompute the front with them")

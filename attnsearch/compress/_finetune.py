@@ -6,7 +6,7 @@ study's data, in this process; then its validation accuracy, FLOPs, parameters a
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -113,7 +114,8 @@ def _select(client: MlflowClient, job: Job, experiment: str, *, study: str | Non
     by_id = df.set_index("run_id") if len(df) else None
     for run_id in runs:
         if by_id is None or run_id not in by_id.index:
-            known = ", ".join(f"{i} ({n})" for i, n in zip(df["run_id"][:5], df["run_name"][:5])) if len(df) else ""
+            pairs = zip(df["run_id"][:5], df["run_name"][:5], strict=True) if len(df) else []
+            known = ", ".join(f"{i} ({n})" for i, n in pairs)
             raise UsageError(f"--run {run_id}: not a trial of study {chosen.study} (experiment {experiment!r}); give "
                              f"child run ids of that study (attnsearch pareto JOB --out front.csv, column run_id, or "
                              f"the MLflow UI){', e.g. ' + known if known else ''}; another study: --study ID")

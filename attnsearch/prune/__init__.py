@@ -10,8 +10,8 @@ is refused (``UNPRUNABLE`` says why). Needs the ``prune`` extra (``pip install "
 """
 
 from ._importance import IMPORTANCES, NAMScaleImportance, make_importance
-from ._pruners import CHANNEL_LAYERS, UNPRUNABLE, AttentionPruner, PadShortcutPruner, require_torch_pruning
 from ._prune import PruneResult, UnprunableError, check_prunable, check_ratio, conv_widths, prune_model, replay
+from ._pruners import CHANNEL_LAYERS, UNPRUNABLE, AttentionPruner, PadShortcutPruner, require_torch_pruning
 
 __all__ = [
     "CHANNEL_LAYERS",

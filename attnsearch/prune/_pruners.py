@@ -10,7 +10,7 @@ module that is indexed by it. The hidden widths of the modules' own bottlenecks 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -135,7 +135,7 @@ class PadShortcutPruner(BasePruningFunc):
     def prune_in_channels(self, layer: PadShortcut, idxs: Sequence[int]) -> PadShortcut:
         src, dst = self._pairs(layer)
         gone = {int(i) for i in idxs}
-        keep = [(s, d) for s, d in zip(src, dst) if s not in gone]
+        keep = [(s, d) for s, d in zip(src, dst, strict=True) if s not in gone]
         layer.channel_map = (tuple(_renumber([s for s, _ in keep], gone)), tuple(d for _, d in keep))
         layer.in_channels -= len(gone)
         return layer
@@ -143,7 +143,7 @@ class PadShortcutPruner(BasePruningFunc):
     def prune_out_channels(self, layer: PadShortcut, idxs: Sequence[int]) -> PadShortcut:
         src, dst = self._pairs(layer)
         gone = {int(i) for i in idxs}
-        keep = [(s, d) for s, d in zip(src, dst) if d not in gone]
+        keep = [(s, d) for s, d in zip(src, dst, strict=True) if d not in gone]
         layer.channel_map = (tuple(s for s, _ in keep), tuple(_renumber([d for _, d in keep], gone)))
         layer.out_channels -= len(gone)
         return layer
