@@ -2,6 +2,9 @@
 #   make quickstart   set up, then run the quickstart study (jobs/quickstart.yaml)
 #   make test         set up (with the optional DALI extra where it installs), then the full tests
 #   make test-fast    set up, then the tests with -m "not slow" (none that starts Ray or a server)
+#   make lint         ruff (pinned in docker/constraints.txt, the `test` extra), installed into $(VENV) if missing
+#   make gpu-check    on a machine with one CUDA GPU: the CUDA-only tests and the GPU benchmarks, in under 8
+#                     minutes, results under benchmarks/results/gpu/
 # Setup (make setup) makes a virtual environment in $(VENV), installs torch for this machine, then the project with
 # every extra, pinned by docker/constraints.txt; it reruns only when pyproject.toml or docker/constraints.txt change.
 # Torch: without a working nvidia-smi, PyTorch's CPU wheels if that index answers within 3 s, otherwise pip's default
@@ -24,7 +27,7 @@ PROBE := import threading, urllib.request as u; ok = []; \
 	t = threading.Thread(target=lambda: ok.append(u.urlopen("$(CPU_INDEX_URL)/", timeout=3).status), daemon=True); \
 	t.start(); t.join(3); raise SystemExit(ok != [200])
 
-.PHONY: setup venv quickstart test test-fast
+.PHONY: setup venv quickstart test test-fast lint gpu-check gpu-probe
 setup venv: $(STAMP)
 
 $(STAMP): pyproject.toml docker/constraints.txt
@@ -59,3 +62,26 @@ test: setup $(DALI_STAMP)
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# ruff from the pinned version; only what the linter needs when the venv lacks it (no full setup)
+RUFF_PIN = $$(grep -E '^ruff==' docker/constraints.txt)
+lint:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m ruff --version >/dev/null 2>&1 || $(BIN)/python -m pip install -q "$(RUFF_PIN)"
+	$(BIN)/python -m ruff check .
+
+# One call on a GPU machine measures what CPUs cannot: tests/test_gpu.py (AMP + channels_last training, latency in
+# the trial's precision, DALI decoding on the GPU: the `cuda` marker), benchmarks/latency_vs_flops.py and
+# benchmarks/trial_throughput.py (torch and DALI-mixed loaders against the step). Each step has its own time limit
+# (2 + 3 + 2.5 minutes); the results go to benchmarks/results/gpu/. Refused at once without an NVIDIA GPU.
+GPU_RESULTS := benchmarks/results/gpu
+gpu-probe:
+	@nvidia-smi -L >/dev/null 2>&1 || { echo "make gpu-check: no NVIDIA GPU here (nvidia-smi -L failed); run it on a machine with one CUDA GPU" >&2; exit 1; }
+
+gpu-check: gpu-probe setup $(DALI_STAMP)
+	@$(BIN)/python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else "make gpu-check: torch " + torch.__version__ + " sees no CUDA device (a CPU-only wheel? reinstall with TORCH_INDEX_URL=)")'
+	mkdir -p $(GPU_RESULTS)
+	timeout 120 $(BIN)/python -m pytest -q -p no:cacheprovider -m cuda -rs tests/test_gpu.py --junitxml=$(GPU_RESULTS)/cuda_tests.xml
+	timeout 180 $(BIN)/python benchmarks/latency_vs_flops.py --device cuda --out $(GPU_RESULTS)/latency_vs_flops.md
+	timeout 150 $(BIN)/python benchmarks/trial_throughput.py --device cuda --out $(GPU_RESULTS)/trial_throughput.md
+	@echo "gpu-check: results in $(GPU_RESULTS)/"

@@ -123,6 +123,20 @@ def pytest_unconfigure(config):
         _UNDO.pop()()
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` skip where torch sees no CUDA device (``make gpu-check`` runs them on one)."""
+    cuda = [item for item in items if item.get_closest_marker("cuda") is not None]
+    if not cuda:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (make gpu-check runs it on one)")
+    for item in cuda:
+        item.add_marker(skip)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     item.stash[_BEFORE] = (len(_STARTS), _ray_up())  # before any fixture of this test is set up

@@ -96,6 +96,29 @@ def test_every_module_is_in_a_layer():
     assert placed <= tops, f"the README's layers name modules that do not exist: {sorted(placed - tops)}"
 
 
+def readme_drawing() -> str:
+    """The README's architecture drawing: the first code block of its Architecture section."""
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"^## Architecture\n.*?```\n(.*?)```", text, re.S | re.M)
+    assert m, "README.md lost its architecture drawing (a ``` block under ## Architecture)"
+    return m.group(1)
+
+
+def test_the_architecture_drawing_names_what_exists_and_every_package():
+    drawing = readme_drawing()
+    packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    drawn_packages = set(re.findall(r"(?<![\w./])([a-z_]+)/(?!\w)", drawing)) - {"jobs"}  # not train/eval
+    drawn_modules = set(re.findall(r"(?<![\w/])([a-z_]+)\.py\b", drawing))
+    dotted = {d for d in re.findall(r"\b([a-z_]+(?:\.[a-z_]+)+)\b", drawing) if d.split(".")[0] in packages}
+    assert drawn_packages <= packages, f"the drawing names packages that do not exist: {sorted(drawn_packages - packages)}"
+    assert packages <= drawn_packages, f"packages missing from the drawing (as name/): {sorted(packages - drawn_packages)}"
+    missing = sorted(m for m in drawn_modules if not (PACKAGE / f"{m}.py").is_file())
+    assert not missing, f"the drawing names modules that do not exist: {missing}"
+    for name in dotted:  # tracking.callback.MLflowTracker: a module path, then maybe one attribute
+        parts = name.split(".")
+        assert any(f"attnsearch.{'.'.join(parts[:i])}" in ALL for i in range(len(parts), 0, -1)), name
+
+
 def test_imports_run_downward_and_lazily_only_in_the_cli():
     layers = readme_layers()
     problems = []

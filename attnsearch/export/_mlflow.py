@@ -6,7 +6,7 @@ signature and an input example of batch 2) whose source run is the trial's child
 run too (its "Logged models"), registered in the Model Registry under the experiment's name, the trial's metrics
 as tags of the version. The
 flavor's own file is the pickled module (``serialization_format="pickle"``: MLflow's default ``pt2`` format fixes
-the batch size to the input example's and loads a module without ``.eval()``, design.md "Known traps"); next to it,
+the batch size to the input example's and loads a module without ``.eval()``); next to it,
 as the flavor's extra files, the build spec ``spec.yaml`` and the state dict ``weights.pt``, which
 ``attnsearch.export.load_model`` reads without unpickling any code.
 

@@ -7,7 +7,7 @@ front to MLflow), ``_analysis`` (one query end to end: ``analyze``, ``record_stu
 standard deviation and the Welch interval over repeated runs: ``attnsearch retrain``'s numbers).
 
 Conventions (documented here because results depend on them):
-- Only trials at equal budget compete (design.md, "Known traps"): by default ``budget="full"``, i.e. trials whose
+- Only trials at equal budget compete (README, "Early stopping"): by default ``budget="full"``, i.e. trials whose
   state is ``completed`` (when several budgets were completed, only the largest); ``budget="any"`` lets
   early-stopped trials in too, ``budget=<int>`` compares trials that trained exactly that many epochs. Failed,
   infeasible and still-running trials never compete.

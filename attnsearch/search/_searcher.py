@@ -38,7 +38,7 @@ def make_sampler(sampler: str, seed: int | None) -> optuna.samplers.BaseSampler:
     """The Optuna sampler for ``search.sampler``; infeasible trials reach it through their constraint."""
     if sampler == "tpe":
         # multivariate+group model the joint, conditional (define-by-run) space, at a fraction of independent
-        # sampling's cost per trial (design.md); group is experimental in Optuna 5, and says so once
+        # sampling's cost per trial; group is experimental in Optuna 5, and says so once
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)

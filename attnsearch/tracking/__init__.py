@@ -1,6 +1,6 @@
 """MLflow tracking: one parent run per study, one child run per Ray trial, all written by the driver.
 
-Layout (design.md, "MLflow layout"): one experiment per job; a parent run tagged ``attnsearch.study`` holds the
+Layout (README, "MLflow layout"): one experiment per job; a parent run tagged ``attnsearch.study`` holds the
 job YAML, the resolved search space and the Pareto artifacts; each Ray trial gets one child run
 (``mlflow.parentRunId``, ``attnsearch.trial_id``) with the trial config as params, per-epoch metrics at
 ``step=epoch``, the static counts once (step 0) and the ``attnsearch.state``/``budget``/``reason`` tags.
