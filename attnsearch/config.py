@@ -537,7 +537,15 @@ def validate_job(raw: Any, source: str = "<job>", job_dir: Path | None = None) -
 
 
 def load_job(path: str | Path, overrides: Sequence[str] = ()) -> Job:
-    """Read, override, validate and resolve a job file (its search space: ``attnsearch.space.load_space``)."""
+    """Read, override, validate and resolve a job file (its search space: ``attnsearch.space.load_space``).
+
+    Args:
+        path: the job's YAML file; relative paths in it are relative to its folder.
+        overrides: ``KEY=VALUE`` strings (``--set``), a dotted key and a YAML value, applied before validation.
+
+    Raises:
+        ConfigError: naming the file, the key and the fix.
+    """
     path = Path(path)
     raw = read_yaml(path, "job file")
     source = str(path)

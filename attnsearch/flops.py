@@ -235,6 +235,10 @@ def count(model: nn.Module, input_size: int | Sequence[int] = (1, 3, 224, 224)) 
     ``sites = {site_name: {"type", "flops", "macs", "params"}}`` for every module inserted by ``build_model``,
     and ``uncounted = {aten op: calls}`` for ops outside the cost table (empty for every registered module).
     Works for models on any device, including ``meta``.
+
+    Args:
+        model: the module to count (run once in eval mode, without gradients; its mode is restored).
+        input_size: the input's shape ``(N, C, H, W)``, or an image side (batch 1, 3 channels).
     """
     shape = _input_shape(input_size)
     sites = {m: m._attnsearch_site for m in model.modules() if hasattr(m, "_attnsearch_site")}

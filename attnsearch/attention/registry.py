@@ -182,7 +182,14 @@ def get_spec(name: str) -> AttentionSpec:
 def build_attention(
     name: str, channels: int, *, spatial_size: Sequence[int] | None = None, **knobs: Any
 ) -> nn.Module:
-    """Build attention module ``name`` for ``channels`` input channels; output shape equals input shape."""
+    """Build attention module ``name`` for ``channels`` input channels; output shape equals input shape.
+
+    Args:
+        name: a registered type (``attnsearch modules`` lists them), e.g. ``"se"``.
+        channels: the channels of the feature map the module sees.
+        spatial_size: the feature map's (height, width) or side, for modules sized by it (NAM's spatial branch).
+        **knobs: the type's knobs (``reduction=8``...), validated by the registry; unknown ones raise ``ValueError``.
+    """
     spec = get_spec(name)
     resolved = spec.validate(channels, spatial_size, **knobs)
     if spec.uses_spatial_size:

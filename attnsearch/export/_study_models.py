@@ -53,7 +53,13 @@ def load_spec_and_weights(source: str | os.PathLike, *, tracking_uri: str | None
 def load_model(source: str | os.PathLike, *, tracking_uri: str | None = None) -> nn.Module:
     """A trial's model, rebuilt from its spec (backbone, width, image size, attention dict) with its weights read
     ``weights_only=True``, in eval mode. ``source``: an ``attnsearch export`` folder, an MLflow child run id,
-    ``runs:/<run id>/<model name>`` or ``models:/...`` (then from ``tracking_uri``, default MLflow's own)."""
+    ``runs:/<run id>/<model name>`` or ``models:/...`` (then from ``tracking_uri``, default MLflow's own).
+
+    Args:
+        source: an export folder, a child run id, ``runs:/RUN_ID/MODEL_NAME`` or ``models:/NAME/VERSION`` (or an
+            alias, or a logged model's id).
+        tracking_uri: the MLflow store a run or model source lives in (default: MLflow's own).
+    """
     spec, state = load_spec_and_weights(source, tracking_uri=tracking_uri)
     return rebuild(spec, state)
 

@@ -31,6 +31,16 @@ def build_model(
     weights (downloaded once into the torch hub cache); ``weights_path`` loads a local state dict. Either way the
     backbone keys must match exactly, attention keys may be missing, and the classifier is left freshly
     initialised when ``num_classes`` differs from the file's.
+
+    Args:
+        backbone: a registered backbone (``attnsearch sites --help`` lists them), e.g. ``"resnet20"``.
+        num_classes: the classifier's outputs.
+        attention: where and which attention to insert (``type``, ``stages``, ``blocks``, ``position`` and the
+            type's knobs); None for the plain backbone.
+        input_size: the image side (or (height, width)) the model sees.
+        width_mult: the backbone's channel multiplier.
+        pretrained: load torchvision's ImageNet weights for the backbone.
+        weights_path: load the backbone's weights from this local state dict instead.
     """
     bb = get_backbone(backbone)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:

@@ -56,6 +56,19 @@ def analyze(
     ``front_key``, never overwriting the study's own); False never writes. ``front.attrs`` says what was done:
     ``study``, ``parent_run_id``, ``own`` (the study's own definition), ``recorded`` and ``record_key`` (None:
     the plain names).
+
+    Args:
+        uri: the MLflow tracking URI.
+        experiment: the job's MLflow experiment.
+        study_id: a study id, ``"latest"``/None or ``"all"``.
+        parent_run_id: a study's parent run (instead of ``study_id``).
+        objectives: ``{metric: "max"|"min"}`` to compare on (default: the study's own).
+        budget: ``"full"``, ``"any"`` or a number of epochs (which trials compete).
+        reference: the hypervolume's reference point, one value per objective (default: from the competitors).
+        out: a ``.csv``/``.parquet`` file to write the front to.
+        plot: a ``.png`` file to draw the front in.
+        record: write the front to MLflow (None: only the study's own question; see above).
+        definition: the objectives of a study recorded before its parent carried them.
     """
     client = MlflowClient(uri)
     study = select_study(client, experiment, study_id, parent_run_id)

@@ -77,6 +77,11 @@ def pareto_front(
     ``objectives`` maps column -> "max"/"min" (any number of them). ``front.attrs``: ``objectives``, ``budget``,
     ``candidates`` (rows that competed), ``excluded_nan`` (competing rows dropped for a NaN objective) and
     ``excluded_budget`` (rows not competing at this budget).
+
+    Args:
+        df: one row per trial (``load_runs``), with the objectives' columns.
+        objectives: ``{column: "max"|"min"}`` (default ``DEFAULT_OBJECTIVES``).
+        budget: ``"full"`` (completed trials), ``"any"`` (early-stopped ones too) or an epoch count.
     """
     objectives = _objectives(objectives)
     _check_columns(df, objectives)

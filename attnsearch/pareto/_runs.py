@@ -67,6 +67,12 @@ def load_runs(
     ``study``, ``run_id``, ``status``, ``start_time``; then every param under its trial-config name
     (``attention``, ``stages``, ``sa.groups``, ``train.lr``...) cast back to its type; then every metric under its
     name (``val_acc``, ``flops``, ...: the value at the last step).
+
+    Args:
+        experiment: the MLflow experiment (a job's ``tracking.experiment``, default its name).
+        tracking_uri: the MLflow store (default: MLflow's own).
+        parent_run_id: only the trials of this study's parent run.
+        study_id: only the trials of this study.
     """
     from mlflow import MlflowClient
 

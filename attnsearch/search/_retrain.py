@@ -271,7 +271,18 @@ def retrain(job: Job, *, study: str | None = None, front: bool = True, runs: Seq
             epochs: int | None = None, job_text: str | None = None, stream: IO[str] | None = None) -> RetrainOutcome:
     """Retrain study ``study`` (an id, or None/"latest": the newest of the job's experiment) as the module
     docstring says; returns the table and where it was recorded. Bad arguments raise ``InputError`` before Ray
-    starts or MLflow is written."""
+    starts or MLflow is written.
+
+    Args:
+        job: the job whose study is retrained.
+        study: the study's id, or None/``"latest"`` for the newest study of the job's experiment.
+        front: retrain the study's recorded front (besides its baseline).
+        runs: child run ids to retrain too.
+        seeds: runs per configuration (2 or more for a standard deviation and an interval).
+        epochs: the budget of each run (default: the job's ``train.epochs``).
+        job_text: the job file's text, logged as the retrain's ``job.yaml``.
+        stream: where the progress lines go (default: stdout).
+    """
     if seeds < 1:
         raise UsageError(f"--seeds {seeds}: give at least 1 seed (2 or more for a standard deviation and an interval)")
     job = _with_epochs(job, epochs)

@@ -85,8 +85,19 @@ def run_study(job: Job, *, resume: bool | str = False, job_text: str | None = No
     ``benchmarks/search_quality.py``); it gets the study's baseline config as a protected point through its
     ``protected`` attribute when it has one.
 
-    Everything that can be checked on the driver is checked before Ray starts a trial: the data, the space,
-    the tracking store, the cluster's resources.
+    Everything that can be checked on the driver is checked before Ray starts a trial: the data, the space (and
+    that its cheapest configuration meets the job's constraints), the tracking store, the cluster's resources.
+
+    Args:
+        job: the validated job (``attnsearch.config.load_job``).
+        resume: False for a new study; True or ``"latest"`` to continue the job's newest study; a study id to
+            continue that one.
+        job_text: the job file's text, logged as the parent run's ``job.yaml`` (default: the job re-serialised).
+        stream: where the progress lines go (default: stdout).
+        scheduler: a Ray Tune scheduler that replaces the one ``scheduler.type`` names.
+
+    Raises:
+        InputError: bad input (job, space, constraints, store, cluster), before anything starts.
     """
     space = load_space(job)
     check_space(job, space)
