@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Collection, Sequence
+from collections.abc import Collection, Sequence
+from typing import Any
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], right: Collection[int] = ()) -> str:
@@ -11,6 +12,7 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], right: Co
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
 
     def fmt(row: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+        cells = enumerate(zip(row, widths, strict=False))
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in cells).rstrip()
 
     return "\n".join([fmt(cells[0]), fmt(["-" * w for w in widths]), *map(fmt, cells[1:])])

@@ -18,8 +18,9 @@ from __future__ import annotations
 import difflib
 import re
 import typing
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -73,7 +74,7 @@ _Loader.add_implicit_resolver(
 def parse_yaml(text: str, source: str) -> Any:
     """Parse YAML ``text`` safely; a syntax error becomes a ``ConfigError`` naming ``source`` and the line."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
@@ -153,7 +154,7 @@ class DataConfig(_Strict):
     fake_num_classes: int = Field(10, ge=2)
 
     @model_validator(mode="after")
-    def _root_given(self) -> "DataConfig":
+    def _root_given(self) -> DataConfig:
         if self.dataset in DATASETS_WITH_ROOT and not self.root:
             raise ValueError(f"root: dataset {self.dataset!r} needs data.root (the folder that holds it)")
         return self
@@ -203,7 +204,7 @@ class TrainConfig(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _epochs_consistent(self) -> "TrainConfig":
+    def _epochs_consistent(self) -> TrainConfig:
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs})")
         bad = [m for m in self.milestones if not 0 < m < self.epochs]
@@ -329,7 +330,7 @@ class Job(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _scheduler_fits(self) -> "Job":
+    def _scheduler_fits(self) -> Job:
         kind = self.scheduler_type
         if kind in ("asha", "moasha"):
             if self.train.epochs < self.scheduler.grace_period:

@@ -10,7 +10,8 @@ the layers that raise them.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "InputError",
@@ -170,7 +171,8 @@ TAG_OBJECTIVES = "attnsearch.objectives"
 TAG_MAX_T = "attnsearch.max_t"
 # The recorded front of another objective set or budget lives under its own names: tag ``attnsearch.pareto.<key>``
 # on trials, tags ``attnsearch.pareto.{objectives,budget,reference}.<key>`` and metrics
-# ``pareto.{hypervolume,size}.<key>`` on the parent, artifacts under ``pareto/<key>/`` (key: attnsearch.pareto.front_key).
+# ``pareto.{hypervolume,size}.<key>`` on the parent, artifacts under ``pareto/<key>/``
+# (key: attnsearch.pareto.front_key).
 # The study's own front keeps the plain names: TAG_PARETO, ``pareto.hypervolume``, ``pareto.csv``...
 TAG_PARETO_OBJECTIVES = "attnsearch.pareto.objectives"  # parent: the recorded front's objectives (JSON)
 TAG_PARETO_BUDGET = "attnsearch.pareto.budget"  # parent: its budget ("full", "any" or epochs)

@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -247,7 +248,7 @@ def count(model: nn.Module, input_size: int | Sequence[int] = (1, 3, 224, 224)) 
     try:
         try:
             result = _run(model, shape, meta=True, sites=sites)
-        except Exception:  # a forward that needs real values: run it for real on zeros
+        except Exception:  # noqa: BLE001 - a forward that needs real values: run it for real on zeros
             result = _run(model, shape, meta=False, sites=sites)
     finally:
         for m, mode in modes.items():

@@ -33,9 +33,10 @@ import statistics
 import tempfile
 import time
 import uuid
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext, suppress
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -216,7 +217,7 @@ class DeviceClaim:
         self.folder = Path(folder if folder is not None else CLAIMS_DIR) / key
         self.path: Path | None = None
 
-    def __enter__(self) -> "DeviceClaim":
+    def __enter__(self) -> DeviceClaim:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder / f"{os.getpid()}-{uuid.uuid4().hex}"
@@ -228,10 +229,8 @@ class DeviceClaim:
 
     def __exit__(self, *exc: Any) -> None:
         if self.path is not None:
-            try:
+            with suppress(OSError):
                 self.path.unlink(missing_ok=True)
-            except OSError:
-                pass
             self.path = None
 
     def others(self) -> int | None:
@@ -252,8 +251,6 @@ class DeviceClaim:
             if _alive(int(pid)):
                 count += 1
             else:
-                try:
+                with suppress(OSError):
                     entry.unlink(missing_ok=True)
-                except OSError:
-                    pass
         return count

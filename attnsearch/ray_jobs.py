@@ -22,10 +22,11 @@ import shlex
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -126,7 +127,7 @@ def _short_reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def connect(address: str | None = None) -> "JobSubmissionClient":
+def connect(address: str | None = None) -> JobSubmissionClient:
     """A ``JobSubmissionClient`` for ``address`` (resolved as in ``resolve_address``), checked to answer."""
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient

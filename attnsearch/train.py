@@ -23,7 +23,8 @@ import math
 import os
 import tempfile
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -205,7 +206,7 @@ class _Loop:
 
     @classmethod
     def build(cls, job: Job, plan: TrialSettings, model: nn.Module, train_ds: Any, val_ds: Any,
-              device: torch.device) -> "_Loop":
+              device: torch.device) -> _Loop:
         """The loaders, and the model on ``device`` in the memory format it trains in."""
         cfg = plan.train
         channels_last = use_channels_last(device, cfg.channels_last)

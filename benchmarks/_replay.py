@@ -27,14 +27,15 @@ import logging
 import math
 import numbers
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from attnsearch.contract import EPOCH_METRICS, REASON_KEY, STATE_KEY, STATIC_METRICS, ConfigError
+from attnsearch.contract import REASON_KEY, STATE_KEY, STATIC_METRICS, ConfigError
 
 if TYPE_CHECKING:
     from attnsearch.config import Job

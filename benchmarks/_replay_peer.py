@@ -9,8 +9,8 @@ What is Syne Tune's: the ``Tuner`` loop, ``UserBlackboxBackend`` (its simulator 
 ``Blackbox``: event queue, simulated clock, N asynchronous workers), ``SimulatorCallback``, the stopping rule of
 ``MOASHA`` and its random sampling of configurations (``MOASHA.suggest``), and random search
 (``MultiObjectiveRandomSearcher`` in a ``SingleFidelityScheduler``: what ``RandomSearch`` is for one objective).
-What is ours: the ``Blackbox`` serving the table (``TableBlackbox``: a configuration is mapped to its recorded one by the
-replay's own ``NearestConfig``, so both simulators see the same table through the same map), the flat Syne Tune
+What is ours: the ``Blackbox`` serving the table (``TableBlackbox``: a configuration is mapped to its recorded one by
+the replay's own ``NearestConfig``, so both simulators see the same table through the same map), the flat Syne Tune
 configuration space made from the job's space (Syne Tune has no conditional spaces: every knob of every type
 is sampled, and the study's define-by-run function, run on those values through ``optuna.trial.FixedTrial``,
 keeps those of the chosen type), and the baseline evaluated first, as in a study (the random searcher's
@@ -29,10 +29,10 @@ import io
 import logging
 import os
 import tempfile
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
 from _replay import NearestConfig, ReplayRun, Table, _space_params
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ def _blackbox_class():
             values = np.stack(cols, axis=1)
             if fidelity is None:
                 return values
-            return dict(zip(self.objectives_names, values[int(fidelity["epoch"]) - 1]))
+            return dict(zip(self.objectives_names, values[int(fidelity["epoch"]) - 1], strict=False))
 
     return TableBlackbox
 
@@ -203,8 +203,8 @@ def peer_replay(table: Table, job: Job, space: SearchSpace, *, method: str, seed
 
 
 def _baseline_first_moasha():
-    from syne_tune.optimizer.schedulers.multiobjective.moasha import MOASHA
     from syne_tune.optimizer.scheduler import TrialSuggestion
+    from syne_tune.optimizer.schedulers.multiobjective.moasha import MOASHA
 
     class BaselineFirstMOASHA(MOASHA):
         """Syne Tune's MOASHA whose first suggestions are ``points`` (the study's baseline), then its own."""

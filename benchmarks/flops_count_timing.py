@@ -41,7 +41,7 @@ def main() -> None:
     ]:
         model = build_model(backbone, 1000, attention=attention)
         c = count(model, (1, 3, 224, 224))
-        t = median_time(lambda: count(model, (1, 3, 224, 224)), args.repeats)
+        t = median_time(lambda model=model: count(model, (1, 3, 224, 224)), args.repeats)
         name = attention["type"] if attention else "plain"
         print(f"count {backbone:13s} {name:8s} 224x224: {t * 1e3:7.1f} ms  "
               f"(macs {c['macs'] / 1e9:.3f} G, flops {c['flops'] / 1e9:.3f} G, params {c['params']:,})")

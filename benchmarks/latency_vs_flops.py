@@ -26,9 +26,9 @@ import platform
 import random
 import statistics
 import sys
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -88,7 +88,7 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
         return math.nan
     ra, rb = average_ranks(a), average_ranks(b)
     ma, mb = statistics.fmean(ra), statistics.fmean(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=False))
     sa = math.sqrt(sum((x - ma) ** 2 for x in ra))
     sb = math.sqrt(sum((y - mb) ** 2 for y in rb))
     return cov / (sa * sb) if sa and sb else math.nan
@@ -137,9 +137,9 @@ def table(backbone: str, size: int, rows: list[dict], batch: int) -> tuple[str, 
     """The markdown table of one backbone and its rank correlations."""
     base = next((r for r in rows if r["type"] == "none" and "flops" in r), None)
     ranked = [r for r in rows if r["type"] != "none" and "latency_ms" in r]
-    flops_rank = dict(zip((r["type"] for r in ranked), average_ranks([r["flops"] for r in ranked])))
-    lat_rank = dict(zip((r["type"] for r in ranked), average_ranks([r["latency_ms"] for r in ranked])))
-    thr_rank = dict(zip((r["type"] for r in ranked), average_ranks([-r["throughput"] for r in ranked])))
+    flops_rank = dict(zip((r["type"] for r in ranked), average_ranks([r["flops"] for r in ranked]), strict=False))
+    lat_rank = dict(zip((r["type"] for r in ranked), average_ranks([r["latency_ms"] for r in ranked]), strict=False))
+    thr_rank = dict(zip((r["type"] for r in ranked), average_ranks([-r["throughput"] for r in ranked]), strict=False))
     rho = {
         "latency": spearman([r["flops"] for r in ranked], [r["latency_ms"] for r in ranked]),
         "throughput": spearman([r["flops"] for r in ranked], [-r["throughput"] for r in ranked]),

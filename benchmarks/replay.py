@@ -70,7 +70,8 @@ def parse_reference(text: str | None, objectives: dict[str, str]) -> dict[str, f
         try:
             out[key.strip()] = float(value)
         except ValueError:
-            raise _replay.ConfigError(f"--reference {text!r}: expected METRIC=VALUE,... e.g. val_acc=0,flops=3e7")
+            raise _replay.ConfigError(
+                f"--reference {text!r}: expected METRIC=VALUE,... e.g. val_acc=0,flops=3e7") from None
     if set(out) != set(objectives):
         raise _replay.ConfigError(f"--reference {text!r}: give one value for each objective {list(objectives)}")
     return out
@@ -97,7 +98,7 @@ def run_method(method: str, table, job, space, seed: int, workers: int, budget_s
 
 def first_time(curve: list[float], times: list[float], target: float) -> float:
     """The first grid time at which ``curve`` reaches ``target`` (inf: never)."""
-    for t, hv in zip(times, curve):
+    for t, hv in zip(times, curve, strict=False):
         if hv >= target - 1e-12 * abs(target):
             return t
     return math.inf
@@ -134,7 +135,7 @@ def summarise(runs: list[dict[str, Any]], meta: dict[str, Any]) -> tuple[str, di
         reach = [first_time(r["hv"], times, target) for r in rs] if target is not None else []
         stats[m] = {
             "seeds": len(rs),
-            "regret": {f"{int(f * 100)}%": _quartiles(v) for f, v in zip(FRACTIONS, regret)},
+            "regret": {f"{int(f * 100)}%": _quartiles(v) for f, v in zip(FRACTIONS, regret, strict=False)},
             "final_regret": regret[-1],
             "trials": statistics.median(r["trials"] for r in rs),
             "full": statistics.median(r["full_count"] for r in rs),

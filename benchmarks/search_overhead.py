@@ -10,6 +10,7 @@ search wall time / bare wall time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import statistics
@@ -45,10 +46,8 @@ def _bare_trial(args: tuple[dict, dict, int]) -> float:
         if done >= epochs:
             raise _Stop
 
-    try:
+    with contextlib.suppress(_Stop):
         fit(job, plan, report)
-    except _Stop:
-        pass
     return time.perf_counter() - started
 
 

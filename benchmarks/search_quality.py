@@ -74,9 +74,8 @@ def curve(records: list, max_t: int) -> list[tuple[int, float, float]]:
             events.append((res["ms"] or 0, rec.trial_id, res["epoch"], res["metrics"].get("val_acc")))
     events.sort()
     flops = {rec.trial_id: rec.static.get("flops") for rec in records}
-    out, spent = [], 0
-    for _, trial_id, epoch, acc in events:
-        spent += 1
+    out = []
+    for spent, (_, trial_id, epoch, acc) in enumerate(events, start=1):
         if epoch == max_t and acc is not None and flops.get(trial_id):
             out.append((spent, float(acc), float(flops[trial_id])))
     return out

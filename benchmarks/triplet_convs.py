@@ -44,12 +44,12 @@ def main(argv: list[str] | None = None) -> None:
         maps = [torch.randn(b, 2, *size).contiguous(memory_format=torch.channels_last).requires_grad_()
                 for size in ((c, w), (h, c), (h, w))]
 
-        def convs() -> None:
-            for m, wt in zip(maps, weights):
+        def convs(maps=maps, weights=weights) -> None:
+            for m, wt in zip(maps, weights, strict=False):
                 out = F.conv2d(m, wt, padding=k // 2)
                 out.backward(torch.ones_like(out))
 
-        def block_step() -> None:
+        def block_step(x=x, block=block, grad=grad) -> None:
             x.grad = None
             block(x).backward(grad)
 

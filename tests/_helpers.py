@@ -152,7 +152,7 @@ def assert_optuna_record_matches_mlflow(job: Any, study_id: str) -> dict[str, in
         assert (trial.state, trial.user_attrs.get(STATE_KEY)) == (expected[state], state), (tid, trial)
         if state == "completed":
             assert trial.constraints[INFEASIBLE_CONSTRAINT] == 0.0
-            for name, value in zip(study.metric_names, trial.values):
+            for name, value in zip(study.metric_names, trial.values, strict=False):
                 assert math.isclose(value, run.data.metrics[name], rel_tol=1e-6), (tid, name)
         if state == "infeasible":
             assert trial.constraints[INFEASIBLE_CONSTRAINT] > 0

@@ -63,8 +63,8 @@ def ray_driver(monkeypatch):
 #
 # `slow` marks exactly the tests that start Ray or a server. A test not marked slow fails (an error at its
 # teardown) when, from its setup to its teardown, this process called ray.init (tune.Tuner.fit and Ray's
-# auto-init call it too), or spawned `ray start`, `mlflow server|ui` or `attnsearch run|ui|dashboard`, or Ray came up, or
-# the test uses the local_ray fixture. The reverse (a slow test that starts nothing) is checked by hand.
+# auto-init call it too), or spawned `ray start`, `mlflow server|ui` or `attnsearch run|ui|dashboard`, or Ray came
+# up, or the test uses the local_ray fixture. The reverse (a slow test that starts nothing) is checked by hand.
 
 _STARTS: list[str] = []  # what this process started, in order: "ray.init(...)", "`ray start ...`"
 _SERVER_COMMANDS = {("ray", "start"), ("mlflow", "server"), ("mlflow", "ui"), ("attnsearch", "run"),
@@ -79,10 +79,9 @@ def _ray_up() -> bool:
 
 
 def _server_command(args) -> str | None:
-    if isinstance(args, (str, bytes, os.PathLike)):
-        words = os.fsdecode(args).split()  # a shell command line, or one program without arguments
-    else:
-        words = [os.fsdecode(a) for a in args]
+    # a shell command line (or one program without arguments), or an argument list
+    one = isinstance(args, (str, bytes, os.PathLike))
+    words = os.fsdecode(args).split() if one else [os.fsdecode(a) for a in args]
     names = [os.path.basename(w) for w in words]
     if any(pair in _SERVER_COMMANDS for pair in itertools.pairwise(names)):
         return " ".join(words)

@@ -34,7 +34,7 @@ def test_compiled_matches_eager(name: str, knobs: dict) -> None:
     (y0, gx0, gp0), (y1, gx1, gp1) = grads
     torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(gx1, gx0, rtol=1e-4, atol=1e-5)
-    for a, b in zip(gp1, gp0):
+    for a, b in zip(gp1, gp0, strict=False):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 

@@ -7,7 +7,7 @@ gradients must agree in float64, in training mode (batch statistics) and in eval
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch

@@ -9,7 +9,7 @@ from attnsearch.cli import build_parser, main
 
 def _commands() -> list[str]:
     parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")  # noqa: SLF001 - argparse has no public listing
+    sub = next(a for a in parser._actions if a.dest == "command")  # argparse has no public listing
     return sorted(sub.choices)
 
 

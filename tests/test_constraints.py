@@ -93,7 +93,8 @@ def test_constraints_that_each_fit_but_not_together_are_refused(tmp_path):
     one, three = (counted({"type": "se", "stages": s, "blocks": "all", "position": "default", "reduction": 4}, 1.0, 16)
                   for s in ([1], [3]))
     assert one["params"] < three["params"] and three["flops"] < one["flops"]  # the premise
-    job = load_job(path, overrides=[f"constraints.max_flops={three['flops']}", f"constraints.max_params={one['params']}"])
+    limits = [f"constraints.max_flops={three['flops']}", f"constraints.max_params={one['params']}"]
+    job = load_job(path, overrides=limits)
     with pytest.raises(ConfigError, match="meets them together") as err:
         check_space(job, load_space(job))
     assert f"flops={three['flops']:,}" in str(err.value) and f"params={one['params']:,}" in str(err.value)

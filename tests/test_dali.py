@@ -66,7 +66,7 @@ def folder_cfg(root: Path, **data) -> DataConfig:
 
 
 def read_all(loader) -> tuple[torch.Tensor, torch.Tensor]:
-    images, targets = zip(*loader)
+    images, targets = zip(*loader, strict=False)
     return torch.cat(images), torch.cat(targets)
 
 
@@ -129,8 +129,8 @@ def test_training_batches_shapes_range_and_fresh_crops_each_epoch(dali, tree):
     train, _ = build_loaders(cfg, train_ds, val_ds, seed=3)
     n = len(train_ds)
     assert len(train) == n // 4  # drop_last, as torch's training loader (18 images: 4 batches of 4)
-    low = min((0 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
-    high = max((1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
+    low = min((0 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=False))
+    high = max((1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=False))
 
     def epoch(seed: int):
         train.generator.manual_seed(seed)  # what train.fit does before every epoch

@@ -333,7 +333,8 @@ def test_compose_config_validates_with_docker_compose(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     # and a missing secret is refused
-    env_file.write_text("\n".join(l for l in env_file.read_text().splitlines() if not l.startswith("RAY_AUTH_TOKEN")))
+    kept = [ln for ln in env_file.read_text().splitlines() if not ln.startswith("RAY_AUTH_TOKEN")]
+    env_file.write_text("\n".join(kept))
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "RAY_AUTH_TOKEN" in result.stderr + result.stdout
 
@@ -406,7 +407,7 @@ def test_cluster_yaml_keeps_the_dashboard_private_and_secrets_out():
     assert config["available_node_types"][config["head_node_type"]]["resources"].get("GPU") == 0
     workers = [t for n, t in config["available_node_types"].items() if n != config["head_node_type"]]
     assert workers and all(t["min_workers"] == 0 for t in workers)
-    for target, source in config["file_mounts"].items():
+    for _target, source in config["file_mounts"].items():
         assert (ROOT / f"{source}.example").exists(), f"{source}: document it in {source}.example"
     assert not set(config["setup_commands"])  # everything is in the image
 

@@ -13,6 +13,7 @@ Ray process these tests start lives in a process tree the tests own and kill; no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -101,20 +102,14 @@ def kill_tree(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
 
 
 def _kill(proc: subprocess.Popen, tree: list[tuple[int, str]], timeout_s: float) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)  # the group id stays ours while any member lives
-    except (ProcessLookupError, PermissionError):
-        pass
     for pid, start in tree:
         if _alive(pid, start):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        pass
     deadline = time.monotonic() + timeout_s
     while any(_alive(p, t) for p, t in tree) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -125,10 +120,8 @@ def stop(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
     tree = process_tree(proc.pid) if proc.poll() is None else []
     if tree:
         proc.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            pass
     _kill(proc, tree, timeout_s)
 
 
@@ -254,10 +247,8 @@ def trial_results(experiment_dir: Path, study: str = "") -> dict[str, list[dict]
     for path in sorted(experiment_dir.glob(f"{study}/trial_*/result.json" if study else "trial_*/result.json")):
         lines = []
         for text in path.read_text().splitlines():
-            try:
+            with contextlib.suppress(ValueError):  # a line being written right now
                 lines.append(json.loads(text))
-            except ValueError:  # a line being written right now
-                pass
         out[path.parent.name.removeprefix("trial_")] = lines
     return out
 
@@ -324,10 +315,8 @@ class Blocker:
     def release(self) -> None:
         if self.proc.poll() is None and self.proc.stdin:
             self.proc.stdin.close()  # it removes its placement group and exits
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                pass
         kill_tree(self.proc)
 
 

@@ -1,6 +1,6 @@
-"""``make gpu-check`` and the CUDA paths it tests: a trial trained with AMP and channels_last, its latency measured in the precision and memory
-format it trains in, and the DALI pipeline decoding on the GPU (``device="mixed"``). Marked ``cuda``: skipped
-without a CUDA device, run on one by ``make gpu-check`` (with the GPU benchmarks)."""
+"""``make gpu-check`` and the CUDA paths it tests: a trial trained with AMP and channels_last, its latency measured
+in the precision and memory format it trains in, and the DALI pipeline decoding on the GPU (``device="mixed"``).
+Marked ``cuda``: skipped without a CUDA device, run on one by ``make gpu-check`` (with the GPU benchmarks)."""
 
 from __future__ import annotations
 

@@ -317,7 +317,7 @@ def test_mobilenet_v2_mid_and_residual_end():
         # the module runs inside the block: blocks without (features.2, stride 2) and with a residual (features.3)
         calls = []
         for m in mods.values():
-            m.register_forward_hook(lambda mod, a, o: calls.append(a[0].shape))
+            m.register_forward_hook(lambda mod, a, o, calls=calls: calls.append(a[0].shape))
         model.eval()(torch.randn(1, 3, 64, 64))
         assert [c[1] for c in calls] == channels
 
@@ -403,8 +403,8 @@ def test_cifar_resnet_width_multiplier(name):
 
     assert cifar_widths(1.0) == (16, 32, 64) and cifar_widths(0.5) == (8, 16, 32) and cifar_widths(0.1) == (4, 4, 8)
     plain = build_model(name, 10, input_size=16)
-    assert count(plain, input_size=(1, 3, 16, 16))["params"] == count(build_model(name, 10, input_size=16,
-                                                                                  width_mult=1.0), (1, 3, 16, 16))["params"]
+    full = build_model(name, 10, input_size=16, width_mult=1.0)
+    assert count(plain, input_size=(1, 3, 16, 16))["params"] == count(full, (1, 3, 16, 16))["params"]
     half = build_model(name, 10, input_size=16, width_mult=0.5, attention={"type": "se", "reduction": 4})
     sites = list_sites(name, 16, 0.5)
     assert sorted({s.channels for s in sites}) == [8, 16, 32]

@@ -105,7 +105,8 @@ def test_hypervolume_matches_brute_force(objectives, seed):
     assert got == pytest.approx(brute_hv(pts, modes, ref))
     # the hypervolume of all points equals that of their front (dominated points add nothing), NaN rows ignored
     competing = df[df[list(objectives)].notna().all(axis=1)]
-    assert P.hypervolume(competing, objectives, reference=dict(zip(objectives, ref))) == pytest.approx(got)
+    reference = dict(zip(objectives, ref, strict=True))
+    assert P.hypervolume(competing, objectives, reference=reference) == pytest.approx(got)
 
 
 def test_hypervolume_known_values():
@@ -504,7 +505,7 @@ def test_study_selects_the_trials_of_one_study_or_of_all(store, tmp_path, monkey
     rows = pd.read_csv(tmp_path / "out" / "all.csv")
     # completed trials of both studies: u0 (0.97, 5e6), t0 (0.9, 2e6), t1 (0.8, 1e6), t5 (0.7, 0.9e6), u1 (0.6, 5e5)
     assert list(rows["trial_id"]) == ["u0", "t0", "t1", "t5", "u1"]
-    assert dict(zip(rows["trial_id"], rows["study"]))["u1"] == "study-2"
+    assert dict(zip(rows["trial_id"], rows["study"], strict=False))["u1"] == "study-2"
     assert any(line.startswith("study-1 ") for line in out.splitlines())
     assert "a comparison of several studies is never recorded" in out
     assert _files(tmp_path) == before
@@ -579,7 +580,7 @@ def test_the_baseline_is_the_marked_trial_for_every_reader(tmp_path):
     assert runs["a1"].data.tags[C.TAG_BASELINE] == "true" and C.BASELINE_KEY not in runs["a1"].data.params
     assert C.TAG_BASELINE not in runs["a0"].data.tags
     df = P.load_runs("marked", tracking_uri=uri, parent_run_id=parent)
-    assert dict(zip(df["trial_id"], df["baseline"])) == {"a0": False, "a1": True, "a2": False}
+    assert dict(zip(df["trial_id"], df["baseline"], strict=False)) == {"a0": False, "a1": True, "a2": False}
     assert P.baseline_row(df)["trial_id"] == "a1"  # not the first `none` trial to start
     front, _ = P.analyze(uri, "marked", "s-1", plot=tmp_path / "front.png")
     assert front.attrs["baseline"]["run_id"] == runs["a1"].info.run_id
@@ -589,7 +590,8 @@ def test_the_baseline_is_the_marked_trial_for_every_reader(tmp_path):
     parent_run = client.get_run(parent)
     assert parent_run.data.metrics["baseline.val_acc"] == pytest.approx(0.6)
     note = parent_run.data.tags[C.TAG_NOTE]
-    assert f"runs/{runs['a1'].info.run_id}) (baseline)" in note and f"runs/{runs['a0'].info.run_id}) (baseline)" not in note
+    assert f"runs/{runs['a1'].info.run_id}) (baseline)" in note
+    assert f"runs/{runs['a0'].info.run_id}) (baseline)" not in note
     # a marked baseline that did not finish is no baseline; the sampled `none` never stands in for it
     assert P.baseline_row(df.assign(state=df["state"].where(df["trial_id"] != "a1", "failed"))) is None
     # a study recorded before the mark: its first `none` trial at the full budget, as before

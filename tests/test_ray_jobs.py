@@ -1,9 +1,10 @@
-"""``attnsearch submit/status/logs`` (attnsearch.ray_jobs, attnsearch.cli._ray_jobs): the working_dir a job travels in, address handling, and
-a real Ray head with its dashboard (the Jobs API server) on 127.0.0.1."""
+"""``attnsearch submit/status/logs`` (attnsearch.ray_jobs, attnsearch.cli._ray_jobs): the working_dir a job travels
+in, address handling, and a real Ray head with its dashboard (the Jobs API server) on 127.0.0.1."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.server
 import os
 import shutil
@@ -174,7 +175,7 @@ def test_silent_address_times_out(monkeypatch):
 
 def test_something_else_on_the_port_is_named():
     class NotRay(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             self.send_error(404)
 
         def log_message(self, *args):
@@ -245,7 +246,7 @@ def ray_head():
         pytest.skip(f"the Ray Jobs server needs ray[default] (dashboard packages): {missing}")
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
     port = free_port()
-    log = open(Path(temp) / "head.log", "w")
+    log = open(Path(temp) / "head.log", "w")  # noqa: SIM115 - the head outlives this block; closed in finally
     cmd = [
         str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port", "0",
         "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--num-gpus", "0", "--include-dashboard", "true",
@@ -273,14 +274,10 @@ def ray_head():
         yield address
     finally:
         proc.send_signal(signal.SIGTERM)  # --block shuts the node down on SIGTERM
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # whatever of this head's group is left
-        except ProcessLookupError:
-            pass
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
 
@@ -291,7 +288,8 @@ def cli_args(*argv: str) -> argparse.Namespace:
 
 # Stands in for `attnsearch run` on the head: loads the job exactly as `run` would, from the job's working_dir.
 PROBE = (
-    "import os, sys; from attnsearch.config import load_job; from attnsearch.space import load_space; a = sys.argv[1:]; "
+    "import os, sys; from attnsearch.config import load_job; from attnsearch.space import load_space; "
+    "a = sys.argv[1:]; "
     "job = load_job(a[0], a[2::2]); "
     "print('SPACE', os.path.relpath(job.search.space, os.getcwd())); print('ADDRESS', job.ray.address); "
     "print('EPOCHS', job.train.epochs); print('TYPES', list(load_space(job).types.choices)); print('CWD', os.getcwd())"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,9 +17,9 @@ import pytest
 
 pytest.importorskip("ray")
 
-from attnsearch.config import load_job  # noqa: E402
-from attnsearch.space import baseline_point, is_point, load_space  # noqa: E402
-from tests._helpers import load_benchmark, write_job  # noqa: E402
+from attnsearch.config import load_job
+from attnsearch.space import baseline_point, is_point, load_space
+from tests._helpers import load_benchmark, write_job
 
 R = load_benchmark("_replay")
 HAS_PEER = all(importlib.util.find_spec(m) is not None for m in ("syne_tune", "huggingface_hub", "dill"))

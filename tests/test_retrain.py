@@ -138,7 +138,8 @@ def study(tmp_path):
         _record("t5", {**SE, "se.reduction": 4, "train.lr": 0.05}, 0, 0.0, 1.2e6, "infeasible"),
     ]:
         store.reconcile(rec)
-    ids = dict(zip(*load_runs("rt", job.tracking.uri, parent_run_id=parent)[["trial_id", "run_id"]].T.values))
+    runs = load_runs("rt", job.tracking.uri, parent_run_id=parent)
+    ids = dict(zip(runs["trial_id"], runs["run_id"], strict=True))
     return job, parent, ids
 
 

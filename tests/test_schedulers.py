@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from types import SimpleNamespace
 
@@ -10,7 +11,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from attnsearch.search import (  # noqa: E402
+from attnsearch.search import (
     MOASHAScheduler,
     rung_milestones,
     rung_order,
@@ -207,7 +208,7 @@ def test_progress_counts_what_ray_runs():
     from attnsearch.search import ProgressPrinter, StudyProgress
 
     progress = StudyProgress(num_samples=4, max_t=3, objectives=OBJ)
-    printer = ProgressPrinter(progress, stream=open("/dev/null", "w"))
+    printer = ProgressPrinter(progress, stream=io.StringIO())
     trials = [SimpleNamespace(trial_id=t, status=s, last_result=None)
               for t, s in (("a", "RUNNING"), ("b", "RUNNING"), ("c", "PENDING"), ("d", "TERMINATED"))]
     printer.on_step_end(0, trials)

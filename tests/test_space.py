@@ -278,7 +278,8 @@ BAD_SPACES = {
     "train_value": ("attention: {type: [se]}\ntrain: {lr: {low: 0, high: 0.1}}", "train.lr", "greater than 0"),
     "log_low": ("attention: {type: [se]}\ntrain: {weight_decay: {low: 0, high: 0.1, log: true}}",
                 "train.weight_decay", "`low > 0` must hold for `log=True`"),
-    "range_order": ("attention: {type: [se]}\ntrain: {lr: {low: 0.3, high: 0.1}}", "train.lr", "`low <= high` must hold, but got (low=0.3, high=0.1)"),
+    "range_order": ("attention: {type: [se]}\ntrain: {lr: {low: 0.3, high: 0.1}}", "train.lr",
+                    "`low <= high` must hold, but got (low=0.3, high=0.1)"),
     "range_keys": ("attention: {type: [se]}\ntrain: {lr: {min: 0.1, high: 0.3}}", "train.lr.min",
                    "{low, high, log?, step?}"),
     "sa_channels": ("attention: {type: [sa], stages: [[1]], knobs: {sa: {groups: [16]}}}",
@@ -335,7 +336,7 @@ def test_materialized_trials_build_models(tmp_path, monkeypatch):
     fn = define_by_run(load_space(job))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     built = set()
-    for i in range(40):
+    for _i in range(40):
         trial = study.ask()
         config = fn(trial)
         study.tell(trial, 0.0)

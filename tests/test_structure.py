@@ -57,7 +57,8 @@ def imports_of(name: str, path: Path) -> list[tuple[str, bool, int]]:
             if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
                 continue  # type-only imports never run
             if isinstance(child, ast.Import):
-                found.extend((a.name, in_function, child.lineno) for a in child.names if a.name.startswith("attnsearch"))
+                found.extend((a.name, in_function, child.lineno) for a in child.names
+                             if a.name.startswith("attnsearch"))
             elif isinstance(child, ast.ImportFrom):
                 if child.level:
                     base = package.split(".")
@@ -110,8 +111,8 @@ def test_the_architecture_drawing_names_what_exists_and_every_package():
     drawn_packages = set(re.findall(r"(?<![\w./])([a-z_]+)/(?!\w)", drawing)) - {"jobs"}  # not train/eval
     drawn_modules = set(re.findall(r"(?<![\w/])([a-z_]+)\.py\b", drawing))
     dotted = {d for d in re.findall(r"\b([a-z_]+(?:\.[a-z_]+)+)\b", drawing) if d.split(".")[0] in packages}
-    assert drawn_packages <= packages, f"the drawing names packages that do not exist: {sorted(drawn_packages - packages)}"
-    assert packages <= drawn_packages, f"packages missing from the drawing (as name/): {sorted(packages - drawn_packages)}"
+    assert drawn_packages <= packages, f"the drawing names packages that do not exist: {drawn_packages - packages}"
+    assert packages <= drawn_packages, f"packages missing from the drawing (as name/): {packages - drawn_packages}"
     missing = sorted(m for m in drawn_modules if not (PACKAGE / f"{m}.py").is_file())
     assert not missing, f"the drawing names modules that do not exist: {missing}"
     for name in dotted:  # tracking.callback.MLflowTracker: a module path, then maybe one attribute
@@ -124,7 +125,8 @@ def test_imports_run_downward_and_lazily_only_in_the_cli():
     problems = []
     for name, path in ALL.items():
         if name == "attnsearch":
-            assert not imports_of(name, path), "attnsearch/__init__.py must stay import-free (it loads with every module)"
+            assert not imports_of(name, path), \
+                "attnsearch/__init__.py must stay import-free (it loads with every module)"
             continue
         here = layer_of(name, layers)
         for target, lazy, line in imports_of(name, path):

@@ -470,7 +470,7 @@ class Server:
         self.cmd, self.port, self.log = cmd, port, log
         self.proc = None
 
-    def start(self, timeout_s: float = 90.0) -> "Server":
+    def start(self, timeout_s: float = 90.0) -> Server:
         import subprocess
 
         self.proc = subprocess.Popen(self.cmd, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
@@ -609,7 +609,8 @@ def test_each_child_run_gets_its_dataset_inputs_once(tmp_path):
     store.reconcile(record)
     T.Store(uri, parent, datasets).reconcile(record)  # a resumed driver reads the run back
     client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("exp").experiment_id], "tags.`attnsearch.trial_id` = 't0'")
+    experiment_id = client.get_experiment_by_name("exp").experiment_id
+    (run,) = client.search_runs([experiment_id], "tags.`attnsearch.trial_id` = 't0'")
     inputs = run.inputs.dataset_inputs
     assert sorted((i.dataset.name, i.dataset.digest, i.tags[0].value) for i in inputs) == sorted(
         (d["name"], d["digest"], d["context"]) for d in datasets)

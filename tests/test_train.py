@@ -286,6 +286,7 @@ def test_one_step_clips_the_true_gradients_with_and_without_a_scaler(grad_clip):
             norm = torch.nn.utils.get_total_norm([p.grad for p in loop.model.parameters()])
             assert float(norm) <= grad_clip * (1 + 1e-4)
         after.append([p.detach().clone() for p in loop.model.parameters()])
-    moved = [torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(*after)]
+    moved = [torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(*after, strict=True)]
     assert all(moved)
-    assert any(not torch.equal(a, b) for a, b in zip(after[0], model.parameters()))  # the step did move them
+    # the step did move them
+    assert any(not torch.equal(a, b) for a, b in zip(after[0], model.parameters(), strict=True))

@@ -9,7 +9,7 @@ expression under torch.compile and for non-NCHW-contiguous input (see ``use_fuse
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -101,7 +101,7 @@ class _MaxMeanPools(torch.autograd.Function):
                 grad.add_(term)
         if grad is None:
             grad = grads[0].new_zeros(shape)
-        for i, (d, idx) in enumerate(zip(dims, ctx.saved_tensors)):
+        for i, (d, idx) in enumerate(zip(dims, ctx.saved_tensors, strict=False)):
             g_max = grads[2 * i]
             if g_max is not None:
                 grad.scatter_add_(d, idx.unsqueeze(d), g_max.unsqueeze(d))
@@ -141,10 +141,8 @@ class _ChannelGate(torch.autograd.Function):
         x, s = ctx.saved_tensors
         ds = None
         if ctx.needs_input_grad[1]:
-            if g.is_contiguous():  # x is (use_fused)
-                ds = spatial_dot(g, x)
-            else:
-                ds = (g * x).sum((2, 3), keepdim=True)
+            # a contiguous g: x is contiguous too (use_fused)
+            ds = spatial_dot(g, x) if g.is_contiguous() else (g * x).sum((2, 3), keepdim=True)
         return (g * s if ctx.needs_input_grad[0] else None), ds
 
 

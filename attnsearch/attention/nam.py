@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import weakref
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -188,7 +189,7 @@ def _nam_params(channels: int, spatial_size: Any, spatial: bool, detach_weights:
     return 2 * channels + (2 * spatial_size[0] * spatial_size[1] if spatial else 0)
 
 
-_NAM_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[NormalizationBasedAttention, ...]]" = (
+_NAM_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[NormalizationBasedAttention, ...]] = (
     weakref.WeakKeyDictionary()
 )
 

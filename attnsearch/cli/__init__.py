@@ -4,18 +4,18 @@ Exit status: 0 on success, 2 for bad input (``attnsearch.contract.InputError``: 
 and the fix; nothing is started), 1 for a failure while running.
 
 One module per group of commands: ``_studies`` (``run``, ``sync``, ``retrain``), ``_inspect`` (``modules``,
-``sites``, ``flops``), ``_prune`` (``prune``), ``_results`` (``pareto``, ``ui``, ``export``), ``_optuna`` (``importance``, ``dashboard``:
-the study's Optuna record), ``_ray_jobs`` (``submit``, ``status``,
-``logs``), and ``_common`` (the job argument, ``--set``, ``--resume``, what the commands share). Each command
-imports the layers it needs when it runs (the one package with function-level imports of attnsearch's own
-modules), so that ``attnsearch --help`` or ``attnsearch status`` does not pay for torch, Ray or MLflow.
+``sites``, ``flops``), ``_prune`` (``prune``), ``_results`` (``pareto``, ``ui``, ``export``), ``_optuna``
+(``importance``, ``dashboard``: the study's Optuna record), ``_ray_jobs`` (``submit``, ``status``, ``logs``), and
+``_common`` (the job argument, ``--set``, ``--resume``, what the commands share). Each command imports the layers it
+needs when it runs (the one package with function-level imports of attnsearch's own modules), so that ``attnsearch
+--help`` or ``attnsearch status`` does not pay for torch, Ray or MLflow.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..contract import InputError
 from . import _inspect, _optuna, _prune, _ray_jobs, _results, _studies

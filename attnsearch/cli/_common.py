@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from ..contract import LATEST, MODES, UsageError
 
@@ -37,7 +38,7 @@ def add_resume_options(sp: argparse.ArgumentParser, resume_help: str) -> None:
     sp.add_argument("--no-pareto", action="store_true", help="skip the Pareto analysis at the end")
 
 
-def load_checked_job(args) -> "Job":
+def load_checked_job(args) -> Job:
     """The command's job file, validated with its search space."""
     from ..config import load_job
     from ..space import load_space
@@ -57,7 +58,7 @@ def user_argument(what: str) -> Iterator[None]:
         raise UsageError(f"{what}: {exc}") from None
 
 
-def experiment_and_uri(target: str, args, overrides) -> tuple[str, str, "Job | None"]:
+def experiment_and_uri(target: str, args, overrides) -> tuple[str, str, Job | None]:
     from ..config import load_job
     from ..uris import resolve_tracking_uri
 

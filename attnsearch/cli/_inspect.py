@@ -98,10 +98,7 @@ def _latency_settings(args, job) -> dict:
         raise UsageError(f"flops --latency: {what} is not available on this machine; use --device cpu or auto")
     amp = job.train.amp if job and args.amp is None else auto[args.amp or "auto"]
     fmt = job.train.channels_last if job and args.channels_last is None else auto[args.channels_last or "auto"]
-    if job:
-        batch = args.batch_size or job.data.eval_batch_size or job.data.batch_size
-    else:
-        batch = args.batch_size or 32
+    batch = args.batch_size or job.data.eval_batch_size or job.data.batch_size if job else args.batch_size or 32
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     elif job:  # a trial's threads: train.threads, else its resources.cpu share
@@ -136,14 +133,14 @@ def _print_latency(model, size: int, *, device, batch: int, dtype, channels_last
               "figures")
 
 
-def add_modules(sub: "argparse._SubParsersAction") -> None:
+def add_modules(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("modules", help="list the attention modules, their knobs and parameter counts")
     sp.add_argument("--channels", type=int, default=256, help="channel count for the params column")
     sp.add_argument("--size", type=int, default=14, help="feature-map size for modules that need one")
     sp.set_defaults(func=cmd_modules)
 
 
-def add_sites(sub: "argparse._SubParsersAction") -> None:
+def add_sites(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("sites", help="list a backbone's insertion sites with channels and feature-map sizes")
     sp.add_argument("backbone")
     sp.add_argument("--input-size", type=int, default=224)
@@ -151,7 +148,7 @@ def add_sites(sub: "argparse._SubParsersAction") -> None:
     sp.set_defaults(func=cmd_sites)
 
 
-def add_flops(sub: "argparse._SubParsersAction") -> None:
+def add_flops(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("flops", help="count MACs, FLOPs and params of a job's backbone or of --backbone")
     add_job_argument(sp, optional=True)
     sp.add_argument("--backbone")

@@ -75,7 +75,7 @@ def cmd_logs(args) -> int:
     return 0
 
 
-def add_submit(sub: "argparse._SubParsersAction") -> None:
+def add_submit(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("submit", help="run a job's study on a Ray cluster as a Ray Job (Jobs API)")
     sp.add_argument("job", help="job YAML file; it and its search-space file are uploaded, data is not")
     add_set_option(sp, "override a job key, passed on to `attnsearch run` on the cluster (repeatable)")
@@ -88,14 +88,14 @@ def add_submit(sub: "argparse._SubParsersAction") -> None:
     sp.set_defaults(func=cmd_submit)
 
 
-def add_status(sub: "argparse._SubParsersAction") -> None:
+def add_status(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("status", help="list the cluster's Ray Jobs, or one job's status")
     sp.add_argument("submission_id", nargs="?", help="one job (default: all jobs)")
     sp.add_argument("--address", help=ADDRESS_HELP)
     sp.set_defaults(func=cmd_status)
 
 
-def add_logs(sub: "argparse._SubParsersAction") -> None:
+def add_logs(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("logs", help="print (or --follow) the output of a Ray Job")
     sp.add_argument("submission_id")
     sp.add_argument("--address", help=ADDRESS_HELP)

@@ -86,7 +86,7 @@ def cmd_export(args) -> int:
     return 0
 
 
-def add_pareto(sub: "argparse._SubParsersAction") -> None:
+def add_pareto(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("pareto", help="the Pareto front of a job's (or an MLflow experiment's) trials")
     sp.add_argument("target", help="job YAML file or MLflow experiment name")
     add_set_option(sp, None)
@@ -104,7 +104,7 @@ def add_pareto(sub: "argparse._SubParsersAction") -> None:
     sp.set_defaults(func=cmd_pareto)
 
 
-def add_ui(sub: "argparse._SubParsersAction") -> None:
+def add_ui(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("ui", help="start the MLflow UI on the job's tracking store (127.0.0.1 by default)")
     add_job_argument(sp)
     sp.add_argument("--host", default="127.0.0.1")
@@ -113,7 +113,7 @@ def add_ui(sub: "argparse._SubParsersAction") -> None:
     sp.set_defaults(func=cmd_ui)
 
 
-def add_export(sub: "argparse._SubParsersAction") -> None:
+def add_export(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("export", help="write a study's front (or one trial) as model folders: weights, build "
                                        "spec, model card, torch.export/TorchScript forms")
     add_job_argument(sp)

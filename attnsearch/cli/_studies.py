@@ -1,5 +1,6 @@
 """The study commands: ``run`` (a study, then its Pareto front, models, importances and plots), ``sync`` (MLflow
-and the Optuna record catch up with the Ray experiment directory) and ``retrain`` (a study's front and baseline with several seeds)."""
+and the Optuna record catch up with the Ray experiment directory) and ``retrain`` (a study's front and baseline with
+several seeds)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def cmd_run(args) -> int:
             job.tracking.uri, experiment, parent_run_id=outcome.parent_run_id, budget="full", record=True,
             definition=dict(job.search.objectives),
         )
-    except Exception as exc:  # analysis must never lose a finished study
+    except Exception as exc:  # noqa: BLE001 - analysis must never lose a finished study
         print(f"Pareto analysis skipped: {exc}", file=sys.stderr)
         return 0
     print(f"\nPareto front ({len(front)} trials, hypervolume {hv:.6g}):")
@@ -49,7 +50,7 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _log_models(job: "Job", parent_run_id: str, experiment_path: str, prefix: str = "") -> None:
+def _log_models(job: Job, parent_run_id: str, experiment_path: str, prefix: str = "") -> None:
     """The models of the study's recorded front (``tracking.log_models``), after that front is recorded; a
     failure here never fails the study (``attnsearch sync JOB`` logs what is missing later)."""
     if job.tracking.log_models == "none":
@@ -90,7 +91,7 @@ def cmd_sync(args) -> int:
         reconcile_optuna(job, study_id, prefix=f"{study_id}: ")
         try:  # the study's own front, as its end records it; nothing before a trial has completed
             recorded = pareto.record_study(job.tracking.uri, experiment, study_id, definition=objectives)
-        except Exception as exc:  # the synced trials are in MLflow either way
+        except Exception as exc:  # noqa: BLE001 - the synced trials are in MLflow either way
             print(f"{study_id}: Pareto front not recorded: {exc}", file=sys.stderr)
             continue
         if recorded is None:
@@ -132,21 +133,21 @@ def cmd_retrain(args) -> int:
     return 0
 
 
-def add_run(sub: "argparse._SubParsersAction") -> None:
+def add_run(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("run", help="run (or --resume) the study a job file describes")
     add_job_argument(sp)
     add_resume_options(sp, "continue the newest (or the named) interrupted study of this job")
     sp.set_defaults(func=cmd_run)
 
 
-def add_sync(sub: "argparse._SubParsersAction") -> None:
+def add_sync(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("sync", help="write to MLflow whatever the Ray experiment directory has and MLflow lacks")
     add_job_argument(sp)
     sp.add_argument("--study", metavar=f"ID|{LATEST}|{ALL_STUDIES}", help="which studies (default: all of the job's)")
     sp.set_defaults(func=cmd_sync)
 
 
-def add_retrain(sub: "argparse._SubParsersAction") -> None:
+def add_retrain(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("retrain", help="retrain a study's front and its baseline with several seeds at the full "
                                         "budget: mean, std and the difference to the baseline with a 95 %% interval")
     add_job_argument(sp)

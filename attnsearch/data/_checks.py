@@ -17,10 +17,7 @@ def _image_extensions() -> tuple[str, ...]:
 
 
 def _has_image(folder: Path, extensions: tuple[str, ...]) -> bool:
-    for _, _, files in os.walk(folder, followlinks=True):
-        if any(f.lower().endswith(extensions) for f in files):
-            return True
-    return False
+    return any(any(f.lower().endswith(extensions) for f in files) for _, _, files in os.walk(folder, followlinks=True))
 
 
 def _check_image_folder(folder: Path, what: str) -> None:
@@ -55,7 +52,7 @@ def _download_cifar(cfg: DataConfig) -> None:
     Path(cfg.root).mkdir(parents=True, exist_ok=True)
     try:
         cls(cfg.root, train=True, download=True)
-    except Exception as exc:  # network errors come in many types; the user needs the path and the cause
+    except Exception as exc:  # noqa: BLE001 - network errors come in many types; the user needs the path and the cause
         raise ConfigError(f"data.root: downloading {cfg.dataset} into {cfg.root} failed: {exc}; download it "
                           "elsewhere and copy it there, or fix the network") from None
 

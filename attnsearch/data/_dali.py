@@ -78,7 +78,7 @@ def import_dali() -> SimpleNamespace:
         from nvidia.dali import fn, types
         from nvidia.dali.pipeline import Pipeline
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
-    except Exception as exc:  # ImportError, or an OSError from a CUDA library DALI's wheel expects
+    except Exception as exc:  # noqa: BLE001 - ImportError, or an OSError from a CUDA library DALI's wheel expects
         raise ConfigError(f"data.loader: NVIDIA DALI does not import here ({type(exc).__name__}: {exc}); "
                           f"{DALI_INSTALL}, or set data.loader: torch") from None
     return SimpleNamespace(fn=fn, types=types, math=dali_math, Pipeline=Pipeline,

@@ -3,10 +3,11 @@ package docstring), and what a file-reading loader needs to know of an ImageFold
 
 
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -211,7 +212,7 @@ def _digits(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
 
 def _unpickle(path: Path) -> dict[str, Any]:
     with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")  # noqa: S301 (the CIFAR distribution format)
+        return pickle.load(f, encoding="latin1")  # the CIFAR distribution format
 
 
 @lru_cache(maxsize=4)

@@ -24,10 +24,11 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -269,10 +270,8 @@ def log_model(client: MlflowClient, spec: ModelSpec, state: dict[str, torch.Tens
 def _requirements() -> list[str]:
     out = []
     for package in ("torch", "torchvision", "attnsearch"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out.append(f"{package}=={metadata.version(package).split('+')[0]}")
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import yaml
@@ -76,7 +77,7 @@ class ModelSpec:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = SPEC_FILE) -> "ModelSpec":
+    def from_dict(cls, data: Any, where: str = SPEC_FILE) -> ModelSpec:
         """The spec a ``to_dict`` wrote; a ``ValueError`` names ``where`` and the key that is wrong."""
         if not isinstance(data, Mapping):
             raise ValueError(f"{where}: not a model spec (a mapping with backbone, num_classes, image_size, ...)")
@@ -106,7 +107,7 @@ class ModelSpec:
         return cls(**data)
 
     @classmethod
-    def read(cls, path: str | os.PathLike) -> "ModelSpec":
+    def read(cls, path: str | os.PathLike) -> ModelSpec:
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text())

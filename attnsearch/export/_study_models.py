@@ -4,8 +4,9 @@ and any of them back into PyTorch."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 from mlflow import MlflowClient
@@ -37,7 +38,8 @@ def load_spec_and_weights(source: str | os.PathLike, *, tracking_uri: str | None
                           ) -> tuple[ModelSpec, dict[str, Any]]:
     """The spec and state dict ``source`` names: an export folder (``spec.yaml`` + ``weights.pt``; also a
     downloaded MLflow model folder, which keeps them under ``extra_files/``), an MLflow run id (a trial's child
-    run), ``runs:/<run id>/<model name>`` or ``models:/...`` (a logged model's id, ``NAME/VERSION`` or ``NAME@ALIAS``)."""
+    run), ``runs:/<run id>/<model name>`` or ``models:/...`` (a logged model's id, ``NAME/VERSION`` or
+    ``NAME@ALIAS``)."""
     path = Path(os.fspath(source))
     if path.is_dir():
         for folder in (path, path / "extra_files"):
@@ -81,7 +83,8 @@ def _select(client: MlflowClient, job: Job, experiment: str, *, run_id: str | No
             run = client.get_run(run_id)
         except Exception as exc:  # noqa: BLE001
             raise UsageError(f"--run {run_id}: no such run in {uri} ({first_line(exc)}); the trials' run ids are in "
-                             f"attnsearch pareto {experiment} --out front.csv (column run_id) and the MLflow UI") from None
+                             f"attnsearch pareto {experiment} --out front.csv (column run_id) and the MLflow "
+                             "UI") from None
         exp = client.get_experiment(run.info.experiment_id)
         if exp.name != experiment or run.data.tags.get(TAG_ROLE) != "trial":
             raise UsageError(f"--run {run_id}: not a trial of experiment {experiment!r} (its experiment: {exp.name!r}, "

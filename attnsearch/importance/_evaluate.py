@@ -91,7 +91,7 @@ def objective_names(study: optuna.Study, objectives: Mapping[str, str] | None = 
                              f"{len(names)} ({', '.join(names)})")
     else:
         names = study.metric_names or [f"objective{i}" for i in range(len(modes))]
-    return dict(zip(names, modes))
+    return dict(zip(names, modes, strict=False))
 
 
 def _feasible(trial: FrozenTrial) -> bool:

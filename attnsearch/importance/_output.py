@@ -55,7 +55,8 @@ def format_importances(imp: Importances, study: str = "", by_type: bool = True) 
     if imp.warnings:
         lines.append("UNRELIABLE, ranks only: " + "; ".join(imp.warnings))
     if imp.by_type and not by_type:
-        lines.append(f"(each attention type's own knobs: attnsearch importance JOB{f' --study {study}' if study else ''})")
+        which = f" --study {study}" if study else ""
+        lines.append(f"(each attention type's own knobs: attnsearch importance JOB{which})")
     elif imp.by_type:
         lines.append("\nEach attention type's knobs among its own trials:")
         for kind, per in imp.by_type.items():

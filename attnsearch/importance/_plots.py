@@ -69,7 +69,7 @@ def _time_history(trials: list[FrozenTrial], objectives: Mapping[str, str],
     start = min(t.datetime_start or t.datetime_complete for t in trials)
     rows, xs, ys = [], [], []
     for t in done:
-        rows.append(dict(zip(objectives, t.values)))
+        rows.append(dict(zip(objectives, t.values, strict=True)))
         xs.append((t.datetime_complete - start).total_seconds())
         ys.append(hypervolume(pd.DataFrame(rows), objectives, reference))
     return xs, ys
@@ -139,7 +139,7 @@ def _draw(study: optuna.Study, importances: Importances, out_dir: str | Path, re
                 logger.warning("%s not drawn: %s", name, exc)
         if len(objectives) >= 2:
             ref = dict(reference) if reference else default_reference(
-                pd.DataFrame([dict(zip(objectives, t.values)) for t in trials]), objectives)
+                pd.DataFrame([dict(zip(objectives, t.values, strict=True)) for t in trials]), objectives)
             name = plot_file("hypervolume_trials")
             try:
                 ax = ovm.plot_hypervolume_history(study, [float(ref[k]) for k in objectives])

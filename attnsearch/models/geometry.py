@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def as_hw(size: int | Sequence[int], field: str = "input_size") -> tuple[int, in
             hw = tuple(int(s) for s in size)
         except (TypeError, ValueError):
             raise ValueError(f"{field} must be an int or (H, W), got {size!r}") from None
-        if len(hw) != 2 or any(float(a) != b for a, b in zip(size, hw)):
+        if len(hw) != 2 or any(float(a) != b for a, b in zip(size, hw, strict=False)):
             raise ValueError(f"{field} must be an int or (H, W), got {size!r}")
     if min(hw) < 1:
         raise ValueError(f"{field} must be positive, got {size!r}")

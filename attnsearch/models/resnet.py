@@ -90,10 +90,8 @@ def build_resnet(name: str, num_classes: int, cifar_stem: bool = False) -> tv.Re
 
 def resnet_blocks(name: str, input_size: tuple[int, int], cifar_stem: bool = False) -> list[BlockInfo]:
     block, layers = TV_RESNETS[name]
-    if cifar_stem:
-        hw = input_size
-    else:
-        hw = conv_out(conv_out(input_size, 7, 2, 3), 3, 2, 1)  # 7x7/2 conv, 3x3/2 max-pool
+    # the ImageNet stem: a 7x7/2 conv and a 3x3/2 max-pool
+    hw = input_size if cifar_stem else conv_out(conv_out(input_size, 7, 2, 3), 3, 2, 1)
     expansion = block.expansion
     out: list[BlockInfo] = []
     for stage, n in enumerate(layers, start=1):

@@ -20,9 +20,10 @@ Attention dict (``build_model(attention=...)``)::
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .._table import format_table
 from ..attention.registry import get_spec

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import moocore
 import numpy as np
@@ -139,7 +140,7 @@ def _reference(df: pd.DataFrame, objectives: dict[str, str], reference: Any) -> 
     values = list(reference)
     if len(values) != len(objectives):
         raise ValueError(f"reference point needs {len(objectives)} values ({list(objectives)}), got {values}")
-    return {k: float(v) for k, v in zip(objectives, values)}
+    return {k: float(v) for k, v in zip(objectives, values, strict=False)}
 
 
 def hypervolume(
@@ -221,7 +222,7 @@ def relative_to_baseline(front: pd.DataFrame, baseline: pd.Series | pd.DataFrame
             continue
         ref = pd.to_numeric(bases[metric], errors="coerce").astype("float64")
         if by_study:
-            ref = out["study"].map(dict(zip(bases["study"], ref))).astype("float64")
+            ref = out["study"].map(dict(zip(bases["study"], ref, strict=False))).astype("float64")
         else:
             ref = pd.Series(float(ref.iloc[0]), index=out.index)
         if not ref.notna().any():

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -136,7 +137,8 @@ def _front_rows(front: pd.DataFrame, objectives: Mapping[str, str]) -> tuple[lis
     extra = [k for k in objectives if k not in ("val_acc", "flops", "params")]
     relative = [c for c in front.columns if c.startswith("delta_") or c.endswith("_ratio")]
     by_study = _by_study(front)
-    header = [*(["study"] if by_study else []), "attention", "sites", "knobs", "budget", "val_acc", "flops", "params", *extra,
+    header = [*(["study"] if by_study else []), "attention", "sites", "knobs", "budget", "val_acc", "flops", "params",
+              *extra,
               *[f"{c[6:]} vs base" if c.startswith("delta_") else f"{c[:-6]} x base" for c in relative]]
     rows = []
     for _, r in front.iterrows():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,8 @@ from ..tracking import fast_http, latest_parent, param_types, quote, run_params,
 __all__ = ["load_runs", "Study", "select_study", "study_definition", "LATEST", "ALL_STUDIES"]
 
 # Columns every frame from load_runs has first, in this order (then params, then metrics).
-_LEAD = ["run_name", "state", "budget", "pareto", "baseline", "reason", "trial_id", "study", "run_id", "status", "start_time"]
+_LEAD = ["run_name", "state", "budget", "pareto", "baseline", "reason", "trial_id", "study", "run_id", "status",
+         "start_time"]
 
 
 def _column_values(values: list[Any], texts: list[str | None], guessed: list[bool]) -> pd.Series:
@@ -162,10 +164,8 @@ def study_definition(tags: dict[str, str]) -> tuple[dict[str, str] | None, int |
             objectives = {str(k): str(m) for k, m in value.items()}
     except ValueError:
         pass
-    try:
+    with contextlib.suppress(ValueError):
         max_t = int(tags[TAG_MAX_T]) if tags.get(TAG_MAX_T) else None
-    except ValueError:
-        pass
     return objectives, max_t
 
 

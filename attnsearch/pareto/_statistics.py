@@ -4,7 +4,7 @@ the difference of two configurations' means (``attnsearch retrain``'s comparison
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats  # installed with scikit-learn (the `search` extra)

@@ -24,6 +24,14 @@ from ._driver import (
     searcher_and_scheduler,
     trainable_for,
 )
+from ._optuna_record import (
+    JOURNAL_FILE,
+    load_optuna_study,
+    open_optuna_storage,
+    optuna_record_exists,
+    optuna_storage_url,
+    reconcile_optuna_record,
+)
 from ._progress import ProgressPrinter, StudyProgress
 from ._ray_connection import check_cluster_resources, init_ray, resolve_ray_address
 from ._retrain import (
@@ -35,14 +43,6 @@ from ._retrain import (
     select_configs,
     summarize,
 )
-from ._optuna_record import (
-    JOURNAL_FILE,
-    load_optuna_study,
-    open_optuna_storage,
-    optuna_record_exists,
-    optuna_storage_url,
-    reconcile_optuna_record,
-)
 from ._run_study import StudyOutcome, run_study
 from ._schedulers import (
     MOASHAScheduler,
@@ -52,8 +52,8 @@ from ._schedulers import (
     rung_position,
 )
 from ._searcher import INFEASIBLE_CONSTRAINT, TRIAL_ID_ATTR, FixedConfigs, StudySearcher, make_sampler
-from ._study_params import space_digest, study_params
 from ._study_dirs import existing_studies, new_study_id, resolve_study, study_path
+from ._study_params import space_digest, study_params
 
 __all__ = [
     "JOURNAL_FILE",

@@ -4,7 +4,8 @@ the trainable, the searcher and scheduler a job asks for, and the Tuner with the
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler

@@ -23,9 +23,10 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import IO, TYPE_CHECKING, Any, Sequence
+from typing import IO, TYPE_CHECKING, Any
 
 import pandas as pd
 from mlflow import MlflowClient
@@ -111,7 +112,8 @@ def select_configs(client: MlflowClient, job: Job, study: Study, df: pd.DataFram
     by_id = df.set_index("run_id") if len(df) else None
     unknown = [r for r in runs if by_id is None or r not in by_id.index]
     if unknown:
-        known = ", ".join(f"{i} ({n})" for i, n in zip(df["run_id"][:8], df["run_name"][:8])) if len(df) else "none"
+        pairs = zip(df["run_id"][:8], df["run_name"][:8], strict=True) if len(df) else []
+        known = ", ".join(f"{i} ({n})" for i, n in pairs) or "none"
         raise UsageError(f"--runs: {', '.join(unknown)} is not a trial run of study {study.study}; give child run ids "
                          f"of that study (MLflow UI or `attnsearch pareto`), e.g. {known}")
     for run_id in runs:

@@ -26,8 +26,8 @@ from ._driver import (
 from ._optuna_record import open_optuna_storage, optuna_storage_url, reconcile_optuna_record
 from ._progress import ProgressPrinter, StudyProgress
 from ._searcher import StudySearcher
-from ._study_params import study_params
 from ._study_dirs import resolve_study, study_path
+from ._study_params import study_params
 
 if TYPE_CHECKING:
     from ray.tune.schedulers import TrialScheduler

@@ -28,7 +28,8 @@ resumed in the middle of a rung decides its next trials against the same records
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import moocore
 import numpy as np
@@ -41,7 +42,8 @@ from ..tracking.sync import trial_results
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
-__all__ = ["MOASHAScheduler", "BaselineASHAScheduler", "check_rung_arguments", "rung_order", "rung_position", "rung_milestones"]
+__all__ = ["MOASHAScheduler", "BaselineASHAScheduler", "check_rung_arguments", "rung_order", "rung_position",
+           "rung_milestones"]
 
 
 def rung_milestones(max_t: float, grace_period: float, reduction_factor: float) -> list[float]:
@@ -155,7 +157,7 @@ class MOASHAScheduler(FIFOScheduler):
         grace_period: float = 1,
         reduction_factor: float = 3,
         time_attr: str = TIME_ATTR,
-        read_results: Callable[["Trial"], list[dict]] | None = None,
+        read_results: Callable[[Trial], list[dict]] | None = None,
         protected: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         super().__init__()
@@ -217,14 +219,14 @@ class MOASHAScheduler(FIFOScheduler):
             self.rungs[milestone][trial_id] = vec
 
     # -- Ray Tune hooks -----------------------------------------------------------------------------------
-    def on_trial_add(self, tune_controller: Any, trial: "Trial") -> None:
+    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         super().on_trial_add(tune_controller, trial)
         if trial.last_result and self.time_attr in trial.last_result:  # restored with results: replay them
             history = (self._read_results or trial_results)(trial)
             for result in sorted(history, key=lambda r: r.get(self.time_attr) or 0):
                 self.record(str(trial.trial_id), result)
 
-    def on_trial_result(self, tune_controller: Any, trial: "Trial", result: dict) -> str:
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
         super().on_trial_result(tune_controller, trial, result)
         action = self.decide(str(trial.trial_id), result)
         if action == TrialScheduler.STOP and _protected(trial, self.protected):
@@ -238,7 +240,7 @@ class MOASHAScheduler(FIFOScheduler):
                 f"{len(self.stopped)} stopped")
 
 
-def _protected(trial: "Trial", protected: Sequence[Mapping[str, Any]]) -> bool:
+def _protected(trial: Trial, protected: Sequence[Mapping[str, Any]]) -> bool:
     config = trial.config or {}
     return any(is_point(config, point) for point in protected)
 
@@ -258,7 +260,7 @@ class BaselineASHAScheduler(ASHAScheduler):
         self.protected = [dict(p) for p in protected]
         self.time_attr, self.max_t = time_attr, max_t
 
-    def on_trial_result(self, tune_controller: Any, trial: "Trial", result: dict) -> str:
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
         action = super().on_trial_result(tune_controller, trial, result)
         t = result.get(self.time_attr)
         if action == TrialScheduler.STOP and _protected(trial, self.protected) and is_number(t) and t < self.max_t:

@@ -142,7 +142,7 @@ class StudySearcher(OptunaSearch):
         metrics, modes = self.metric, self.mode
         if isinstance(metrics, str):
             metrics, modes = [metrics], [modes]
-        return dict(zip(metrics, modes))
+        return dict(zip(metrics, modes, strict=False))
 
 
 def _worst(result: Mapping[str, Any], metric: str, mode: str) -> float:

@@ -12,8 +12,9 @@ meets every constraint.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..attention import get_spec
 from ..config import Job
@@ -123,7 +124,7 @@ def knob_combos(space: SearchSpace, type_name: str, limit: int = 256) -> tuple[l
     for grid in grids.values():
         n *= len(grid)
     if n <= limit:
-        return [dict(zip(grids, values)) for values in itertools.product(*grids.values())], True
+        return [dict(zip(grids, values, strict=False)) for values in itertools.product(*grids.values())], True
     first = {k: g[0] for k, g in grids.items()}
     return [{**first, k: v} for k, g in grids.items() for v in g], False
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from optuna.distributions import (
     BaseDistribution,
@@ -33,18 +34,18 @@ class Param:
     value: Any = None  # the constant's value
 
     @classmethod
-    def const(cls, name: str, value: Any) -> "Param":
+    def const(cls, name: str, value: Any) -> Param:
         return cls(name, None, value)
 
     @classmethod
-    def choice(cls, name: str, choices: Sequence[Any]) -> "Param":
+    def choice(cls, name: str, choices: Sequence[Any]) -> Param:
         """A categorical choice; one distinct value is a constant."""
         unique = tuple(dict.fromkeys(choices))
         return cls.const(name, unique[0]) if len(unique) == 1 else cls(name, CategoricalDistribution(unique))
 
     @classmethod
     def range(cls, name: str, low: float, high: float, *, log: bool = False, step: float | None = None,
-              integer: bool = False) -> "Param":
+              integer: bool = False) -> Param:
         """An int or float range; raises Optuna's ``ValueError`` for an invalid one."""
         if integer:
             if step is not None and (high - low) % step:  # NOTE: Optuna would quietly lower high; say so instead
@@ -70,7 +71,7 @@ class Param:
     def choices(self) -> tuple[Any, ...]:
         return tuple(self.dist.choices) if self.kind == "categorical" else ()
 
-    def sample(self, trial: "optuna.trial.Trial") -> Any:
+    def sample(self, trial: optuna.trial.Trial) -> Any:
         if self.dist is None:
             return self.value
         d = self.dist
@@ -99,7 +100,7 @@ class Param:
             return False
         return self.dist.low <= value <= self.dist.high
 
-    def map(self, fn: Callable[[Any], Any]) -> "Param":
+    def map(self, fn: Callable[[Any], Any]) -> Param:
         """The same dimension with ``fn`` applied to every value (both ends of a range); ``fn`` may raise."""
         if self.dist is None:
             return Param.const(self.name, fn(self.value))
@@ -109,7 +110,7 @@ class Param:
         return Param.range(self.name, fn(d.low), fn(d.high), log=d.log, step=d.step,
                            integer=isinstance(d, IntDistribution))
 
-    def as_float(self) -> "Param":
+    def as_float(self) -> Param:
         """An int range as a float range (a float knob written with integer ends); others unchanged."""
         if not isinstance(self.dist, IntDistribution):
             return self

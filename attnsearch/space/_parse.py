@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -52,7 +53,7 @@ class DefineByRun:
     def __init__(self, space: SearchSpace) -> None:
         self.space = space
 
-    def __call__(self, trial: "optuna.trial.Trial") -> dict[str, Any]:
+    def __call__(self, trial: optuna.trial.Trial) -> dict[str, Any]:
         space, out = self.space, {}
 
         def take(param: Param) -> Any:
@@ -92,7 +93,7 @@ def is_point(config: Mapping[str, Any], point: Mapping[str, Any]) -> bool:
     return all(config.get(key) == value for key, value in point.items())
 
 
-def define_by_run(space: SearchSpace) -> Callable[["optuna.trial.Trial"], dict[str, Any]]:
+def define_by_run(space: SearchSpace) -> Callable[[optuna.trial.Trial], dict[str, Any]]:
     """Optuna define-by-run function for ``space`` (Ray ``OptunaSearch(space=...)``).
 
     A type's knobs are suggested only when that type is chosen; ``none`` samples no placement. The returned
@@ -168,7 +169,8 @@ def _scales(job: Job, space: SearchSpace) -> list[tuple[float, int]]:
     """Every (width multiplier, image size) a trial may get: both ends of a range, every choice."""
     widths = space.scale["backbone.width_mult"].values() if "backbone.width_mult" in space.scale else [
         job.backbone.width_mult]
-    sizes = space.scale["data.image_size"].values() if "data.image_size" in space.scale else [job.data.resolved_image_size]
+    sizes = space.scale["data.image_size"].values() if "data.image_size" in space.scale else [
+        job.data.resolved_image_size]
     return [(float(w), int(s)) for w in widths for s in sizes]
 
 

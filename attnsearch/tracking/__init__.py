@@ -7,15 +7,16 @@ job YAML, the resolved search space and the Pareto artifacts; each Ray trial get
 
 One module per job: ``_connection`` (health check, short HTTP retries, UI command), ``_ui`` (``attnsearch ui``:
 the runs page's URL, the server in its own process group), ``_params`` (typed params,
-run names), ``_records`` (what a trial reported), ``_datasets`` (a trial's dataset inputs), ``_store`` (the idempotent store), ``_parent_run`` (the experiment and a study's parent run),
-``_note`` (the parent's description in sections), ``callback`` (the Ray Tune callback) and ``sync`` (replaying a Ray experiment directory). Only the last two
+run names), ``_records`` (what a trial reported), ``_datasets`` (a trial's dataset inputs), ``_store`` (the
+idempotent store), ``_parent_run`` (the experiment and a study's parent run), ``_note`` (the parent's description in
+sections), ``callback`` (the Ray Tune callback) and ``sync`` (replaying a Ray experiment directory). Only the last two
 import Ray; import them by their module (``attnsearch.tracking.callback``, ``attnsearch.tracking.sync``).
 """
 
 from ..contract import TrackingError
 from ..uris import redact_uri, resolve_tracking_uri
-from ._datasets import dataset_inputs
 from ._connection import check_tracking, fast_http, first_line, ui_command
+from ._datasets import dataset_inputs
 from ._note import NOTE_LIMIT, NOTE_SECTIONS, note_room, note_section_tag, note_tags
 from ._params import decode_param, encode_params, param_types, run_name, run_params
 from ._parent_run import (

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from base64 import b64encode
-from typing import Iterator
+from collections.abc import Iterator
 
 from mlflow import MlflowClient
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import yaml
 from mlflow import MlflowClient
@@ -56,7 +57,7 @@ def ensure_experiment(client: MlflowClient, uri: str, experiment: str) -> str:
         try:
             return client.create_experiment(experiment, artifact_location=_artifact_location(uri, experiment),
                                             tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_MODELS})
-        except Exception:  # noqa: BLE001 - created meanwhile by another process
+        except Exception:  # created meanwhile by another process
             exp = client.get_experiment_by_name(experiment)
             if exp is None:
                 raise
@@ -146,7 +147,7 @@ def start_study(
         try:
             experiment_id = ensure_experiment(client, uri, experiment)
             parent = find_parent(client, experiment_id, study_id)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise TrackingError(f"cannot use the MLflow store {redact_uri(uri)}: {first_line(e)}") from e
         if parent is not None and not resume:
             raise TrackingError(
@@ -246,7 +247,7 @@ def start_retrain(
         try:
             experiment_id = ensure_experiment(client, uri, experiment)
             run_id = client.create_run(experiment_id, tags=tags, run_name=retrain_id).info.run_id
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise TrackingError(f"cannot use the MLflow store {redact_uri(uri)}: {first_line(e)}") from e
         client.log_text(run_id, redact_text(job_yaml_text), "job.yaml")
     return run_id
@@ -274,6 +275,6 @@ def start_prune(
             run_id = client.create_run(experiment_id, tags=tags, run_name=prune_id).info.run_id
             for key, value in params.items():
                 client.log_param(run_id, key, value)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise TrackingError(f"cannot use the MLflow store {redact_uri(uri)}: {first_line(e)}") from e
     return run_id

@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
-from ..contract import BASELINE_KEY, FAILED, REASON_KEY, RUNNING, STATE_KEY, STATIC_METRICS, TIME_ATTR, is_number, trial_state
+from ..contract import (
+    BASELINE_KEY,
+    FAILED,
+    REASON_KEY,
+    RUNNING,
+    STATE_KEY,
+    STATIC_METRICS,
+    TIME_ATTR,
+    is_number,
+    trial_state,
+)
 
 __all__ = ["TrialRecord", "error_summary"]
 
 # Keys Ray Tune adds to every result: bookkeeping, not metrics of the trial.
-_RAY_KEYS = frozenset(
-    "timestamp done training_iteration trial_id date time_this_iter_s time_total_s pid hostname node_ip config "
-    "time_since_restore iterations_since_restore checkpoint_dir_name experiment_tag should_checkpoint "
-    "timesteps_total timesteps_since_restore episodes_total warmup_time experiment_id perf".split()
-)
+_RAY_KEYS = frozenset([
+    "timestamp", "done", "training_iteration", "trial_id", "date", "time_this_iter_s", "time_total_s", "pid",
+    "hostname", "node_ip", "config", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name",
+    "experiment_tag", "should_checkpoint", "timesteps_total", "timesteps_since_restore", "episodes_total",
+    "warmup_time", "experiment_id", "perf",
+])
 MAX_REASON = 2000  # characters of a failure reason kept in the tag
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -71,7 +72,7 @@ class RunState:
     inputs: bool = False  # the run has its dataset inputs
 
     @classmethod
-    def of(cls, run: Any) -> "RunState":
+    def of(cls, run: Any) -> RunState:
         metrics = run.data.metrics
         epoch = metrics.get(TIME_ATTR)
         return cls(

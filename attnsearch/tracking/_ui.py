@@ -14,6 +14,7 @@ port), and the group is killed if it has not ended a few seconds later.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -22,7 +23,7 @@ import sys
 import time
 import urllib.parse
 import webbrowser
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ..contract import TAG_PARETO
 
@@ -67,10 +68,8 @@ def wait_for_port(host: str, port: int, timeout_s: float, alive: Callable[[], bo
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def serve_ui(command: Sequence[str], url: str, *, host: str, port: int, open_browser: bool = False,

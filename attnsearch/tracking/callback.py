@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ray.tune import Callback
 from ray.tune.utils import flatten_dict
@@ -18,9 +19,9 @@ from ray.tune.utils import flatten_dict
 from ..contract import RUNNING
 from ..uris import redact_uri, resolve_tracking_uri
 from ._connection import fast_http, first_line
+from ._parent_run import open_or_create_parent
 from ._records import TrialRecord
 from ._store import Store
-from ._parent_run import open_or_create_parent
 
 __all__ = ["MLflowTracker"]
 
@@ -92,7 +93,7 @@ class MLflowTracker(Callback):
         # reads back a resumed study's runs (last logged epoch, params, tags) so nothing is written twice
         try:
             return Store(self.tracking_uri, self.parent_run_id, self.datasets)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             if getattr(e, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
                 raise
         self.parent_run_id = open_or_create_parent(self.tracking_uri, self.experiment, self.study_id)
@@ -113,7 +114,7 @@ class MLflowTracker(Callback):
             try:
                 with fast_http():
                     self._reconcile(self._records[tid])
-            except Exception as e:  # noqa: BLE001 - the search must go on without MLflow
+            except Exception as e:  # the search must go on without MLflow (strict: raise)
                 if self.strict:
                     raise
                 self.errors += 1
@@ -145,7 +146,7 @@ class MLflowTracker(Callback):
         try:
             with fast_http():
                 self._store = self._open()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             if self.strict:
                 raise
             self.errors += 1
@@ -201,7 +202,7 @@ class MLflowTracker(Callback):
             with fast_http():
                 if self._store is not None:
                     self._store.client.set_terminated(self.parent_run_id, "FINISHED")
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             if self.strict:
                 raise
             logger.warning("could not close the study's parent run: %s", first_line(e))

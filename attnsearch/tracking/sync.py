@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ray.tune import ExperimentAnalysis
 from ray.tune.utils import flatten_dict
@@ -21,9 +22,9 @@ from ray.tune.utils import flatten_dict
 from ..contract import RUNNING, TrackingError
 from ..uris import redact_uri
 from ._connection import fast_http, first_line
+from ._parent_run import open_or_create_parent
 from ._records import TrialRecord
 from ._store import Store
-from ._parent_run import open_or_create_parent
 
 __all__ = ["read_ray_trials", "sync_study", "trial_results"]
 
@@ -112,7 +113,7 @@ def sync_study(
         try:
             parent = open_or_create_parent(uri, experiment, study_id, objectives=objectives, max_t=max_t)
             store = Store(uri, parent, datasets)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise TrackingError(f"cannot use the MLflow store {redact_uri(uri)}: {first_line(e)}") from e
         for record in records:
             for key, value in store.reconcile(record).items():
