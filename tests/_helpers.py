@@ -26,6 +26,18 @@ BASE_JOB: dict[str, Any] = {
     "resources": {"cpu": 1},
 }
 
+# The smallest search space a Ray run needs: the baseline and SE (two reductions) at stage 3, two learning rates.
+SE_SPACE = """\
+attention:
+  type: [none, se]
+  stages: [[3]]
+  position: [default]
+  knobs:
+    se: {reduction: [4, 8]}
+train:
+  lr: [0.05, 0.1]
+"""
+
 
 def write_job(folder: Path, space: str, *, job_file: str = "job.yaml", space_file: str = "space.yaml",
               **sections: Any) -> Path:

@@ -156,3 +156,14 @@ def _slow_marks_what_starts_ray_or_a_server(request):
     if started:
         pytest.fail(f"{item.nodeid} is not marked slow but started Ray or a server: {'; '.join(started)}. Mark it "
                     "@pytest.mark.slow (slow marks exactly the tests that start Ray or a server)", pytrace=False)
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one CPU thread for the test (timing- and count-sensitive tests share the machine), restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

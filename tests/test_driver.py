@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ray = pytest.importorskip("ray")
-from _helpers import write_job  # noqa: E402
+from _helpers import SE_SPACE, write_job  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.schedulers import FIFOScheduler  # noqa: E402
 from ray.tune.search import ConcurrencyLimiter  # noqa: E402
@@ -26,16 +26,7 @@ from attnsearch.search._schedulers import BaselineASHAScheduler  # noqa: E402
 from attnsearch.space import baseline_point, is_point, load_space  # noqa: E402
 
 PACKAGE = Path(__file__).resolve().parents[1] / "attnsearch"
-SPACE = """\
-attention:
-  type: [none, se]
-  stages: [[3]]
-  position: [default]
-  knobs:
-    se: {reduction: [4, 8]}
-train:
-  lr: [0.05, 0.1]
-"""
+SPACE = SE_SPACE
 
 
 def _job(tmp_path, **sections):

@@ -22,12 +22,7 @@ TV_WEIGHTS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread, restored after
 
 
 def meta_model(*args, **kwargs) -> nn.Module:

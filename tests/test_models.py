@@ -26,12 +26,7 @@ TV_BACKBONES = ["resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2"]
 ATTN_TYPES = [name for name in ATTENTION_TYPES if name != "none"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread, restored after
 
 
 def placeable(backbone: str, type_: str, position: str, input_size, width_mult: float = 1.0) -> dict:

@@ -13,14 +13,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from _helpers import free_port, ray_env, write_job
+from _helpers import SE_SPACE, free_port, ray_env, write_job
 
 from attnsearch import ray_jobs, uris
 from attnsearch.cli import _ray_jobs as commands
@@ -29,18 +28,7 @@ from attnsearch.config import ConfigError, load_job
 from attnsearch.ray_jobs import build_working_dir, check_reachable, resolve_address
 from attnsearch.space import load_space
 
-SPACE = textwrap.dedent(
-    """\
-    attention:
-      type: [none, se]
-      stages: [[3]]
-      position: [default]
-      knobs:
-        se: {reduction: [4, 8]}
-    train:
-      lr: [0.05, 0.1]
-    """
-)
+SPACE = SE_SPACE
 
 
 def cluster_job(root: Path, space_ref: str | dict = "../spaces/tiny.yaml", **sections) -> Path:

@@ -14,7 +14,7 @@ pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
 stats = pytest.importorskip("scipy.stats")
 
-from _helpers import write_job  # noqa: E402
+from _helpers import SE_SPACE, write_job  # noqa: E402
 
 from attnsearch import contract as C  # noqa: E402
 from attnsearch import tracking as T  # noqa: E402
@@ -24,16 +24,7 @@ from attnsearch.pareto import load_runs, mean_std, select_study, welch_interval 
 from attnsearch.search import RetrainConfig, retrain_seeds, select_configs, summarize  # noqa: E402
 from attnsearch.space import materialize  # noqa: E402
 
-SPACE = """\
-attention:
-  type: [none, se]
-  stages: [[3]]
-  position: [default]
-  knobs:
-    se: {reduction: [4, 8]}
-train:
-  lr: [0.05, 0.1]
-"""
+SPACE = SE_SPACE
 
 
 def retrain_job(tmp_path, **sections):
