@@ -66,6 +66,53 @@ def write_job(folder: Path, space: str, *, job_file: str = "job.yaml", space_fil
     return job_path
 
 
+# The catalogue of mistakes in a job file, one table for both of its tests: the schema's (tests/test_config.py: one
+# message naming the file and the key) and the command's (tests/test_bad_input.py: `attnsearch run` exits 2,
+# starts nothing, loses nothing). Each row: the top-level sections that replace the base job's (YAML), then the
+# parts the message must hold. The base is either test file's job: a row sets whatever it depends on.
+BAD_JOBS = {
+    "unknown_top": ("trian: {lr: 0.1}", "trian: unknown key 'trian' (did you mean 'train'?)", "valid keys"),
+    "unknown_nested": ("train: {epochs: 4, lrr: 0.1}", "train.lrr: unknown key 'lrr' (did you mean 'lr'?)",
+                       "'weight_decay'"),
+    "wrong_type": ("train: {epochs: four}", "train.epochs: Input should be a valid integer", "got 'four'"),
+    "negative_lr": ("train: {epochs: 4, lr: -1}", "train.lr: Input should be greater than 0", "(got -1)"),
+    "backbone_not_mapping": ("backbone: resnet20", "backbone: expected a mapping", "'resnet20'"),
+    "backbone": ("backbone: {name: resnet21}", "backbone.name: unknown backbone 'resnet21'", "'resnet20'"),
+    "sampler": ("search: {space: space.yaml, sampler: tpee}", "search.sampler:", "did you mean 'tpe'"),
+    "scheduler": ("scheduler: {type: hyperband}", "scheduler.type:", "'auto', 'asha', 'moasha' or 'none'"),
+    "num_samples": ("search: {space: space.yaml, num_samples: 0}", "search.num_samples:", "greater than or equal to 1"),
+    "max_concurrent": ("search: {space: space.yaml, max_concurrent: 0}", "search.max_concurrent:", "(got 0)"),
+    "objective_mode": ("search: {space: space.yaml, objectives: {val_acc: maximize}}", "search.objectives.val_acc",
+                       "'max' or 'min'"),
+    "objective_metric": ("search: {space: space.yaml, objectives: {flopz: min, val_acc: max}}", "search.objectives",
+                         "did you mean 'flops'"),
+    "no_objectives": ("search: {space: space.yaml, objectives: {}}", "search.objectives", "at least one metric"),
+    "max_t": ("train: {epochs: 4}\nscheduler: {type: asha, grace_period: 5}", "train.epochs (4)",
+              "scheduler.grace_period (5)"),
+    "asha_metric": ("search: {space: space.yaml, objectives: {flops: min}}", "scheduler.type 'asha'", "val_acc"),
+    "reduction": ("scheduler: {reduction_factor: 1}", "scheduler.reduction_factor", "greater than 1"),
+    "dataset": ("data: {dataset: cifar}", "data.dataset:", "did you mean 'cifar10'"),
+    "root_needed": ("data: {dataset: cifar100}", "data.root:", "needs data.root"),
+    "cpu": ("resources: {cpu: 0}", "resources.cpu", "greater than 0"),
+    "gpu": ("resources: {gpu: -0.5}", "resources.gpu", "greater than or equal to 0"),
+    "gpu_fraction": ("resources: {gpu: 1.5}", "resources.gpu", "only below 1"),
+    "constraint": ("constraints: {max_flops: -5}", "constraints.max_flops", "greater than 0"),
+    "max_failures": ("ray: {max_failures: -1}", "ray.max_failures", "greater than or equal to 0"),
+    "name": ("name: 'my job!'", "name: may only contain", "'my job!'"),
+    "amp": ("train: {epochs: 4, amp: maybe}", "train.amp: must be auto, true or false", "'maybe'"),
+    "warmup": ("train: {epochs: 4, warmup_epochs: 4}", "train:", "warmup_epochs (4) must be smaller than epochs"),
+    "space_missing": ("search: {space: nowhere.yaml}", "search.space: no such search-space file", "nowhere.yaml"),
+    "space_bad": ("search: {space: 3}", "search.space:", "file path or an inline mapping"),
+}
+
+
+def with_sections(job_text: str, sections: str) -> str:
+    """``job_text`` (YAML) with the top-level sections in ``sections`` (YAML) replaced: a BAD_JOBS row applied."""
+    job = yaml.safe_load(job_text)
+    job.update(yaml.safe_load(sections))
+    return yaml.safe_dump(job, sort_keys=False)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on right now (for servers the tests start, or an address nobody answers)."""
     with socket.socket() as s:

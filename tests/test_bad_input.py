@@ -21,7 +21,7 @@ import pytest
 ray = pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
 
-from _helpers import free_port  # noqa: E402
+from _helpers import BAD_JOBS, free_port, with_sections  # noqa: E402
 
 from attnsearch import search  # noqa: E402
 from attnsearch.cli import main  # noqa: E402
@@ -130,39 +130,12 @@ def test_missing_job_file(workdir, capsys):
     has(msg, "nojob.yaml", "no such job file")
 
 
-def test_unknown_key(workdir, capsys):
-    msg = refuse(workdir, capsys, job=JOB.replace("lr: 0.1,", "learning_rate: 0.1,"))
-    has(msg, "job.yaml", "train.learning_rate", "unknown key 'learning_rate'", "'lr'")
-
-
-def test_wrong_type(workdir, capsys):
-    msg = refuse(workdir, capsys, job=JOB.replace("epochs: 2", "epochs: two"))
-    has(msg, "job.yaml", "train.epochs", "valid integer", "'two'")
-
-
-def test_unknown_backbone(workdir, capsys):
-    msg = refuse(workdir, capsys, job=JOB.replace("resnet20", "resnet21"))
-    has(msg, "job.yaml", "backbone.name", "unknown backbone 'resnet21'", "'resnet20'")
-
-
-def test_unknown_sampler(workdir, capsys):
-    msg = refuse(workdir, capsys, job=JOB.replace("sampler: random", "sampler: bayes"))
-    has(msg, "job.yaml", "search.sampler", "'bayes'", "'tpe'")
-
-
-def test_unknown_scheduler(workdir, capsys):
-    msg = refuse(workdir, capsys, job=JOB.replace("type: asha", "type: hyperband"))
-    has(msg, "job.yaml", "scheduler.type", "'hyperband'", "'asha'")
-
-
-def test_num_samples_below_one(workdir, capsys):
-    msg = refuse(workdir, capsys, job=JOB.replace("num_samples: 2", "num_samples: 0"))
-    has(msg, "job.yaml", "search.num_samples", "greater than or equal to 1", "(got 0)")
-
-
-def test_max_t_below_grace_period(workdir, capsys):
-    msg = refuse(workdir, capsys, job=JOB.replace("grace_period: 1", "grace_period: 3"))
-    has(msg, "job.yaml", "train.epochs (2)", "max_t", "scheduler.grace_period (3)")
+@pytest.mark.parametrize("case", sorted(BAD_JOBS))
+def test_each_mistake_of_the_catalogue_is_refused_by_run(workdir, capsys, case):
+    """The job-file mistakes of tests/_helpers.BAD_JOBS, the table tests/test_config.py checks the schema with."""
+    sections, *expected = BAD_JOBS[case]
+    msg = refuse(workdir, capsys, job=with_sections(JOB, sections))
+    has(msg, "job.yaml", *expected)
 
 
 def test_set_of_unknown_key(workdir, capsys):

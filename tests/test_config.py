@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _helpers import BAD_JOBS, with_sections
 
 from attnsearch.config import NATIVE_IMAGE_SIZE, ConfigError, DataConfig, Job, TrainConfig, load_job
 from attnsearch.space import load_space
@@ -150,47 +151,11 @@ def test_bad_overrides(jobdir, override, expected):
         assert part in msg, msg
 
 
-BAD_JOBS = {
-    "unknown_top": ("trian: {lr: 0.1}", "trian: unknown key 'trian' (did you mean 'train'?)", "valid keys"),
-    "unknown_nested": ("train: {epochs: 4, lrr: 0.1}", "train.lrr: unknown key 'lrr' (did you mean 'lr'?)",
-                       "'weight_decay'"),
-    "wrong_type": ("train: {epochs: four}", "train.epochs: Input should be a valid integer", "got 'four'"),
-    "negative_lr": ("train: {epochs: 4, lr: -1}", "train.lr: Input should be greater than 0", "(got -1)"),
-    "backbone_not_mapping": ("backbone: resnet20", "backbone: expected a mapping", "'resnet20'"),
-    "backbone": ("backbone: {name: resnet21}", "backbone.name: unknown backbone 'resnet21'", "'resnet20'"),
-    "sampler": ("search: {space: space.yaml, sampler: tpee}", "search.sampler:", "did you mean 'tpe'"),
-    "scheduler": ("scheduler: {type: hyperband}", "scheduler.type:", "'auto', 'asha', 'moasha' or 'none'"),
-    "num_samples": ("search: {space: space.yaml, num_samples: 0}", "search.num_samples:", "greater than or equal to 1"),
-    "max_concurrent": ("search: {space: space.yaml, max_concurrent: 0}", "search.max_concurrent:", "(got 0)"),
-    "objective_mode": ("search: {space: space.yaml, objectives: {val_acc: maximize}}", "search.objectives.val_acc",
-                       "'max' or 'min'"),
-    "objective_metric": ("search: {space: space.yaml, objectives: {flopz: min, val_acc: max}}", "search.objectives",
-                         "did you mean 'flops'"),
-    "no_objectives": ("search: {space: space.yaml, objectives: {}}", "search.objectives", "at least one metric"),
-    "max_t": ("scheduler: {grace_period: 5}", "train.epochs (4)", "scheduler.grace_period (5)"),
-    "asha_metric": ("search: {space: space.yaml, objectives: {flops: min}}", "scheduler.type 'asha'", "val_acc"),
-    "reduction": ("scheduler: {reduction_factor: 1}", "scheduler.reduction_factor", "greater than 1"),
-    "dataset": ("data: {dataset: cifar}", "data.dataset:", "did you mean 'cifar10'"),
-    "root_needed": ("data: {dataset: cifar100}", "data.root:", "needs data.root"),
-    "cpu": ("resources: {cpu: 0}", "resources.cpu", "greater than 0"),
-    "gpu": ("resources: {gpu: -0.5}", "resources.gpu", "greater than or equal to 0"),
-    "gpu_fraction": ("resources: {gpu: 1.5}", "resources.gpu", "only below 1"),
-    "constraint": ("constraints: {max_flops: -5}", "constraints.max_flops", "greater than 0"),
-    "max_failures": ("ray: {max_failures: -1}", "ray.max_failures", "greater than or equal to 0"),
-    "name": ("name: 'my job!'", "name: may only contain", "'my job!'"),
-    "amp": ("train: {epochs: 4, amp: maybe}", "train.amp: must be auto, true or false", "'maybe'"),
-    "warmup": ("train: {epochs: 4, warmup_epochs: 4}", "train:", "warmup_epochs (4) must be smaller than epochs"),
-    "space_missing": ("search: {space: nowhere.yaml}", "search.space: no such search-space file", "nowhere.yaml"),
-    "space_bad": ("search: {space: 3}", "search.space:", "file path or an inline mapping"),
-}
-
-
 @pytest.mark.parametrize("case", sorted(BAD_JOBS))
 def test_bad_job_gives_one_message(jobdir, case):
     snippet, *expected = BAD_JOBS[case]
-    base = yaml.safe_load(JOB)
-    base.update(yaml.safe_load(snippet))
-    path = write(jobdir / "jobs" / f"{case}.yaml", yaml.safe_dump(base, sort_keys=False))
+    base = with_sections(JOB, snippet)
+    path = write(jobdir / "jobs" / f"{case}.yaml", base)
     msg = load_error(path)
     assert msg.startswith(str(path) + ": "), msg
     assert len(msg.splitlines()) == 1, msg
