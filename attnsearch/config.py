@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import reprlib
 import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -35,7 +36,7 @@ from pydantic import (
 
 from .contract import DEFAULT_OBJECTIVES, EPOCH_METRICS, METRICS, ConfigError
 from .models import BACKBONES
-from .uris import resolve_path, resolve_storage, resolve_tracking_uri
+from .uris import redact_text, resolve_path, resolve_storage, resolve_tracking_uri
 
 DATASETS_WITH_ROOT = ("cifar10", "cifar100", "imagenet", "folder")
 # Image side the models see when data.image_size is null (ImageNet-style folders are cropped to 224).
@@ -48,8 +49,64 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 # --------------------------------------------------------------------------------------------------- YAML
 
 
+# What a document may grow to when its aliases are followed (nodes plus scalar characters; or twice the text's own
+# length, for a large file without aliases). YAML aliases are cheap to parse and costly to expand: ten nested
+# levels of ten aliases each are 10**10 nodes in 1 KB. Aliases stay allowed (a job may reuse a list of choices),
+# so the bound is on what they expand to, checked on the parsed node graph before anything is built.
+MAX_EXPANDED_YAML = 100_000
+
+
+def _expanded_size(root: yaml.Node, limit: int, source: str) -> int:
+    """The size of ``root`` with every alias followed (iterative, each distinct node once); a ``ConfigError`` as
+    soon as it passes ``limit`` or an alias refers to a node that contains it."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        if children_done:
+            size = 1 + (len(node.value) if isinstance(node, yaml.ScalarNode) else 0)
+            size += sum(sizes[id(c)] for c in children)
+            if size > limit:
+                line = node.start_mark.line + 1 if node.start_mark is not None else "?"
+                raise ConfigError(
+                    f"{source}:{line}: YAML aliases expand this document beyond {limit:,} nodes and characters "
+                    f"(the node that starts on line {line}); write the values out, or use fewer nested aliases"
+                )
+            sizes[key] = size
+            open_nodes.discard(key)
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            line = node.start_mark.line + 1 if node.start_mark is not None else "?"
+            raise ConfigError(f"{source}:{line}: a YAML alias refers to a node that contains it (a recursive "
+                              "structure has no value a job can hold)")
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
+
+
 class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` plus YAML 1.2 floats (``1e-4`` is a float, not a string) and duplicate-key errors."""
+    """``yaml.SafeLoader`` plus YAML 1.2 floats (``1e-4`` is a float, not a string), duplicate-key errors and a
+    bound on what aliases expand to (``MAX_EXPANDED_YAML``)."""
+
+    source = "<yaml>"
+    limit = MAX_EXPANDED_YAML
+
+    def get_single_node(self):  # type: ignore[override]
+        node = super().get_single_node()
+        if node is not None:
+            _expanded_size(node, self.limit, self.source)
+        return node
 
     def construct_mapping(self, node, deep=False):  # type: ignore[override]
         seen: dict[Any, Any] = {}
@@ -57,7 +114,7 @@ class _Loader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, (str, int, float, bool)) and key in seen:
                 raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
+                    "while constructing a mapping", node.start_mark, f"found duplicate key {short_repr(key)}", key_node.start_mark
                 )
             seen[key] = True
         return super().construct_mapping(node, deep=deep)
@@ -72,9 +129,17 @@ _Loader.add_implicit_resolver(
 
 
 def parse_yaml(text: str, source: str) -> Any:
-    """Parse YAML ``text`` safely; a syntax error becomes a ``ConfigError`` naming ``source`` and the line."""
+    """Parse YAML ``text`` safely; a syntax error becomes a ``ConfigError`` naming ``source`` and the line.
+
+    Aliases may expand the document to ``MAX_EXPANDED_YAML`` nodes and characters (or twice the text's length),
+    no further; a deeper nesting than Python's recursion allows is refused too.
+    """
+    loader = _Loader(text)
+    loader.source, loader.limit = source, max(MAX_EXPANDED_YAML, 2 * len(text))
     try:
-        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+        return loader.get_single_data()
+    except RecursionError:
+        raise ConfigError(f"{source}: malformed YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
@@ -85,6 +150,8 @@ def parse_yaml(text: str, source: str) -> Any:
             context += f" (started at line {start.line + 1})"
         detail = f"{context}, {problem}" if context else problem
         raise ConfigError(f"{where}: malformed YAML: {detail}") from None
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: str | Path, what: str = "file") -> Any:
@@ -113,11 +180,13 @@ def _known(value: str, valid: Iterable[str], what: str) -> str:
     valid = list(valid)
     if value in valid:
         return value
-    raise ValueError(f"unknown {what} {value!r}{did_you_mean(value, valid)}; valid: {sorted(valid)}")
+    raise ValueError(f"unknown {what} {short_repr(value)}{did_you_mean(value, valid)}; valid: {sorted(valid)}")
 
 
 def did_you_mean(value: Any, valid: Iterable[str]) -> str:
     """``" (did you mean 'x'?)"`` when one of ``valid`` is close to ``value``, else ``""``."""
+    if not isinstance(value, (str, int, float)) or len(str(value)) > 200:  # a list or a long text: no suggestion
+        return ""
     close = difflib.get_close_matches(str(value), [str(v) for v in valid], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -168,7 +237,7 @@ class DataConfig(_Strict):
 def _auto_bool(value: Any) -> Any:
     if value == "auto" or isinstance(value, bool):
         return value
-    raise ValueError(f"must be auto, true or false (got {value!r})")
+    raise ValueError(f"must be auto, true or false (got {short_repr(value)})")
 
 
 class TrainConfig(_Strict):
@@ -200,7 +269,7 @@ class TrainConfig(_Strict):
     @classmethod
     def _device(cls, value: str) -> str:
         if not _DEVICE_RE.match(value):
-            raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps (got {value!r})")
+            raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps (got {short_repr(value)})")
         return value
 
     @model_validator(mode="after")
@@ -240,7 +309,7 @@ class SearchConfig(_Strict):
     def _space_form(cls, value: Any) -> Any:
         if isinstance(value, dict) or (isinstance(value, str) and value.strip()):
             return value
-        raise ValueError(f"must be a search-space file path or an inline mapping (got {value!r})")
+        raise ValueError(f"must be a search-space file path or an inline mapping (got {short_repr(value)})")
 
     @field_validator("optuna_storage")
     @classmethod
@@ -326,7 +395,7 @@ class Job(_Strict):
     @classmethod
     def _name(cls, value: str) -> str:
         if not _NAME_RE.match(value):
-            raise ValueError(f"may only contain letters, digits, '_', '.' and '-' (got {value!r})")
+            raise ValueError(f"may only contain letters, digits, '_', '.' and '-' (got {short_repr(value)})")
         return value
 
     @model_validator(mode="after")
@@ -407,9 +476,20 @@ def _model_at(model: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | N
     return model
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+_REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxlong, _REPR.maxother = 3, 50, 40, 50
+_REPR.maxtuple = _REPR.maxlist = _REPR.maxarray = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = 4
+_REPR.maxdeque = 4
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, built without expanding ``value`` first (``reprlib``: a few
+    items per level, a few levels): how every message quotes a value from the user's files."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_short = short_repr
 
 
 def format_validation_error(exc: ValidationError, source: str, model: type[BaseModel], prefix: str = "") -> str:
@@ -424,7 +504,7 @@ def format_validation_error(exc: ValidationError, source: str, model: type[BaseM
             valid = sorted(parent.model_fields) if parent else []
             key = loc[-1]
             level = f" under {format_loc(loc[:-1])!r}" if loc[:-1] else ""
-            msg = f"unknown key {key!r}{did_you_mean(key, valid)}; valid keys{level}: {valid}"
+            msg = f"unknown key {short_repr(key)}{did_you_mean(key, valid)}; valid keys{level}: {valid}"
         elif kind == "missing":
             msg = "required key is missing"
         elif kind in ("model_type", "model_attributes_type", "dict_type"):
@@ -450,12 +530,18 @@ def format_validation_error(exc: ValidationError, source: str, model: type[BaseM
 # --------------------------------------------------------------------------------------------------- overrides
 
 
+def shown_override(text: str, limit: int = 120) -> str:
+    """How a message quotes one ``--set`` override: credentials redacted (``redact_text``), then cut."""
+    text = redact_text(str(text))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"train.lr=0.05"`` -> ``(["train", "lr"], 0.05)``; the value is parsed as YAML."""
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {text!r}: expected dotted.key=value, e.g. --set train.lr=0.05")
+        raise ConfigError(f"--set {shown_override(text)!r}: expected dotted.key=value, e.g. --set train.lr=0.05")
     return key.split("."), parse_yaml(value, f"--set {key}")
 
 
@@ -476,7 +562,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], source: str) 
                 valid = sorted(model.model_fields)
                 level = f" under {'.'.join(keys[:depth])!r}" if depth else ""
                 raise ConfigError(
-                    f"{source}: --set {text}: unknown key {here!r}{did_you_mean(key, valid)}; "
+                    f"{source}: --set {shown_override(text)}: unknown key {here!r}{did_you_mean(key, valid)}; "
                     f"valid keys{level}: {valid}"
                 )
             if depth == len(keys) - 1:
@@ -484,14 +570,14 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], source: str) 
                 break
             if model is not None and not _is_mapping_field(model, key):
                 raise ConfigError(
-                    f"{source}: --set {text}: {here} is a value, not a mapping; use --set {here}=VALUE"
+                    f"{source}: --set {shown_override(text)}: {here} is a value, not a mapping; use --set {here}=VALUE"
                 )
             child = node.get(key)
             if child is None:
                 child = node[key] = {}
             if not isinstance(child, dict):
                 raise ConfigError(
-                    f"{source}: --set {text}: {here} is {_short(child)}, not a mapping; set {here}=... instead"
+                    f"{source}: --set {shown_override(text)}: {here} is {_short(child)}, not a mapping; set {here}=... instead"
                 )
             node = child
             model = _model_at(model, [key]) if model is not None else None
@@ -554,7 +640,7 @@ def load_job(path: str | Path, overrides: Sequence[str] = ()) -> Job:
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: expected a mapping, got {type(raw).__name__}")
         apply_overrides(raw, overrides, source)
-        source = f"{path} (with --set {' '.join(overrides)})"
+        source = f"{path} (with --set {' '.join(shown_override(o, 60) for o in overrides)})"
     job = validate_job(raw, source, path.resolve().parent)
     job._source = path.resolve()
     return job

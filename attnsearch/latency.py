@@ -12,11 +12,11 @@ waited for: the figure is what one caller waiting for its answer sees, launch ov
 own, so measuring leaves the global random state (data augmentation, dropout) as it was.
 
 A figure is only as good as the device was idle. ``DeviceClaim`` marks, for as long as a process holds it, that
-the process uses a device on this node (one file per claim under a node-local folder, named after the
-process id); ``others()`` counts the live claims besides one's own, which a trial reports as ``latency_load``
-next to its figures. It sees only attnsearch processes (trials and ``attnsearch flops --latency``) on the same
-node and device; other programs on the device are not counted, and CPU trials count as sharing the CPU whatever
-their ``resources.cpu`` share.
+the process uses a device on this node (one file per claim, named after the process id, in a folder private to
+the user: ``runtime_dir()``, 0700, owner and symlinks checked); ``others()`` counts the live claims besides one's
+own, which a trial reports as ``latency_load`` next to its figures. It sees only this user's attnsearch processes
+(trials and ``attnsearch flops --latency``) on the same node and device; other users' and other programs' use of
+the device is not counted, and CPU trials count as sharing the CPU whatever their ``resources.cpu`` share.
 
 ``resolve_device``, ``amp_dtype``, ``autocast`` and ``use_channels_last`` turn a job's ``train.device``,
 ``train.amp`` and ``train.channels_last`` into what they mean on a device; the trial loop trains with the same
@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import statistics
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext, suppress
 from pathlib import Path
@@ -48,7 +50,9 @@ __all__ = [
     "autocast",
     "device_key",
     "measure",
+    "private_folder",
     "resolve_device",
+    "runtime_dir",
     "use_channels_last",
 ]
 
@@ -180,7 +184,49 @@ def measure(
 
 # --------------------------------------------------------------------------------------------------- load
 
-CLAIMS_DIR = Path(tempfile.gettempdir()) / f"attnsearch-device-claims-{os.getuid() if hasattr(os, 'getuid') else 0}"
+_CLAIM_RE = re.compile(r"^(\d+)-[0-9a-f]+$")  # <pid>-<hex>: the only entries a claim ever counts or deletes
+
+
+def runtime_dir() -> Path:
+    """The user's private folder for attnsearch's node-local files: ``$XDG_RUNTIME_DIR/attnsearch`` when the
+    session has a runtime directory of its own (systemd's ``/run/user/UID``), else ``<tmp>/attnsearch-UID``.
+    Created 0700 by ``private_folder``, which also checks it before use."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base and _owned_private(Path(base)):
+        return Path(base) / "attnsearch"
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(tempfile.gettempdir()) / f"attnsearch-{uid}"
+
+
+def _owned_private(path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and (not hasattr(os, "getuid") or st.st_uid == os.getuid()) and \
+        not st.st_mode & 0o077
+
+
+def private_folder(path: str | os.PathLike) -> Path:
+    """``path`` as a folder only this user can use: created 0700 when missing, else refused (``PermissionError``
+    naming it) when it is a symlink, not a folder, or owned by another user; group/other access this user left
+    on a folder of its own is removed. Another local user who plants the folder (or a symlink to a victim's
+    folder) before it exists gets it refused, never used."""
+    path = Path(path)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise PermissionError(f"{path} is a symlink or not a folder: not used (remove it; attnsearch creates it "
+                              "as a private folder)")
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise PermissionError(f"{path} belongs to another user (uid {st.st_uid}): not used (remove it, or set "
+                              "XDG_RUNTIME_DIR to a private folder of yours)")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
 
 
 def device_key(device: torch.device) -> str:
@@ -208,23 +254,31 @@ def _alive(pid: int) -> bool:
 class DeviceClaim:
     """``with DeviceClaim(device) as claim: ... claim.others()``: this process uses ``device`` meanwhile.
 
-    Never fails its holder: when the claims folder cannot be written, ``others()`` is None (unknown). Claims of
-    processes that died without releasing them are removed when counted.
+    Args:
+        device: the device this process measures on (one claims folder per physical device, ``device_key``).
+        folder: where the per-device folders live (default: ``runtime_dir()``, private to this user).
+
+    The folders are private (``private_folder``: 0700, this user's, no symlink); only entries named like a claim
+    (``<pid>-<hex>``), regular files of this user, are counted, and only those of dead processes deleted. Never
+    fails its holder: when the folder cannot be used, ``others()`` is None (unknown) and a warning says why.
     """
 
     def __init__(self, device: torch.device, folder: str | os.PathLike | None = None) -> None:
         key = re.sub(r"[^A-Za-z0-9_.-]", "_", device_key(device))
-        self.folder = Path(folder if folder is not None else CLAIMS_DIR) / key
+        self.root = Path(folder) if folder is not None else runtime_dir()
+        self.folder = self.root / key
         self.path: Path | None = None
 
     def __enter__(self) -> DeviceClaim:
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            private_folder(self.root)
+            private_folder(self.folder)
             path = self.folder / f"{os.getpid()}-{uuid.uuid4().hex}"
-            path.touch()
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), 0o600))
             self.path = path
-        except OSError:
+        except OSError as exc:
             self.path = None
+            warnings.warn(f"latency_load unknown: cannot claim the device in {self.folder}: {exc}", stacklevel=2)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -243,14 +297,20 @@ class DeviceClaim:
         except OSError:
             return None
         for entry in entries:
-            if entry == self.path:
+            match = _CLAIM_RE.match(entry.name)
+            if entry == self.path or match is None or not _own_file(entry):
                 continue
-            pid = entry.name.partition("-")[0]
-            if not pid.isdigit():
-                continue
-            if _alive(int(pid)):
+            if _alive(int(match[1])):
                 count += 1
             else:
                 with suppress(OSError):
-                    entry.unlink(missing_ok=True)
+                    entry.unlink(missing_ok=True)  # a regular file of this user's, in this user's private folder
         return count
+
+
+def _own_file(path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and (not hasattr(os, "getuid") or st.st_uid == os.getuid())

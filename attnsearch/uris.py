@@ -11,8 +11,11 @@ import re
 import urllib.parse
 from pathlib import Path
 
-__all__ = ["redact_uri", "redact_text", "resolve_tracking_uri", "sqlite_path", "resolve_path", "resolve_storage",
-           "RAY_CONNECT_TIMEOUT_S", "RAY_DASHBOARD_ADDRESS", "split_scheme", "split_host_port"]
+__all__ = [
+    "REDACTED", "redact_uri", "redact_text", "split_credentials", "has_credentials", "resolve_tracking_uri",
+    "sqlite_path", "resolve_path", "resolve_storage", "RAY_CONNECT_TIMEOUT_S", "RAY_DASHBOARD_ADDRESS",
+    "split_scheme", "split_host_port",
+]
 
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
@@ -39,14 +42,51 @@ def split_host_port(text: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
-def redact_uri(uri: str) -> str:
-    """``uri`` without inline credentials (``https://user:pw@host`` -> ``https://***@host``)."""
-    return re.sub(r"^([A-Za-z][\w+.-]*://)[^/@\s]+@", r"\1***@", uri)
+# The userinfo of a URI (RFC 3986 section 3.2.1): between "scheme://" and the authority's last "@" (a password
+# may hold an unencoded "@"). The second form catches a "user:password" whose password holds a "/", "?" or "#"
+# (not a valid authority, but what a user types): up to the last "@" before the next whitespace. Redacting too
+# much (a path with an "@" after a port) is the safe side of the choice.
+_USERINFO_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?:[^/?#\s]*|[^\s/?#@:]+:[^\s]*)@")
+REDACTED = "***"
 
 
 def redact_text(text: str) -> str:
-    """``text`` with every ``scheme://user:password@`` credential replaced by ``***``."""
-    return re.sub(r"([A-Za-z][\w+.-]*://)[^/@\s:]+:[^/@\s]+@", r"\1***@", text)
+    """``text`` with the credentials of every URI in it replaced by ``***``, wherever the URI stands.
+
+    Any scheme (``https://TOKEN@host``, ``postgresql://user:pw@db``, ``s3://key:secret@bucket``), several URIs in
+    one text, a password holding ``@``. The one redaction of everything attnsearch prints, logs, records in MLflow
+    or sends to a cluster.
+    """
+    text = str(text)
+    if "@" not in text:  # fast path: no userinfo without an "@"
+        return text
+    return _USERINFO_RE.sub(lambda m: f"{m['scheme']}{REDACTED}@", text)
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` without inline credentials (``https://user:pw@host`` -> ``https://***@host``): ``redact_text``."""
+    return redact_text(uri)
+
+
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """``(uri without userinfo, user, password)``, user and password percent-decoded (None when absent).
+
+    What a process keeps instead of a URI with credentials in it: the bare URI may be written anywhere (a pickle, a
+    log), the credentials go to the environment variables the client library reads (``MLFLOW_TRACKING_USERNAME``
+    and ``MLFLOW_TRACKING_PASSWORD`` for MLflow).
+    """
+    parts = urllib.parse.urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri, None, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, sep, password = userinfo.partition(":")
+    bare = urllib.parse.urlunsplit(parts._replace(netloc=hostport))
+    return bare, urllib.parse.unquote(user), urllib.parse.unquote(password) if sep else None
+
+
+def has_credentials(text: str) -> bool:
+    """Whether ``text`` holds a URI with userinfo (what ``redact_text`` would hide)."""
+    return redact_text(text) != str(text)
 
 
 def resolve_tracking_uri(uri: str, base_dir: str | os.PathLike | None = None) -> str:

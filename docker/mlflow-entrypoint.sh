@@ -5,7 +5,11 @@
 set -eu
 : "${POSTGRES_USER:?}" "${POSTGRES_PASSWORD:?}" "${POSTGRES_DB:?}" "${MLFLOW_BUCKET:?}" "${MLFLOW_S3_ENDPOINT_URL:?}"
 : "${AWS_ACCESS_KEY_ID:?}" "${AWS_SECRET_ACCESS_KEY:?}" "${MLFLOW_AUTH_ADMIN_USERNAME:?}" "${MLFLOW_AUTH_ADMIN_PASSWORD:?}"
-: "${MLFLOW_FLASK_SERVER_SECRET_KEY:?}"
+: "${MLFLOW_FLASK_SERVER_SECRET_KEY:?}" "${MLFLOW_DRIVER_USERNAME:?}" "${MLFLOW_DRIVER_PASSWORD:?}"
+
+# The admin's and the study driver's accounts follow docker/.env on every start (a password edited there is the
+# password from now on; MLflow alone would keep the one of the first start).
+python /usr/local/bin/mlflow-users.py
 
 # The password goes into a URI: quote it so any character works.
 MLFLOW_BACKEND_STORE_URI="$(python -c 'import os, urllib.parse as u; e = os.environ

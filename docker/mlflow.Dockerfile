@@ -12,6 +12,7 @@ RUN pip install -c /etc/attnsearch/constraints.txt "mlflow[auth]" psycopg2-binar
 RUN useradd --create-home --uid 1000 mlflow && mkdir -p /var/lib/mlflow-auth && chown mlflow /var/lib/mlflow-auth
 COPY mlflow_auth.ini /etc/mlflow/basic_auth.ini
 COPY --chmod=755 mlflow-entrypoint.sh /usr/local/bin/mlflow-entrypoint.sh
+COPY mlflow-users.py /usr/local/bin/mlflow-users.py
 ENV MLFLOW_AUTH_CONFIG_PATH=/etc/mlflow/basic_auth.ini
 USER mlflow
 EXPOSE 5000

@@ -228,10 +228,13 @@ def compose_services() -> dict:
 def test_compose_stack_structure():
     compose = load("compose.yaml")
     services = compose["services"]
-    assert set(services) == {"postgres", "minio", "mlflow", "ray-head", "ray-gpu-worker"}
+    assert set(services) == {"secrets", "postgres", "minio", "mlflow", "ray-head", "ray-gpu-worker"}
     for name, svc in services.items():
         assert svc.get("image"), f"{name}: no image"
         assert "latest" not in svc["image"], name
+        if name == "secrets":  # a one-shot check: everything else waits for it to succeed
+            continue
+        assert svc["depends_on"]["secrets"] == {"condition": "service_completed_successfully"}, name
         test = svc.get("healthcheck", {}).get("test")
         assert test and test[0] in ("CMD", "CMD-SHELL"), f"{name}: no healthcheck"
         for volume in svc.get("volumes", []):
@@ -241,7 +244,8 @@ def test_compose_stack_structure():
     # MLflow: PostgreSQL for runs, S3 (MinIO) for artifacts, started after both are healthy
     mlflow = services["mlflow"]
     assert mlflow["depends_on"] == {"postgres": {"condition": "service_healthy"},
-                                    "minio": {"condition": "service_healthy"}}
+                                    "minio": {"condition": "service_healthy"},
+                                    "secrets": {"condition": "service_completed_successfully"}}
     assert mlflow["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert mlflow["environment"]["POSTGRES_HOST"].startswith("postgres:")
     # GPUs on the workers only
@@ -250,7 +254,8 @@ def test_compose_stack_structure():
     assert devices and all(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
     assert "deploy" not in head and "--num-gpus=0" in head["command"]
     assert "--head" in head["command"] and "--address=ray-head:6379" in worker["command"]
-    assert worker["depends_on"] == {"ray-head": {"condition": "service_healthy"}}
+    assert worker["depends_on"] == {"ray-head": {"condition": "service_healthy"},
+                                    "secrets": {"condition": "service_completed_successfully"}}
 
 
 def test_compose_publishes_on_localhost_only():
@@ -306,8 +311,13 @@ def test_compose_serves_the_example_job():
         mounts = [interpolate(v).split(":")[1] for v in services[name]["volumes"]]
         assert any(job.ray.storage_path.startswith(m + "/") for m in mounts), (name, job.ray.storage_path)
         assert any(job.data.root.startswith(m + "/") for m in mounts), (name, job.data.root)
-        env = services[name]["environment"]
-        assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "RAY_AUTH_TOKEN"} <= set(env)
+        assert "RAY_AUTH_TOKEN" in services[name]["environment"]
+    # the driver (on the head) logs in with the non-admin account; the GPU workers get no MLflow login at all
+    head_env, worker_env = services["ray-head"]["environment"], services["ray-gpu-worker"]["environment"]
+    assert head_env["MLFLOW_TRACKING_USERNAME"] == "${MLFLOW_DRIVER_USERNAME:?set MLFLOW_DRIVER_USERNAME in docker/.env}"
+    assert "MLFLOW_DRIVER_PASSWORD" in head_env["MLFLOW_TRACKING_PASSWORD"]
+    assert not [key for key in worker_env if key.startswith("MLFLOW_")]
+    assert "ADMIN" not in str(head_env)
     host = re.match(r"https?://([^:/]+)", job.tracking.uri).group(1)
     mlflow = services["mlflow"]
     assert host == "mlflow" or host in mlflow["networks"]["default"]["aliases"]
@@ -332,11 +342,86 @@ def test_compose_config_validates_with_docker_compose(tmp_path):
         pytest.skip("neither `docker compose` nor `docker-compose` is installed")
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+    # the driver's login reaches the head only, never the GPU workers
+    if cmd[0] == "docker-compose":
+        shown = subprocess.run(cmd[:-1], capture_output=True, text=True, timeout=60)
+        resolved = yaml.safe_load(shown.stdout)["services"]
+        assert "MLFLOW_TRACKING_PASSWORD" in resolved["ray-head"]["environment"]
+        assert not [k for k in resolved["ray-gpu-worker"]["environment"] if k.startswith("MLFLOW")]
     # and a missing secret is refused
     kept = [ln for ln in env_file.read_text().splitlines() if not ln.startswith("RAY_AUTH_TOKEN")]
     env_file.write_text("\n".join(kept))
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "RAY_AUTH_TOKEN" in result.stderr + result.stdout
+
+
+def good_secrets() -> dict[str, str]:
+    """docker/.env.example with every placeholder replaced by a long random-looking secret."""
+    return {key: (f"s3cr3t-{key.lower()}-" + "x" * 40 if value.startswith("change-me") else value)
+            for key, value in env_example().items()}
+
+
+def run_check_secrets(env: dict[str, str]) -> subprocess.CompletedProcess:
+    specs = compose_services()["secrets"]["command"]
+    return subprocess.run(["sh", str(DOCKER / "check-secrets.sh"), *specs], env={"PATH": "/usr/bin:/bin", **env},
+                          capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX sh")
+def test_the_stack_refuses_placeholder_and_short_secrets():
+    secrets = compose_services()["secrets"]
+    specs = dict(spec.split(":") for spec in secrets["command"])
+    assert int(specs["RAY_AUTH_TOKEN"]) >= 32 and int(specs["MLFLOW_ADMIN_PASSWORD"]) >= 12
+    assert set(specs) <= set(secrets["environment"]) and set(specs) <= set(env_example())
+    # the published placeholders: refused, each variable named
+    placeholders = run_check_secrets(env_example())
+    assert placeholders.returncode == 1
+    for name in specs:
+        assert f"{name} is still the change-me placeholder" in placeholders.stderr, name
+    # real secrets pass
+    good = good_secrets()
+    assert run_check_secrets(good).returncode == 0
+    # one short or missing secret is enough to refuse
+    short = run_check_secrets({**good, "RAY_AUTH_TOKEN": "abc123"})
+    assert short.returncode == 1 and "RAY_AUTH_TOKEN is shorter than 32" in short.stderr
+    assert "MLFLOW_ADMIN_PASSWORD" not in short.stderr
+    missing = run_check_secrets({k: v for k, v in good.items() if k != "MLFLOW_ADMIN_PASSWORD"})
+    assert missing.returncode == 1 and "MLFLOW_ADMIN_PASSWORD is not set" in missing.stderr
+
+
+def test_mlflow_accounts_follow_the_env_file_on_every_start(tmp_path, monkeypatch):
+    """docker/mlflow-users.py: the admin and the non-admin driver account get docker/.env's passwords each start
+    (rotation is an edit of docker/.env), against MLflow's own auth store."""
+    import importlib.util
+
+    pytest.importorskip("flask_wtf")  # mlflow.server.auth needs MLflow's `auth` extra
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    ini = tmp_path / "auth.ini"
+    ini.write_text((DOCKER / "mlflow_auth.ini").read_text().replace(
+        "sqlite:////var/lib/mlflow-auth/basic_auth.db", f"sqlite:///{tmp_path}/auth.db"))
+    spec = importlib.util.spec_from_file_location("_mlflow_users", DOCKER / "mlflow-users.py")
+    users = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(users)
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
+           "MLFLOW_AUTH_ADMIN_PASSWORD": "first-admin-password", "MLFLOW_DRIVER_USERNAME": "driver",
+           "MLFLOW_DRIVER_PASSWORD": "first-driver-password"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert users.main() == 0
+    store = SqlAlchemyStore()
+    store.init_db(f"sqlite:///{tmp_path}/auth.db")
+    assert store.authenticate_user("admin", "first-admin-password")
+    assert store.get_user("admin").is_admin and not store.get_user("driver").is_admin
+    # rotation: a new password in docker/.env is the password after the next start, the old one no longer works
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "second-admin-password")
+    monkeypatch.setenv("MLFLOW_DRIVER_PASSWORD", "second-driver-password")
+    assert users.main() == 0
+    assert store.authenticate_user("admin", "second-admin-password")
+    assert not store.authenticate_user("admin", "first-admin-password")
+    assert store.authenticate_user("driver", "second-driver-password")
+    monkeypatch.setenv("MLFLOW_DRIVER_USERNAME", "admin")  # the driver must not be the admin
+    assert users.main() == 1
 
 
 def test_ray_and_mlflow_flags_exist_in_the_pinned_versions():

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from attnsearch import cli
-from attnsearch.latency import DeviceClaim, amp_dtype, measure, use_channels_last
+from attnsearch.latency import DeviceClaim, amp_dtype, measure, private_folder, runtime_dir, use_channels_last
 from attnsearch.models import build_model
 
 
@@ -94,8 +94,71 @@ def test_device_claims_count_the_other_live_processes(tmp_path):
 def test_a_claim_that_cannot_be_written_never_fails_its_holder(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with DeviceClaim(torch.device("cpu"), blocker) as claim:  # a file where the folder should be
+    with pytest.warns(UserWarning, match="latency_load unknown"), DeviceClaim(torch.device("cpu"), blocker) as claim:
+        assert claim.others() is None  # a file where the folder should be
+
+
+def _dead_pid() -> str:
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def _victim(tmp_path, name: str):
+    """A file of the victim's that an attacker wants a trial to delete: named like a claim of a dead process."""
+    victims = tmp_path / "victim"
+    victims.mkdir(exist_ok=True)
+    file = victims / name
+    file.write_text("precious")
+    return file
+
+
+def test_claims_live_in_a_private_folder_of_this_user(tmp_path, monkeypatch):
+    root = tmp_path / "runtime"
+    with DeviceClaim(torch.device("cpu"), root) as claim:
+        assert claim.others() == 0
+        for folder in (root, claim.folder):
+            assert folder.is_dir() and not folder.is_symlink() and (folder.stat().st_mode & 0o777) == 0o700
+        assert (claim.path.stat().st_mode & 0o777) == 0o600
+    # the default folder: under the session's runtime directory when it is a private one, else the temp folder
+    xdg = tmp_path / "xdg"
+    xdg.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
+    assert runtime_dir() == xdg / "attnsearch"
+    xdg.chmod(0o755)  # a runtime directory others can read is not used
+    assert runtime_dir().parent != xdg
+
+
+def test_a_planted_folder_or_symlink_is_refused_and_the_victims_files_survive(tmp_path, monkeypatch):
+    dead = _dead_pid()
+    cpu = torch.device("cpu")
+    # a symlink planted where the claims folder goes, pointing at the victim's folder
+    victim = _victim(tmp_path, f"{dead}-0a1b")
+    link = tmp_path / "claims-link"
+    link.symlink_to(victim.parent, target_is_directory=True)
+    with pytest.warns(UserWarning, match="symlink"), DeviceClaim(cpu, link) as claim:
         assert claim.others() is None
+    with pytest.raises(PermissionError, match="symlink"):
+        private_folder(link)
+    # a device folder planted by another user, holding a symlink to the victim's file
+    root = tmp_path / "runtime"
+    private_folder(root)
+    planted = DeviceClaim(cpu, root).folder
+    planted.mkdir()
+    (planted / f"{dead}-0c0d").symlink_to(victim)
+    real_uid = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: real_uid + 1)  # the folder now belongs to "another user"
+    with pytest.warns(UserWarning, match="another user"), DeviceClaim(cpu, root) as claim:
+        assert claim.others() is None
+    monkeypatch.undo()
+    # in this user's own folder, an entry that is not a regular file of this user's is neither counted nor deleted
+    with DeviceClaim(cpu, root) as claim:
+        assert claim.others() == 0
+        assert (planted / f"{dead}-0c0d").is_symlink()
+    stray = planted / f"{dead}-not-a-claim"
+    stray.write_text("kept")
+    with DeviceClaim(cpu, root) as claim:
+        assert claim.others() == 0
+    assert victim.read_text() == "precious" and stray.exists()
 
 
 def test_flops_latency_prints_both_figures(capsys):

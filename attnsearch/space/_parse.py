@@ -18,6 +18,7 @@ from ..config import (
     did_you_mean,
     format_validation_error,
     read_yaml,
+    short_repr,
 )
 from ..contract import is_number
 from ..models import (
@@ -91,15 +92,15 @@ def _parse_value(name: str, raw: Any, path: str, problems: _Problems) -> Param |
                          "a range is {low, high, log?, step?}")
             return None
         if "low" not in raw or "high" not in raw:
-            problems.add(path, f"a range needs both low and high (got {raw})")
+            problems.add(path, f"a range needs both low and high (got {short_repr(raw)})")
             return None
         low, high, log, step = raw["low"], raw["high"], raw.get("log", False), raw.get("step")
         for key, val in (("low", low), ("high", high), ("step", step)):
             if val is not None and not is_number(val):
-                problems.add(f"{path}.{key}", f"must be a number (got {val!r})")
+                problems.add(f"{path}.{key}", f"must be a number (got {short_repr(val)})")
                 return None
         if not isinstance(log, bool):
-            problems.add(f"{path}.log", f"must be true or false (got {log!r})")
+            problems.add(f"{path}.log", f"must be true or false (got {short_repr(log)})")
             return None
         is_int = isinstance(low, int) and isinstance(high, int) and (step is None or isinstance(step, int))
         try:
@@ -113,12 +114,12 @@ def _parse_value(name: str, raw: Any, path: str, problems: _Problems) -> Param |
             return None
         bad = [v for v in raw if not isinstance(v, _SCALARS)]
         if bad:
-            problems.add(path, f"categorical choices must be scalars (null, bool, number or string), got {bad[0]!r}")
+            problems.add(path, f"categorical choices must be scalars (null, bool, number or string), got {short_repr(bad[0])}")
             return None
         return Param.choice(name, raw)
     if isinstance(raw, _SCALARS):
         return Param.const(name, raw)
-    problems.add(path, f"expected a constant, a list of choices or {{low, high}} (got {raw!r})")
+    problems.add(path, f"expected a constant, a list of choices or {{low, high}} (got {short_repr(raw)})")
     return None
 
 
@@ -138,7 +139,7 @@ def _parse_knob(type_name: str, knob: str, raw: Any, path: str, problems: _Probl
     if knob == NAM_PENALTY and type_name == "nam":
         def check(v: Any) -> float:
             if not is_number(v) or v <= 0:
-                raise ValueError(f"nam.penalty (the sparsity weight p) must be a number > 0, got {v!r}")
+                raise ValueError(f"nam.penalty (the sparsity weight p) must be a number > 0, got {short_repr(v)}")
             return float(v)
         return _check_each(param.as_float(), check, path, problems)
     spec_knob = get_spec(type_name).knobs[knob]
@@ -163,7 +164,7 @@ def _parse_knob(type_name: str, knob: str, raw: Any, path: str, problems: _Probl
 def _parse_train(name: str, raw: Any, base: TrainConfig, path: str, problems: _Problems) -> Param | None:
     if name not in TrainConfig.model_fields:
         valid = [f for f in TrainConfig.model_fields if f not in FIXED_TRAIN_FIELDS]
-        problems.add(path, f"unknown train field {name!r}{did_you_mean(name, valid)}; valid: {sorted(valid)}")
+        problems.add(path, f"unknown train field {short_repr(name)}{did_you_mean(name, valid)}; valid: {sorted(valid)}")
         return None
     if name in FIXED_TRAIN_FIELDS:
         problems.add(path, f"train.{name} is the budget of every trial (ASHA's max_t); set it in the job, "
@@ -191,7 +192,7 @@ def _parse_train(name: str, raw: Any, base: TrainConfig, path: str, problems: _P
         except ValidationError as exc:
             msg = format_validation_error(exc, "", TrainConfig).split("\n")[0].removeprefix(": ")
             msg = msg.removeprefix(f"{name}: ")
-            raise ValueError(msg if "(got" in msg else f"{msg} (got {value!r})") from None
+            raise ValueError(msg if "(got" in msg else f"{msg} (got {short_repr(value)})") from None
 
     return _check_each(param, check, path, problems)
 
@@ -206,11 +207,11 @@ def _parse_stages(raw: Any, all_stages: tuple[int, ...], backbone: str, problems
         return Param.choice("stages", [stages_key(s) for s in subsets])
     if not isinstance(raw, list) or not raw:
         problems.add(path, f'expected "all", "subsets" or a non-empty list of stage sets like [[1, 2, 3], [3]] '
-                     f"(got {raw!r})")
+                     f"(got {short_repr(raw)})")
         return None
     if all(isinstance(s, int) and not isinstance(s, bool) for s in raw):
-        problems.add(path, f"{raw} is ambiguous: write [{raw}] for one fixed stage set or "
-                     f"{[[s] for s in raw]} to choose one stage")
+        problems.add(path, f"{short_repr(raw)} is ambiguous: write [{short_repr(raw)}] for one fixed stage set or "
+                     f"{short_repr([[s] for s in raw])} to choose one stage")
         return None
     keys = []
     for i, item in enumerate(raw):
@@ -222,13 +223,13 @@ def _parse_stages(raw: Any, all_stages: tuple[int, ...], backbone: str, problems
             try:
                 item = parse_stages_key(item)
             except ValueError:
-                problems.add(where, f'expected a list of stages or "all" (got {item!r})')
+                problems.add(where, f'expected a list of stages or "all" (got {short_repr(item)})')
                 continue
         if isinstance(item, int) and not isinstance(item, bool):
             item = [item]
         if not isinstance(item, list) or not item or not all(isinstance(s, int) and not isinstance(s, bool)
                                                              for s in item):
-            problems.add(where, f'expected a non-empty list of stage numbers or "all" (got {item!r})')
+            problems.add(where, f'expected a non-empty list of stage numbers or "all" (got {short_repr(item)})')
             continue
         bad = [s for s in item if s not in all_stages]
         if bad:
@@ -251,7 +252,7 @@ def _parse_choice_list(
     ok = True
     for v in values:
         if v not in valid:
-            problems.add(path, f"unknown {what or name} {v!r}{did_you_mean(v, valid)}; valid: {sorted(valid)}")
+            problems.add(path, f"unknown {what or name} {short_repr(v)}{did_you_mean(v, valid)}; valid: {sorted(valid)}")
             ok = False
     if not ok:
         return None
@@ -297,7 +298,7 @@ def parse_space(raw: Any, job: Job, source: str, prefix: str = "") -> SearchSpac
     for type_name, entries in (att.knobs or {}).items():
         where = f"attention.knobs.{type_name}"
         if type_name not in ATTENTION_TYPES:
-            problems.add(where, f"unknown attention type {type_name!r}{did_you_mean(type_name, ATTENTION_TYPES)}; "
+            problems.add(where, f"unknown attention type {short_repr(type_name)}{did_you_mean(type_name, ATTENTION_TYPES)}; "
                          f"valid: {sorted(ATTENTION_TYPES)}")
             continue
         if types and type_name not in chosen:
@@ -308,7 +309,7 @@ def parse_space(raw: Any, job: Job, source: str, prefix: str = "") -> SearchSpac
         knobs[type_name] = {}
         for knob, value in (entries or {}).items():
             if knob not in valid:
-                problems.add(f"{where}.{knob}", f"attention type {type_name!r} has no knob {knob!r}"
+                problems.add(f"{where}.{knob}", f"attention type {type_name!r} has no knob {short_repr(knob)}"
                              f"{did_you_mean(knob, valid)}; its knobs are {valid or '[] (none)'}")
                 continue
             param = _parse_knob(type_name, knob, value, f"{where}.{knob}", problems)
@@ -351,7 +352,7 @@ def _parse_scale(section: str, name: str, raw: Any, job: Job, problems: _Problem
 
         def check(v: Any) -> int:
             if isinstance(v, bool) or not isinstance(v, int) or v < 4:
-                raise ValueError(f"data.image_size must be an integer >= 4, got {v!r}")
+                raise ValueError(f"data.image_size must be an integer >= 4, got {short_repr(v)}")
             return v
 
         return _check_each(param, check, path, problems)
@@ -362,7 +363,7 @@ def _parse_scale(section: str, name: str, raw: Any, job: Job, problems: _Problem
 
     def check_width(v: Any) -> float:
         if not is_number(v) or not 0 < v <= 4:
-            raise ValueError(f"backbone.width_mult must be a number in (0, 4], got {v!r}")
+            raise ValueError(f"backbone.width_mult must be a number in (0, 4], got {short_repr(v)}")
         return float(v)
 
     return _check_each(param.as_float(), check_width, path, problems)

@@ -15,7 +15,7 @@ import Ray; import them by their module (``attnsearch.tracking.callback``, ``att
 
 from ..contract import TrackingError
 from ..uris import redact_uri, resolve_tracking_uri
-from ._connection import check_tracking, fast_http, first_line, ui_command
+from ._connection import LOOPBACK_HOSTS, check_tracking, fast_http, first_line, ui_command, ui_environment
 from ._datasets import dataset_inputs
 from ._note import NOTE_LIMIT, NOTE_SECTIONS, note_room, note_section_tag, note_tags
 from ._params import decode_param, encode_params, param_types, run_name, run_params
@@ -45,6 +45,8 @@ __all__ = [
     "resolve_tracking_uri",
     "check_tracking",
     "ui_command",
+    "ui_environment",
+    "LOOPBACK_HOSTS",
     "fast_http",
     "first_line",
     "encode_params",

@@ -16,9 +16,11 @@ from collections.abc import Iterator
 from mlflow import MlflowClient
 
 from ..contract import TrackingError
-from ..uris import redact_uri, sqlite_path
+from ..uris import redact_text, redact_uri, sqlite_path
 
-__all__ = ["check_tracking", "ui_command", "fast_http", "first_line"]
+__all__ = ["check_tracking", "ui_command", "ui_environment", "fast_http", "first_line", "LOOPBACK_HOSTS"]
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 # Keep MLflow's HTTP client from retrying a dead server for minutes (its defaults: 7 retries, backoff factor 2).
 # Applied only around our own calls and only where the user has not set the variable.
@@ -52,7 +54,16 @@ def _ssl_context() -> ssl.SSLContext | None:
     return ssl.create_default_context(cafile=cafile) if cafile else None
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Answer a redirect with its own status instead of following it: urllib would send the Authorization header
+    on to whatever host the redirect names."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[override]
+        return None
+
+
 def _http_get(url: str, timeout_s: float) -> int:
+    """The HTTP status of a GET of ``url`` (redirects not followed: a 3xx is returned as it is)."""
     # urlopen follows the URL's own userinfo poorly, so strip it and send it as a header instead
     parsed = urllib.parse.urlsplit(url)
     headers = _auth_headers()
@@ -63,8 +74,9 @@ def _http_get(url: str, timeout_s: float) -> int:
     host = f"[{host}]" if ":" in host else host
     netloc = host + (f":{parsed.port}" if parsed.port else "") if host else parsed.netloc
     req = urllib.request.Request(urllib.parse.urlunsplit(parsed._replace(netloc=netloc)), headers=headers)
+    opener = urllib.request.build_opener(_NoRedirect(), urllib.request.HTTPSHandler(context=_ssl_context()))
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s, context=_ssl_context()) as resp:
+        with opener.open(req, timeout=timeout_s) as resp:
             return resp.status
     except urllib.error.HTTPError as e:
         return e.code
@@ -98,6 +110,12 @@ def check_tracking(uri: str, timeout_s: float = 5.0, *, create: bool = True) -> 
                 "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN, in the "
                 "environment of the driver"
             )
+        if 300 <= api < 400 or 300 <= health < 400:
+            raise TrackingError(
+                f"MLflow tracking server {shown} answers with a redirect (HTTP {api if api != 200 else health}); "
+                "credentials are never sent on to another address: set tracking.uri to the address the server "
+                "redirects to (e.g. https:// instead of http://)"
+            )
         if api != 200:
             raise TrackingError(
                 f"{shown} does not answer like an MLflow tracking server (GET /health -> HTTP {health}, "
@@ -127,12 +145,20 @@ def check_tracking(uri: str, timeout_s: float = 5.0, *, create: bool = True) -> 
 
 
 def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
-    """The command line that serves the MLflow UI for a local store (bound to 127.0.0.1 unless told otherwise)."""
+    """The command line that serves the MLflow UI for a local store (bound to 127.0.0.1 unless told otherwise).
+
+    The store's URI is not on it (a command line is visible to every local user in ``ps``): the server reads it
+    from its environment, ``ui_environment(uri)``.
+    """
     if urllib.parse.urlparse(uri).scheme.lower() in ("http", "https"):
         raise TrackingError(f"{redact_uri(uri)} is a tracking server with its own UI: open it in a browser")
-    return [
-        sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(int(port)),
-    ]
+    return [sys.executable, "-m", "mlflow", "ui", "--host", host, "--port", str(int(port))]
+
+
+def ui_environment(uri: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the ``ui_command`` server: ``base`` (default: this process's) plus the store's URI in
+    ``MLFLOW_BACKEND_STORE_URI``, the variable ``mlflow server``/``mlflow ui`` reads for ``--backend-store-uri``."""
+    return {**(os.environ if base is None else base), "MLFLOW_BACKEND_STORE_URI": uri}
 
 
 @contextlib.contextmanager
@@ -150,5 +176,6 @@ def fast_http(**overrides: str) -> Iterator[None]:
 
 
 def first_line(e: BaseException) -> str:
+    """The first line of an exception's text, credentials redacted (``redact_text``), at most 500 characters."""
     text = str(e).strip() or type(e).__name__
-    return redact_uri(text.splitlines()[0])[:500]
+    return redact_text(text.splitlines()[0])[:500]  # redacted whole: a cut URI could keep part of a password

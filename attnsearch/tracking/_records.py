@@ -19,6 +19,7 @@ from ..contract import (
     is_number,
     trial_state,
 )
+from ..uris import redact_text
 
 __all__ = ["TrialRecord", "error_summary"]
 
@@ -62,7 +63,7 @@ class TrialRecord:
         self.nresults += 1
         if result.get(STATE_KEY):
             self.reported_state = str(result[STATE_KEY])
-            self.reported_reason = str(result.get(REASON_KEY) or "") or None
+            self.reported_reason = tail(str(result.get(REASON_KEY) or "")) or None
         for key in STATIC_METRICS:
             if is_number(result.get(key)) and key not in self.static:
                 self.static[key] = float(result[key])
@@ -116,5 +117,6 @@ def error_summary(text: str) -> str:
 
 
 def tail(text: str) -> str:
-    text = text.strip()
+    """A failure reason as a tag holds it: credentials redacted, the last ``MAX_REASON`` characters."""
+    text = redact_text(text.strip())
     return text if len(text) <= MAX_REASON else "..." + text[-MAX_REASON:]

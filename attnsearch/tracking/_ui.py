@@ -73,12 +73,14 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 
 def serve_ui(command: Sequence[str], url: str, *, host: str, port: int, open_browser: bool = False,
-             ready_timeout_s: float = 120.0, name: str = "MLflow UI") -> int:
+             ready_timeout_s: float = 120.0, name: str = "MLflow UI", env: Mapping[str, str] | None = None) -> int:
     """Run the UI server ``command`` in its own process group until it ends or this process is told to stop
     (SIGTERM, SIGINT, SIGHUP: forwarded to the group, then SIGKILL after ``STOP_GRACE_S``); print ``url``, and
     open it in a browser once the port answers when ``open_browser``. Returns the server's exit status (0 when
-    stopped by a signal). ``name`` is what the messages call the server (``attnsearch dashboard``: optuna-dashboard)."""
-    proc = subprocess.Popen(list(command), start_new_session=True)
+    stopped by a signal). ``name`` is what the messages call the server (``attnsearch dashboard``: optuna-dashboard).
+    ``env``: the server's environment (default: this process's; ``ui_environment`` puts the store's URI there
+    rather than on the command line)."""
+    proc = subprocess.Popen(list(command), start_new_session=True, env=None if env is None else dict(env))
     pgid = proc.pid  # start_new_session: the server leads a new session and process group
     stopping: list[int] = []
 

@@ -17,7 +17,7 @@ from ray.tune import Callback
 from ray.tune.utils import flatten_dict
 
 from ..contract import RUNNING
-from ..uris import redact_uri, resolve_tracking_uri
+from ..uris import redact_uri, resolve_tracking_uri, split_credentials
 from ._connection import fast_http, first_line
 from ._parent_run import open_or_create_parent
 from ._records import TrialRecord
@@ -36,7 +36,9 @@ class MLflowTracker(Callback):
     logged as a warning, the tracker then retries at most every ``retry_interval_s`` seconds and, once the store
     answers again, writes everything it missed. Whatever is still missing at the end can be written later from
     the Ray experiment directory with ``sync_study``. ``strict=True`` raises instead (tests). Picklable (Ray
-    stores it in ``tuner.pkl``).
+    stores it in ``tuner.pkl``, often on shared storage): the pickle holds the tracking URI without its userinfo;
+    credentials of a ``http://user:password@host`` URI stay in this process's memory, and an unpickled tracker
+    logs in with MLflow's own ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` (or ``_TOKEN``).
 
     Args:
         tracking_uri: the MLflow tracking URI (a relative SQLite path is pinned to the driver's directory).
@@ -61,7 +63,9 @@ class MLflowTracker(Callback):
         strict: bool = False,
         datasets: Sequence[Mapping[str, Any]] = (),
     ) -> None:
-        self.tracking_uri = resolve_tracking_uri(tracking_uri, os.getcwd())  # pin a relative store (driver cwd)
+        uri = resolve_tracking_uri(tracking_uri, os.getcwd())  # pin a relative store (driver cwd)
+        self.tracking_uri = split_credentials(uri)[0]  # what may be written anywhere (pickled, logged)
+        self._uri = uri  # what this process connects with: never pickled
         self.experiment = experiment
         self.parent_run_id = parent_run_id
         self.study_id = study_id
@@ -86,19 +90,20 @@ class MLflowTracker(Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._uri = self.tracking_uri  # credentials, if any, from the environment (MLflow's variables)
         self._reset()
 
     # -- store access ---------------------------------------------------------------------------------------
     def _open(self) -> Store:
         # reads back a resumed study's runs (last logged epoch, params, tags) so nothing is written twice
         try:
-            return Store(self.tracking_uri, self.parent_run_id, self.datasets)
+            return Store(self._uri, self.parent_run_id, self.datasets)
         except Exception as e:
             if getattr(e, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
                 raise
-        self.parent_run_id = open_or_create_parent(self.tracking_uri, self.experiment, self.study_id)
+        self.parent_run_id = open_or_create_parent(self._uri, self.experiment, self.study_id)
         logger.warning("parent run of study %r not found; using run %s", self.study_id, self.parent_run_id)
-        return Store(self.tracking_uri, self.parent_run_id, self.datasets)
+        return Store(self._uri, self.parent_run_id, self.datasets)
 
     def _reconcile(self, record: TrialRecord) -> None:
         if self._store is None:
