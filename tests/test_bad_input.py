@@ -308,16 +308,19 @@ def test_refused_job_creates_no_tracking_store(tmp_path, monkeypatch, capsys, ra
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml", "space.yaml"]  # no mlflow.db, no ray_results
 
 
-def test_a_value_error_while_running_is_a_failure_not_bad_input(workdir, monkeypatch):
-    # only the project's own input-error type means exit 2; a bug deep inside a study must surface as one
+def test_a_value_error_while_running_is_a_failure_not_bad_input(workdir, monkeypatch, capsys):
+    # only the project's own input-error type means exit 2; a bug deep inside a study is a failure (1) with its
+    # traceback, credentials of URIs in it redacted
     def broken(*args, **kwargs):
-        raise ValueError("deep inside a running study")
+        raise ValueError("deep inside a running study at http://u:SECRET@mlflow:5000")
 
     monkeypatch.setattr("attnsearch.search.run_study", broken)
     (workdir / "job.yaml").write_text(JOB)
     (workdir / "space.yaml").write_text(SPACE)
-    with pytest.raises(ValueError, match="deep inside"):
-        main(["run", "job.yaml"])
+    assert main(["run", "job.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ValueError: deep inside a running study at http://***@mlflow:5000" in err
+    assert "SECRET" not in err
 
 
 # --------------------------------------------------------------------------------------------------- resume

@@ -197,12 +197,80 @@ def test_check_tracking_sqlite_creates_directory(tmp_path):
 
 
 def test_ui_command():
-    cmd = T.ui_command("sqlite:////x/mlflow.db")
+    cmd = T.ui_command("postgresql://u:SECRET@db/mlflow")
     assert cmd[1:4] == ["-m", "mlflow", "ui"] and cmd[cmd.index("--host") + 1] == "127.0.0.1"
-    assert cmd[cmd.index("--backend-store-uri") + 1] == "sqlite:////x/mlflow.db"
+    # the store's URI (a password, for a database) is not on the command line every local user sees in `ps`
+    assert not [part for part in cmd if "db" in part or "SECRET" in part]
+    env = T.ui_environment("postgresql://u:SECRET@db/mlflow", {"PATH": "/bin"})
+    assert env == {"PATH": "/bin", "MLFLOW_BACKEND_STORE_URI": "postgresql://u:SECRET@db/mlflow"}
     assert T.ui_command("sqlite:////x.db", host="0.0.0.0", port=5123)[-3:] == ["0.0.0.0", "--port", "5123"]
     with pytest.raises(T.TrackingError, match="own UI"):
         T.ui_command("http://127.0.0.1:5000")
+
+
+@pytest.mark.parametrize("text, secret", [
+    ("http://u:SECRET@host:5000", "SECRET"),
+    ("MLflow error: HTTPConnectionPool for url http://u:SECRET@host:5000/api/2.0/x failed", "SECRET"),
+    ("https://SECRET@host/api", "SECRET"),  # a token as the user name
+    ("http://user:p@SECRET@host:5000", "SECRET"),  # an '@' in the password
+    ("http://user:a/SECRET@host:5000", "SECRET"),  # a '/' in the password (not a valid authority; typed anyway)
+    ("two: postgresql://a:SECRET@db/x and s3://KEY:SECRET@bucket/p", "SECRET"),
+    ("repr: {'uri': 'databricks://tok:SECRET@ws'}", "SECRET"),
+])
+def test_redaction_hides_the_userinfo_of_any_uri_anywhere_in_a_text(text, secret):
+    from attnsearch.uris import has_credentials, redact_text
+
+    shown = redact_text(text)
+    assert secret not in shown and "***@" in shown and has_credentials(text)
+    assert T.first_line(RuntimeError(text + "\nmore")) == shown[:500]
+    assert redact_text("http://host:5000/api?x=1 mail a@b.c") == "http://host:5000/api?x=1 mail a@b.c"
+
+
+def test_a_pickled_tracker_holds_no_credentials(monkeypatch):
+    tracker = MLflowTracker("http://u:SECRET@127.0.0.1:5000", "e", "abc", "s", 3)
+    blob = pickle.dumps(tracker)  # what Ray writes into tuner.pkl on the study's storage
+    assert b"SECRET" not in blob and tracker.tracking_uri == "http://127.0.0.1:5000"
+    assert tracker._uri == "http://u:SECRET@127.0.0.1:5000"  # this driver still logs in with them
+    clone = pickle.loads(blob)
+    assert clone._uri == "http://127.0.0.1:5000"  # a restored tracker logs in with MLflow's environment variables
+
+
+def test_the_preflight_never_follows_a_redirect_with_credentials():
+    import http.server
+    import threading
+
+    seen: list[str | None] = []
+
+    class Elsewhere(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    other = http.server.HTTPServer(("127.0.0.1", 0), Elsewhere)
+
+    class Redirect(Elsewhere):
+        def do_GET(self):  # noqa: N802
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{other.server_port}{self.path}")
+            self.end_headers()
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Redirect)
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (server, other)]
+    for t in threads:
+        t.start()
+    try:
+        with pytest.raises(T.TrackingError, match="redirect") as err:
+            T.check_tracking(f"http://u:SECRET@127.0.0.1:{server.server_port}", timeout_s=5)
+        assert "SECRET" not in str(err.value)
+        assert seen == []  # the other host never got a request, let alone the Authorization header
+    finally:
+        for s in (server, other):
+            s.shutdown()
+            s.server_close()
 
 
 def test_tracker_is_picklable_without_runtime_state():
@@ -466,15 +534,15 @@ def test_dead_server_does_not_stop_the_search_and_sync_recovers(ray_session, tmp
 class Server:
     """A real process (``mlflow server`` / ``mlflow ui``) in its own process group, stopped cleanly."""
 
-    def __init__(self, cmd: list[str], port: int, log: Path) -> None:
-        self.cmd, self.port, self.log = cmd, port, log
+    def __init__(self, cmd: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> None:
+        self.cmd, self.port, self.log, self.env = cmd, port, log, env
         self.proc = None
 
     def start(self, timeout_s: float = 90.0) -> Server:
         import subprocess
 
         self.proc = subprocess.Popen(self.cmd, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, env=self.env)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()[-3000:]
@@ -589,7 +657,8 @@ def test_real_mlflow_server_end_to_end(ray_session, tmp_path):
 
     # `attnsearch ui` on a local store: the command serves the UI on 127.0.0.1
     ui_port = free_port()
-    ui = Server(T.ui_command(f"sqlite:///{tmp_path}/server.db", port=ui_port), ui_port, tmp_path / "ui.log")
+    ui = Server(T.ui_command(f"sqlite:///{tmp_path}/server.db", port=ui_port), ui_port, tmp_path / "ui.log",
+                env=T.ui_environment(f"sqlite:///{tmp_path}/server.db"))
     try:
         ui.start()
     finally:

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 
 from ..contract import InputError
 from . import _inspect, _optuna, _prune, _ray_jobs, _results, _studies
+from ._common import redacted_output
 
 __all__ = ["build_parser", "main"]
 
@@ -41,17 +43,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except InputError as exc:
-        print(f"attnsearch {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; continue with: attnsearch run JOB --resume", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `attnsearch sites resnet50 | head`
-        sys.stderr.close()
-        return 0
+    with redacted_output():  # no credentials of a URI in anything printed or logged, tracebacks included
+        try:
+            return args.func(args)
+        except InputError as exc:
+            print(f"attnsearch {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted; continue with: attnsearch run JOB --resume", file=sys.stderr)
+            return 130
+        except BrokenPipeError:  # `attnsearch sites resnet50 | head`
+            sys.stderr.close()
+            return 0
+        except Exception:  # a failure while running: its traceback, redacted (Python's own would not be)
+            traceback.print_exc()
+            print(f"attnsearch {args.command}: failed (the traceback above)", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

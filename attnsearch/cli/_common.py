@@ -1,15 +1,19 @@
 """What the commands share: the job file argument and its ``--set`` overrides, ``--resume``, loading and checking
-the job, the MLflow store a query reads, and library errors on the user's arguments as bad input."""
+the job, the MLflow store a query reads, library errors on the user's arguments as bad input, and the redaction of
+everything a command prints or logs."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-from collections.abc import Iterator
+import logging
+import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ..contract import LATEST, MODES, UsageError
+from ..uris import has_credentials, redact_text
 
 if TYPE_CHECKING:
     from ..config import Job
@@ -83,10 +87,58 @@ def parse_objectives(text: str | None, job) -> dict[str, str] | None:
 
 
 def existing_store(uri: str) -> None:
-    """A query reads a store: a local SQLite file that is not there is a wrong path, not a store to create."""
+    """A query reads a store: a local SQLite file that is not there is a wrong path, not a store to create; a
+    server gets ``run``'s pre-flight (it answers, as MLflow, with these credentials; ``TrackingError`` if not)."""
+    from ..tracking import check_tracking
     from ..uris import sqlite_path
 
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         raise UsageError(f"no MLflow store at {db}: run the study first, or name the store with --tracking-uri "
                          "(or the job file whose tracking.uri it is)")
+    check_tracking(uri, create=False)
+
+
+class _RedactingStream:
+    """A text stream that writes everything through ``redact_text`` (credentials of URIs hidden)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact_text(text))
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def redacted_output() -> Iterator[None]:
+    """While a command runs, nothing it prints or logs shows the credentials of a URI: ``sys.stdout`` and
+    ``sys.stderr`` write through ``redact_text``, and every log record's message is redacted when it is made (for
+    handlers that hold the original streams, or write files)."""
+    streams = sys.stdout, sys.stderr
+    factory = logging.getLogRecordFactory()
+
+    def redacted_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is logging's to report, as it would
+            return record
+        if has_credentials(message):
+            record.msg, record.args = redact_text(message), None
+        return record
+
+    sys.stdout, sys.stderr = _RedactingStream(sys.stdout), _RedactingStream(sys.stderr)
+    logging.setLogRecordFactory(redacted_record)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = streams
+        logging.setLogRecordFactory(factory)

@@ -4,6 +4,7 @@ MLflow UI on the job's store) and ``export`` (models as folders)."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..contract import ALL_STUDIES, EXPERIMENT_KIND_MODELS, LATEST, TAG_EXPERIMENT_KIND
 from ._common import (
@@ -53,10 +54,15 @@ def cmd_pareto(args) -> int:
 def cmd_ui(args) -> int:
     from mlflow import MlflowClient
 
-    from ..tracking import serve_ui, ui_command, ui_url
+    from ..tracking import LOOPBACK_HOSTS, serve_ui, ui_command, ui_environment, ui_url
 
     job = load_checked_job(args)
     command = ui_command(job.tracking.uri, host=args.host, port=args.port)
+    if args.host not in LOOPBACK_HOSTS:
+        print(f"warning: --host {args.host} serves the MLflow UI beyond this machine, without authentication: "
+              "anyone who reaches the port reads, edits and deletes every run of the store; keep 127.0.0.1 (an SSH "
+              "tunnel reaches it) or serve an MLflow server with --app-name basic-auth (docker/compose.yaml)",
+              file=sys.stderr, flush=True)
     existing_store(job.tracking.uri)
     experiment_id = None
     client = MlflowClient(job.tracking.uri)
@@ -67,7 +73,8 @@ def cmd_ui(args) -> int:
             client.set_experiment_tag(experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND_MODELS)
     url = ui_url(args.host, args.port, experiment_id, dict(job.search.objectives))
     print("running:", " ".join(command), flush=True)
-    return serve_ui(command, url, host=args.host, port=args.port, open_browser=args.open)
+    return serve_ui(command, url, host=args.host, port=args.port, open_browser=args.open,
+                    env=ui_environment(job.tracking.uri))
 
 
 def cmd_export(args) -> int:

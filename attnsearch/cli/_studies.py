@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..contract import ALL_STUDIES, LATEST, ConfigError, UsageError
+from ..uris import redact_uri
 from ._common import add_job_argument, add_resume_options, load_checked_job
 from ._optuna import reconcile_optuna, record_importances
 
@@ -46,7 +47,8 @@ def cmd_run(args) -> int:
     print(pareto.format_front(front))
     _log_models(job, outcome.parent_run_id, outcome.experiment_path)
     record_importances(job, outcome.study_id, outcome.parent_run_id)
-    print(f"\nMLflow: experiment {experiment!r} at {job.tracking.uri}; parent run {outcome.parent_run_id}")
+    print(f"\nMLflow: experiment {experiment!r} at {redact_uri(job.tracking.uri)}; parent run "
+          f"{outcome.parent_run_id}")
     return 0
 
 

@@ -49,7 +49,8 @@ class ExportedModel:
 def folder_name(run_name: str | None, trial_id: str | None) -> str:
     """``<run name>-<trial id>``: run names repeat (two baselines are both ``none``), trial ids do not."""
     text = "-".join(p for p in (run_name, trial_id) if p) or "model"
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)
+    # one folder name below the export folder, never "." or ".." (a run named so would write beside or above it)
+    return re.sub(r"^\.", "_", re.sub(r"[^A-Za-z0-9_.=-]+", "_", text))
 
 
 def _examples(spec: ModelSpec) -> tuple[torch.Tensor, torch.Tensor]:

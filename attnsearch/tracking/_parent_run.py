@@ -45,7 +45,8 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
     db = sqlite_path(uri)
     if db is None:
         return None
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", experiment) or "default"
+    # one folder name, never "." or ".." (which would put the artifacts beside or above mlartifacts/)
+    safe = re.sub(r"^\.", "_", re.sub(r"[^A-Za-z0-9_.-]", "_", experiment)) or "default"
     return (db.parent / "mlartifacts" / safe).resolve().as_uri()
 
 
