@@ -83,7 +83,8 @@ class _Loader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, (str, int, float, bool)) and key in seen:
                 raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark, f"found duplicate key {short_repr(key)}", key_node.start_mark
+                    "while constructing a mapping", node.start_mark, f"found duplicate key {short_repr(key)}",
+                    key_node.start_mark,
                 )
             seen[key] = True
         return super().construct_mapping(node, deep=deep)

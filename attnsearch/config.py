@@ -453,7 +453,8 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], source: str) 
                 child = node[key] = {}
             if not isinstance(child, dict):
                 raise ConfigError(
-                    f"{source}: --set {shown_override(text)}: {here} is {short_repr(child)}, not a mapping; set {here}=... instead"
+                    f"{source}: --set {shown_override(text)}: {here} is {short_repr(child)}, not a mapping; "
+                    f"set {here}=... instead"
                 )
             node = child
             model = _model_at(model, [key]) if model is not None else None

@@ -213,10 +213,8 @@ def private_folder(path: str | os.PathLike) -> Path:
     on a folder of its own is removed. Another local user who plants the folder (or a symlink to a victim's
     folder) before it exists gets it refused, never used."""
     path = Path(path)
-    try:
+    with suppress(FileExistsError):
         os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise PermissionError(f"{path} is a symlink or not a folder: not used (remove it; attnsearch creates it "

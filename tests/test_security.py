@@ -71,7 +71,7 @@ def test_a_1kb_alias_bomb_in_any_field_exits_2_in_seconds_and_small_memory(tmp_p
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    for (label, _), job in zip(BOMBED.items(), jobs):
+    for (label, _), job in zip(BOMBED.items(), jobs, strict=True):
         code, seconds = results[job]
         assert code == 2 and seconds < 10, (label, code, seconds)
     assert proc.stderr.count("YAML aliases expand this document beyond") == len(jobs), proc.stderr[-3000:]

@@ -242,7 +242,7 @@ def test_the_preflight_never_follows_a_redirect_with_credentials():
     seen: list[str | None] = []
 
     class Elsewhere(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's name
+        def do_GET(self):  # http.server's name
             seen.append(self.headers.get("Authorization"))
             self.send_response(200)
             self.end_headers()
@@ -253,7 +253,7 @@ def test_the_preflight_never_follows_a_redirect_with_credentials():
     other = http.server.HTTPServer(("127.0.0.1", 0), Elsewhere)
 
     class Redirect(Elsewhere):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             self.send_response(302)
             self.send_header("Location", f"http://127.0.0.1:{other.server_port}{self.path}")
             self.end_headers()

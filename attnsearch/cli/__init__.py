@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BrokenPipeError:  # `attnsearch sites resnet50 | head`
             sys.stderr.close()
             return 0
-        except Exception:  # a failure while running: its traceback, redacted (Python's own would not be)
+        except Exception:  # noqa: BLE001 - a failure while running: its traceback, redacted (Python's own would not be)
             traceback.print_exc()
             print(f"attnsearch {args.command}: failed (the traceback above)", file=sys.stderr)
             return 1

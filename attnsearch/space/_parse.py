@@ -114,7 +114,8 @@ def _parse_value(name: str, raw: Any, path: str, problems: _Problems) -> Param |
             return None
         bad = [v for v in raw if not isinstance(v, _SCALARS)]
         if bad:
-            problems.add(path, f"categorical choices must be scalars (null, bool, number or string), got {short_repr(bad[0])}")
+            problems.add(path, "categorical choices must be scalars (null, bool, number or string), got "
+                         f"{short_repr(bad[0])}")
             return None
         return Param.choice(name, raw)
     if isinstance(raw, _SCALARS):
@@ -252,7 +253,8 @@ def _parse_choice_list(
     ok = True
     for v in values:
         if v not in valid:
-            problems.add(path, f"unknown {what or name} {short_repr(v)}{did_you_mean(v, valid)}; valid: {sorted(valid)}")
+            problems.add(path, f"unknown {what or name} {short_repr(v)}{did_you_mean(v, valid)}; "
+                         f"valid: {sorted(valid)}")
             ok = False
     if not ok:
         return None
@@ -298,7 +300,8 @@ def parse_space(raw: Any, job: Job, source: str, prefix: str = "") -> SearchSpac
     for type_name, entries in (att.knobs or {}).items():
         where = f"attention.knobs.{type_name}"
         if type_name not in ATTENTION_TYPES:
-            problems.add(where, f"unknown attention type {short_repr(type_name)}{did_you_mean(type_name, ATTENTION_TYPES)}; "
+            problems.add(where, f"unknown attention type {short_repr(type_name)}"
+                         f"{did_you_mean(type_name, ATTENTION_TYPES)}; "
                          f"valid: {sorted(ATTENTION_TYPES)}")
             continue
         if types and type_name not in chosen:
