@@ -49,7 +49,9 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 # --------------------------------------------------------------------------------------------------- schema
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """A schema section: unknown keys are errors (a misspelt key must not be silently ignored)."""
+
     # NaN/inf survive a JSON round trip (the job travels to trials and into caches as JSON)
     model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
 
@@ -69,7 +71,7 @@ def did_you_mean(value: Any, valid: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-class BackboneConfig(_Strict):
+class BackboneConfig(StrictModel):
     name: str
     num_classes: int | None = Field(None, ge=2)  # null -> the dataset's class count
     width_mult: float = Field(1.0, gt=0)
@@ -82,7 +84,7 @@ class BackboneConfig(_Strict):
         return _known(value, BACKBONES, "backbone")
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     dataset: Literal["digits", "cifar10", "cifar100", "imagenet", "folder", "fake"] = "digits"
     root: str | None = None
     image_size: int | None = Field(None, ge=4)  # null -> the dataset's native size (digits 16, CIFAR 32, ...)
@@ -118,7 +120,7 @@ def _auto_bool(value: Any) -> Any:
     raise ValueError(f"must be auto, true or false (got {short_repr(value)})")
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     epochs: int = Field(10, ge=1)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.1, gt=0)
@@ -167,7 +169,7 @@ class TrainConfig(_Strict):
 OPTUNA_RDB_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")  # SQLAlchemy's, as Optuna's RDBStorage
 
 
-class SearchConfig(_Strict):
+class SearchConfig(StrictModel):
     space: str | dict[str, Any]  # a search-space YAML file or the space inline
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
     num_samples: int = Field(20, ge=1)
@@ -212,14 +214,14 @@ class SearchConfig(_Strict):
         return value
 
 
-class SchedulerConfig(_Strict):
+class SchedulerConfig(StrictModel):
     # auto: moasha when the search has several objectives, asha with one (benchmarks/results/search_quality.md)
     type: Literal["auto", "asha", "moasha", "none"] = "auto"
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(3, gt=1)
 
 
-class ResourcesConfig(_Strict):
+class ResourcesConfig(StrictModel):
     cpu: float = Field(1, gt=0)
     gpu: float = Field(0, ge=0)  # fractional GPUs share one device between trials
 
@@ -232,7 +234,7 @@ class ResourcesConfig(_Strict):
         return value
 
 
-class ConstraintsConfig(_Strict):
+class ConstraintsConfig(StrictModel):
     max_flops: float | None = Field(None, gt=0)
     max_params: float | None = Field(None, gt=0)
     max_macs: float | None = Field(None, gt=0)
@@ -247,7 +249,7 @@ def not_only_dots(value: str) -> str:
     return value
 
 
-class TrackingConfig(_Strict):
+class TrackingConfig(StrictModel):
     uri: str = "sqlite:///mlflow.db"
     experiment: str | None = None  # null -> the job's name
 
@@ -258,7 +260,7 @@ class TrackingConfig(_Strict):
     log_models: Literal["front", "completed", "none"] = "front"  # trials whose final weights become MLflow models
 
 
-class RayConfig(_Strict):
+class RayConfig(StrictModel):
     address: str | None = None
     storage_path: str = Field("ray_results", min_length=1)
     num_cpus: int | None = Field(None, ge=1)
@@ -268,7 +270,7 @@ class RayConfig(_Strict):
     autoscaling: bool = False
 
 
-class Job(_Strict):
+class Job(StrictModel):
     name: str
     backbone: BackboneConfig
     data: DataConfig = Field(default_factory=DataConfig)

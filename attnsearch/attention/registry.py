@@ -11,7 +11,7 @@ from torch import nn
 
 from ..contract import is_number
 
-SLOTS = ("residual_end", "mid", "post_add", "stage_end")
+SLOTS = ("mid", "residual_end", "post_add", "stage_end")
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ class AttentionSpec:
             raise ValueError(f"{self.name}: channels must be a positive integer, got {channels!r}")
         resolved = self.resolve(knobs)
         if spatial_size is not None:
-            spatial_size = _as_hw(spatial_size)
+            spatial_size = as_hw(spatial_size, "spatial_size")
             if min(spatial_size) < self.min_spatial:
                 raise ValueError(
                     f"{self.name} needs feature maps of at least {self.min_spatial}x{self.min_spatial}, "
@@ -158,7 +158,7 @@ class AttentionSpec:
 
     def count_params(self, channels: int, spatial_size: Sequence[int] | None = None, **knobs: Any) -> int:
         resolved = self.validate(channels, spatial_size, **knobs)
-        return int(self.param_count(channels, _as_hw(spatial_size) if spatial_size else None, **resolved))
+        return int(self.param_count(channels, as_hw(spatial_size, "spatial_size") if spatial_size else None, **resolved))
 
 
 ATTENTION_TYPES: dict[str, AttentionSpec] = {}
@@ -194,12 +194,23 @@ def build_attention(
     spec = get_spec(name)
     resolved = spec.validate(channels, spatial_size, **knobs)
     if spec.uses_spatial_size:
-        resolved["spatial_size"] = _as_hw(spatial_size) if spatial_size is not None else None
+        resolved["spatial_size"] = as_hw(spatial_size, "spatial_size") if spatial_size is not None else None
     return spec.cls(channels, **resolved)
 
 
-def _as_hw(size: Sequence[int] | int) -> tuple[int, int]:
+def as_hw(size: int | Sequence[int], field: str = "input_size") -> tuple[int, int]:
+    """``224`` or ``(H, W)`` -> ``(H, W)``; raise ``ValueError`` naming ``field`` otherwise."""
+    if isinstance(size, bool):
+        raise ValueError(f"{field} must be an int or (H, W), got {size!r}")
     if isinstance(size, int):
-        return (size, size)
-    h, w = size
-    return (int(h), int(w))
+        hw = (size, size)
+    else:
+        try:
+            hw = tuple(int(s) for s in size)
+        except (TypeError, ValueError):
+            raise ValueError(f"{field} must be an int or (H, W), got {size!r}") from None
+        if len(hw) != 2 or any(float(a) != b for a, b in zip(size, hw, strict=False)):
+            raise ValueError(f"{field} must be an int or (H, W), got {size!r}")
+    if min(hw) < 1:
+        raise ValueError(f"{field} must be positive, got {size!r}")
+    return hw  # type: ignore[return-value]

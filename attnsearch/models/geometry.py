@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -30,19 +29,3 @@ def conv_out(size: tuple[int, int], kernel: int, stride: int, padding: int) -> t
     return tuple((s + 2 * padding - kernel) // stride + 1 for s in size)  # type: ignore[return-value]
 
 
-def as_hw(size: int | Sequence[int], field: str = "input_size") -> tuple[int, int]:
-    """``224`` or ``(H, W)`` -> ``(H, W)``; raise ``ValueError`` naming ``field`` otherwise."""
-    if isinstance(size, bool):
-        raise ValueError(f"{field} must be an int or (H, W), got {size!r}")
-    if isinstance(size, int):
-        hw = (size, size)
-    else:
-        try:
-            hw = tuple(int(s) for s in size)
-        except (TypeError, ValueError):
-            raise ValueError(f"{field} must be an int or (H, W), got {size!r}") from None
-        if len(hw) != 2 or any(float(a) != b for a, b in zip(size, hw, strict=False)):
-            raise ValueError(f"{field} must be an int or (H, W), got {size!r}")
-    if min(hw) < 1:
-        raise ValueError(f"{field} must be positive, got {size!r}")
-    return hw  # type: ignore[return-value]

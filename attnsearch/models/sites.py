@@ -26,10 +26,9 @@ from functools import lru_cache
 from typing import Any
 
 from .._table import format_table
-from ..attention.registry import get_spec
+from ..attention.registry import as_hw, get_spec
 from ..contract import is_number
 from .backbones import BACKBONES, get_backbone
-from .geometry import as_hw
 from .slots import POSITION_CHOICES, POSITIONS
 
 BLOCK_CHOICES = ("all", "first", "last")

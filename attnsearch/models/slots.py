@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from torch import nn
 
-POSITIONS = ("mid", "residual_end", "post_add", "stage_end")
+from ..attention.registry import SLOTS
+
+# A block's attention positions are the zoo's slots (the order ``attnsearch sites`` lists them in): one tuple.
+POSITIONS = SLOTS
 # What an attention dict's ``position`` may say: a slot, or "default" (the module's official slot).
 POSITION_CHOICES = ("default", *POSITIONS)
 ATTN_PREFIX = "attn_"

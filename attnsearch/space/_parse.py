@@ -8,12 +8,13 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from ..attention import ATTENTION_TYPES, get_spec
 from ..config import (
     ConfigError,
     Job,
+    StrictModel,
     TrainConfig,
     did_you_mean,
     format_validation_error,
@@ -37,11 +38,7 @@ FIXED_TRAIN_FIELDS = ("epochs",)
 _SCALARS = (type(None), bool, int, float, str)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class _AttentionRaw(_Strict):
+class _AttentionRaw(StrictModel):
     type: Any
     stages: Any = "all"
     blocks: Any = "all"
@@ -49,7 +46,7 @@ class _AttentionRaw(_Strict):
     knobs: dict[str, dict[str, Any] | None] | None = None
 
 
-class _SpaceRaw(_Strict):
+class _SpaceRaw(StrictModel):
     backbone: dict[str, Any] | None = None
     data: dict[str, Any] | None = None
     attention: _AttentionRaw | None = None
