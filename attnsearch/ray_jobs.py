@@ -223,6 +223,9 @@ def build_working_dir(
     raw = read_yaml(job_path, "job file")
     if not isinstance(raw, dict):  # load_job already refused this; keeps the type checker honest
         raise ConfigError(f"{job_path}: expected a mapping")
+    if dest is not None and Path(dest).exists() and (not Path(dest).is_dir() or any(Path(dest).iterdir())):
+        raise ConfigError(f"--dry-run {dest}: not an empty folder; the working_dir is written into a new or empty "
+                          "folder only (nothing there is overwritten: the job's own folder would lose its job file)")
     dest = Path(dest) if dest is not None else Path(tempfile.mkdtemp(prefix="attnsearch-job-"))
     dest.mkdir(parents=True, exist_ok=True)
 

@@ -133,3 +133,13 @@ def test_ui_warns_when_it_listens_beyond_this_machine_and_keeps_the_store_off_it
     command, kw = started[-1]
     assert not [part for part in command if "mlflow.db" in part]
     assert kw["env"]["MLFLOW_BACKEND_STORE_URI"] == f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def test_submit_dry_run_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
+    job = write_job(tmp_path, SPACE, ray={"storage_path": "/shared/results"},
+                    tracking={"uri": "http://mlflow:5000"})
+    before = job.read_text()
+    assert cli.main(["submit", str(job), "--dry-run", str(tmp_path)]) == 2  # the job's own folder
+    assert "not an empty folder" in capsys.readouterr().err and job.read_text() == before
+    assert cli.main(["submit", str(job), "--dry-run", str(tmp_path / "new")]) == 0
+    assert (tmp_path / "new").is_dir() and any((tmp_path / "new").iterdir())
