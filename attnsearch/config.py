@@ -40,7 +40,8 @@ from .uris import redact_text, resolve_path, resolve_storage, resolve_tracking_u
 
 DATASETS_WITH_ROOT = ("cifar10", "cifar100", "imagenet", "folder")
 # Image side the models see when data.image_size is null (ImageNet-style folders are cropped to 224).
-NATIVE_IMAGE_SIZE = {"digits": 16, "cifar10": 32, "cifar100": 32, "imagenet": 224, "folder": 224, "fake": 32}
+NATIVE_IMAGE_SIZE = {"digits": 16, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32, "imagenet": 224, "folder": 224,
+                     "fake": 32}
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -85,7 +86,7 @@ class BackboneConfig(StrictModel):
 
 
 class DataConfig(StrictModel):
-    dataset: Literal["digits", "cifar10", "cifar100", "imagenet", "folder", "fake"] = "digits"
+    dataset: Literal["digits", "fashion_mnist", "cifar10", "cifar100", "imagenet", "folder", "fake"] = "digits"
     root: str | None = None
     image_size: int | None = Field(None, ge=4)  # null -> the dataset's native size (digits 16, CIFAR 32, ...)
     batch_size: int = Field(128, ge=1)
@@ -94,6 +95,10 @@ class DataConfig(StrictModel):
     prefetch_factor: int = Field(2, ge=1)  # batches each loader worker keeps ready (used with num_workers > 0)
     download: bool = False
     val_fraction: float = Field(0.2, gt=0, lt=1)
+    # a seeded, stratified subset of the training split for cheaper studies: a count (5000) or a fraction (0.1);
+    # null: all of it
+    train_size: int | float | None = None
+    split_seed: int = Field(0, ge=0)  # seed of the validation split and of the train_size subset
     augment: bool = True
     # auto: NVIDIA DALI on CUDA for imagenet/folder when installed, else torchvision; dali: always DALI (its CPU
     # backend off CUDA); torch: always torchvision (attnsearch.data)
@@ -102,10 +107,28 @@ class DataConfig(StrictModel):
     fake_val_size: int = Field(128, ge=1)
     fake_num_classes: int = Field(10, ge=2)
 
+    @field_validator("train_size", mode="before")
+    @classmethod
+    def _not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"must be a count of training images or a fraction in (0, 1] (got {value!r})")
+        return value
+
+    @field_validator("train_size")
+    @classmethod
+    def _train_size(cls, value: int | float | None) -> int | float | None:
+        if value is None or (isinstance(value, int) and value >= 1) or (isinstance(value, float) and 0 < value <= 1):
+            return value
+        raise ValueError(f"must be a count of training images (an integer >= 1) or a fraction in (0, 1] "
+                         f"(got {value!r})")
+
     @model_validator(mode="after")
     def _root_given(self) -> DataConfig:
         if self.dataset in DATASETS_WITH_ROOT and not self.root:
             raise ValueError(f"root: dataset {self.dataset!r} needs data.root (the folder that holds it)")
+        if self.dataset == "fake" and self.train_size is not None:
+            raise ValueError("train_size: dataset 'fake' sizes its splits with fake_train_size and fake_val_size; "
+                             "remove train_size")
         return self
 
     @property

@@ -209,6 +209,28 @@ def test_data_root_without_images(workdir, capsys, layout):
     has(msg, "data.root", str(root), "no class folders" if layout == "empty" else "holds no images")
 
 
+@pytest.mark.parametrize("problem", ["missing", "bad magic", "count mismatch"])
+def test_fashion_mnist_files_missing_or_malformed(workdir, capsys, problem):
+    root = workdir / "fm"
+    root.mkdir()
+    good = {"train-images-idx3-ubyte": bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28]) + bytes(2 * 784),
+            "train-labels-idx1-ubyte": bytes([0, 0, 8, 1, 0, 0, 0, 2, 3, 7]),
+            "t10k-images-idx3-ubyte": bytes([0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 28, 0, 0, 0, 28]) + bytes(784),
+            "t10k-labels-idx1-ubyte": bytes([0, 0, 8, 1, 0, 0, 0, 1, 4])}
+    if problem == "missing":
+        del good["t10k-images-idx3-ubyte"]
+    elif problem == "bad magic":
+        good["train-images-idx3-ubyte"] = b"\x1f\x8b" + good["train-images-idx3-ubyte"][2:]
+    else:
+        good["train-labels-idx1-ubyte"] = bytes([0, 0, 8, 1, 0, 0, 0, 3, 3, 7, 1])
+    for name, data in good.items():
+        (root / name).write_bytes(data)
+    msg = refuse(workdir, capsys, job=JOB.replace("dataset: digits", "dataset: fashion_mnist, root: fm"))
+    expected = {"missing": "is missing t10k-images-idx3-ubyte", "bad magic": "bad magic number",
+                "count mismatch": "holds 2 images but"}[problem]
+    has(msg, "data.root", str(root), expected)
+
+
 # --------------------------------------------------------------------------------------------------- services
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +16,17 @@ from attnsearch.config import ConfigError, DataConfig
 from attnsearch.data import (
     CIFAR10_MEAN,
     CIFAR10_STD,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    SYSTEM_FASHION_MNIST,
+    IdxError,
     build_datasets,
     build_loaders,
     check_data,
     dataset_info,
+    read_idx,
     stratified_split,
+    stratified_subset,
 )
 
 torch.set_num_threads(1)
@@ -198,6 +206,168 @@ def test_check_data_cifar_errors(tmp_path):
         check_data(DataConfig(dataset="cifar10", root=str(tmp_path)))
     with pytest.raises(ConfigError, match=r"cifar-100-python is missing train, test, meta"):
         check_data(DataConfig(dataset="cifar100", root=str(tmp_path)))
+
+
+# --------------------------------------------------------------------------------------------------- Fashion-MNIST
+
+needs_fashion_mnist = pytest.mark.skipif(not (SYSTEM_FASHION_MNIST / "train-labels-idx1-ubyte.gz").is_file(),
+                                         reason="the Debian package dataset-fashion-mnist is not installed")
+IDX_STEMS = {"train-images": "train-images-idx3-ubyte", "train-labels": "train-labels-idx1-ubyte",
+             "test-images": "t10k-images-idx3-ubyte", "test-labels": "t10k-labels-idx1-ubyte"}
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An unsigned-byte IDX file of ``array``: magic 0x0000 08 <ndim>, one big-endian int32 per dimension, data."""
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}i", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_fashion(folder: Path, n_train: int = 40, n_test: int = 20, gz: bool = True) -> dict[str, np.ndarray]:
+    """Fashion-MNIST-shaped IDX files: training image i is filled with i, test image i with n_train + i (mod 256);
+    labels cycle 0..9."""
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for split, n, first in (("train", n_train, 0), ("test", n_test, n_train)):
+        arrays[f"{split}-images"] = np.broadcast_to(((first + np.arange(n)) % 256).astype(np.uint8)[:, None, None],
+                                                    (n, 28, 28)).copy()
+        arrays[f"{split}-labels"] = (np.arange(n) % 10).astype(np.uint8)
+    for key, array in arrays.items():
+        data = idx_bytes(array)
+        if gz:
+            (folder / f"{IDX_STEMS[key]}.gz").write_bytes(gzip.compress(data))
+        else:
+            (folder / IDX_STEMS[key]).write_bytes(data)
+    return arrays
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_read_idx_plain_and_gzipped(tmp_path, gz):
+    arrays = write_fashion(tmp_path, gz=gz)
+    suffix = ".gz" if gz else ""
+    images = read_idx(tmp_path / f"train-images-idx3-ubyte{suffix}")
+    assert images.shape == (40, 28, 28) and images.dtype == np.uint8
+    assert np.array_equal(images, arrays["train-images"])
+    assert np.array_equal(read_idx(tmp_path / f"t10k-labels-idx1-ubyte{suffix}"), arrays["test-labels"])
+
+
+def test_read_idx_refuses_malformed_files(tmp_path):
+    good = idx_bytes(np.zeros((3, 28, 28), np.uint8))
+    cases = {
+        "magic": (b"\x01\x02" + good[2:], "bad magic number"),
+        "type": (good[:2] + b"\x0d" + good[3:], "type code 0x0d"),
+        "short": (good[:-5], "the file holds 2,347"),
+        "long": (good + b"\x00", "the file holds 2,353"),
+        "header": (good[:9], "truncated IDX header"),
+        "empty": (b"", "empty"),
+    }
+    for name, (data, message) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(IdxError, match=message):
+            read_idx(tmp_path / name)
+    (tmp_path / "notgz.gz").write_bytes(good)
+    with pytest.raises(IdxError, match="cannot read"):
+        read_idx(tmp_path / "notgz.gz")
+
+
+def test_fashion_mnist_written_files_split_and_subset(tmp_path):
+    arrays = write_fashion(tmp_path / "fm", n_train=200, n_test=30, gz=False)
+    cfg = DataConfig(dataset="fashion_mnist", root=str(tmp_path / "fm"), val_fraction=0.25, augment=False,
+                     train_size=50)
+    check_data(cfg)
+    train, val, info = build_datasets(cfg)
+    assert (len(train), len(val), info.num_classes, info.image_size, info.in_channels) == (50, 50, 10, 28, 3)
+    x, y = val[0]
+    assert x.shape == (3, 28, 28) and torch.equal(x[0], x[2])  # grey replicated
+    assert torch.allclose(x, (val.images[0].float() / 255 - FASHION_MNIST_MEAN[0]) / FASHION_MNIST_STD[0])
+
+    # every image is filled with its index in the files (test images with 200..229): what each split holds
+    def indices(ds):
+        return set(ds.images[:, 0, 0, 0].tolist())
+
+    train_ids, val_ids = indices(train), indices(val)
+    assert len(train_ids) == 50 and len(val_ids) == 50 and not train_ids & val_ids
+    assert max(train_ids | val_ids) < 200 and arrays["test-images"][0, 0, 0] == 200  # no test image
+    assert (torch.bincount(train.targets, minlength=10) == 5).all()  # stratified subset
+    assert (torch.bincount(val.targets, minlength=10) == 5).all()  # stratified split
+    # the subset is drawn from the training split only: all of the split's 150 minus the validation 50
+    assert all(i % 10 == int(t) for i, t in zip(sorted(train_ids), train.targets.tolist(), strict=True))
+    # seeded: same config, same split; another split_seed, another split
+    assert indices(build_datasets(cfg)[1]) == val_ids
+    assert indices(build_datasets(cfg.model_copy(update={"split_seed": 1}))[1]) != val_ids
+
+
+def test_fashion_mnist_torchvision_layout_and_resize(tmp_path):
+    write_fashion(tmp_path / "FashionMNIST" / "raw", gz=True)
+    cfg = DataConfig(dataset="fashion_mnist", root=str(tmp_path), image_size=16, val_fraction=0.5, train_size=0.5)
+    check_data(cfg)
+    train, val, info = build_datasets(cfg)
+    assert (len(train), len(val)) == (10, 20) and train[0][0].shape == (3, 16, 16) and info.image_size == 16
+
+
+def test_check_data_fashion_mnist_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"data.root: .*absent does not exist.*data.download: true"):
+        check_data(DataConfig(dataset="fashion_mnist", root=str(tmp_path / "absent")))
+    write_fashion(tmp_path / "fm")
+    (tmp_path / "fm" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(ConfigError, match=r"data.root: .*fm .*is missing t10k-labels-idx1-ubyte.*data.download"):
+        check_data(DataConfig(dataset="fashion_mnist", root=str(tmp_path / "fm")))
+    # images and labels that disagree in count
+    labels = np.zeros(39, np.uint8)
+    (tmp_path / "fm" / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros(20, np.uint8)))
+    (tmp_path / "fm" / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels)))
+    with pytest.raises(ConfigError, match=r"data.root: .*train-images-idx3-ubyte.gz holds 40 images but .*39 labels"):
+        check_data(DataConfig(dataset="fashion_mnist", root=str(tmp_path / "fm")))
+    # a corrupt file, a label out of range, images of the wrong side
+    (tmp_path / "fm" / "train-labels-idx1-ubyte.gz").write_bytes(b"not gzip")
+    with pytest.raises(ConfigError, match=r"data.root: .*train-labels-idx1-ubyte.gz: cannot read"):
+        check_data(DataConfig(dataset="fashion_mnist", root=str(tmp_path / "fm")))
+    (tmp_path / "fm" / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.full(40, 12, np.uint8))))
+    with pytest.raises(ConfigError, match=r"label 12.*0..9"):
+        check_data(DataConfig(dataset="fashion_mnist", root=str(tmp_path / "fm")))
+    (tmp_path / "fm" / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros(40, np.uint8))))
+    (tmp_path / "fm" / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.zeros((40, 8, 8)))))
+    with pytest.raises(ConfigError, match=r"shape \(40, 8, 8\).*\(N, 28, 28\)"):
+        check_data(DataConfig(dataset="fashion_mnist", root=str(tmp_path / "fm")))
+
+
+def test_train_size_refusals(tmp_path):
+    write_fashion(tmp_path, n_train=40)
+    with pytest.raises(ConfigError, match=r"data.train_size: 100 training images asked for, .* holds 30"):
+        check_data(DataConfig(dataset="fashion_mnist", root=str(tmp_path), train_size=100))
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="train_size"):
+            DataConfig(dataset="digits", train_size=bad)
+    with pytest.raises(ValueError, match="fake_train_size"):
+        DataConfig(dataset="fake", train_size=10)
+
+
+def test_stratified_subset_is_exact_and_proportional():
+    labels = np.array([0] * 70 + [1] * 20 + [2] * 10)
+    subset = stratified_subset(labels, 33, seed=3)
+    assert len(subset) == 33 and subset == sorted(set(subset))
+    assert np.bincount(labels[subset]).tolist() == [23, 7, 3]  # 23.1, 6.6, 3.3 by largest remainder
+    assert stratified_subset(labels, 33, seed=3) == subset and stratified_subset(labels, 33, seed=4) != subset
+    assert len(stratified_subset(labels, 0.5)) == 50
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_real_files():
+    cfg = DataConfig(dataset="fashion_mnist", val_fraction=0.1, augment=False)  # no root: the Debian package
+    check_data(cfg)
+    train, val, info = build_datasets(cfg)
+    assert (len(train), len(val)) == (54_000, 6_000)  # from the 60,000 training images; the test set stays out
+    assert (torch.bincount(val.targets) == 600).all() and (torch.bincount(train.targets) == 5_400).all()
+    assert info == dataset_info(cfg) and info.image_size == 28 and train[0][0].shape == (3, 28, 28)
+    xs = torch.stack([train[i][0][0] for i in range(0, 54_000, 27)])
+    assert abs(float(xs.mean())) < 0.05 and abs(float(xs.std()) - 1) < 0.05  # normalised
+    test = read_idx(SYSTEM_FASHION_MNIST / "t10k-images-idx3-ubyte.gz")
+    assert test.shape == (10_000, 28, 28)
+    # no validation image is a test image (the raw files hold no duplicates between these)
+    val_raw = {bytes(val.images[i, 0].numpy()) for i in range(0, 6_000, 7)}
+    assert not val_raw & {bytes(t) for t in test}
+    small = DataConfig(dataset="fashion_mnist", train_size=5_000, val_fraction=0.05, image_size=16)
+    train, val, info = build_datasets(small)
+    assert (len(train), len(val), train[0][0].shape) == (5_000, 3_000, (3, 16, 16))
 
 
 # --------------------------------------------------------------------------------------------------- fake

@@ -158,7 +158,8 @@ class AttentionSpec:
 
     def count_params(self, channels: int, spatial_size: Sequence[int] | None = None, **knobs: Any) -> int:
         resolved = self.validate(channels, spatial_size, **knobs)
-        return int(self.param_count(channels, as_hw(spatial_size, "spatial_size") if spatial_size else None, **resolved))
+        hw = as_hw(spatial_size, "spatial_size") if spatial_size else None
+        return int(self.param_count(channels, hw, **resolved))
 
 
 ATTENTION_TYPES: dict[str, AttentionSpec] = {}

@@ -5,6 +5,10 @@ that concurrent trials never race to download); ``build_datasets`` and ``build_l
 
 * ``digits``: scikit-learn's bundled 8x8 digits (1,797 images), bilinearly upsampled to ``image_size`` (16),
   replicated to 3 channels, held in memory; fixed stratified train/val split (``val_fraction``, seed 0).
+* ``fashion_mnist``: the four IDX files (plain or gzipped) in ``root`` (or torchvision's ``root/FashionMNIST/raw``;
+  without ``root`` the Debian package's ``/usr/share/datasets/fashion-mnist``), 28x28 grey replicated to 3 channels,
+  held in memory; the validation split comes out of the 60,000 training images (``val_fraction``, stratified,
+  ``split_seed``); the 10,000 test images are not part of a search.
 * ``cifar10``/``cifar100``: the python-pickle batches torchvision downloads (``cifar-10-batches-py``,
   ``cifar-100-python``) under ``root``, read directly (no md5 check) and held in memory as uint8.
 * ``imagenet``: ImageFolder ``root/train`` and ``root/val``.
@@ -16,8 +20,11 @@ Loaders (``data.loader``): torch's DataLoader over these datasets, or for ``imag
 pipeline that decodes JPEGs on the GPU (``_dali.py``; ``auto`` takes it on CUDA when DALI is installed). Both yield
 the same ``(images, targets)`` batches.
 
-Modules: ``_datasets`` (the datasets, ``build_datasets``, ``dataset_info``), ``_dali`` (the DALI pipeline),
-``_loaders`` (``build_loaders``, ``loader_kind``), ``_checks`` (``check_data``).
+Every dataset but ``fake`` takes ``train_size``: a seeded, stratified subset (a count or a fraction) of its
+training split.
+
+Modules: ``_idx`` (Fashion-MNIST's IDX files), ``_datasets`` (the datasets, ``build_datasets``, ``dataset_info``),
+``_dali`` (the DALI pipeline), ``_loaders`` (``build_loaders``, ``loader_kind``), ``_checks`` (``check_data``).
 """
 
 from ._checks import check_data
@@ -27,6 +34,8 @@ from ._datasets import (
     CIFAR10_STD,
     CIFAR100_MEAN,
     CIFAR100_STD,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
     DatasetInfo,
@@ -39,7 +48,10 @@ from ._datasets import (
     image_files,
     resize_side,
     stratified_split,
+    stratified_subset,
+    train_subset,
 )
+from ._idx import FASHION_MNIST_CLASSES, SYSTEM_FASHION_MNIST, IdxError, fashion_mnist_files, read_idx
 from ._loaders import build_loaders, loader_kind
 
 __all__ = [
@@ -51,6 +63,11 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "DaliLoader",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_MEAN",
+    "FASHION_MNIST_STD",
+    "IdxError",
+    "SYSTEM_FASHION_MNIST",
     "DatasetInfo",
     "FakePatterns",
     "ImageFiles",
@@ -64,5 +81,9 @@ __all__ = [
     "image_files",
     "loader_kind",
     "resize_side",
+    "fashion_mnist_files",
+    "read_idx",
     "stratified_split",
+    "stratified_subset",
+    "train_subset",
 ]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..config import ConfigError, DataConfig
 from ._dali import check_dali
-from ._datasets import _CIFAR, _class_dirs, _folder_layout
+from ._datasets import _CIFAR, _class_dirs, _folder_layout, stratified_split, train_subset
+from ._idx import download_fashion_mnist, fashion_mnist_arrays, fashion_mnist_files
 
 
 def _image_extensions() -> tuple[str, ...]:
@@ -57,6 +58,22 @@ def _download_cifar(cfg: DataConfig) -> None:
                           "elsewhere and copy it there, or fix the network") from None
 
 
+def _check_fashion_mnist(cfg: DataConfig) -> None:
+    if cfg.download:
+        try:
+            fashion_mnist_files(cfg)
+        except ConfigError:
+            download_fashion_mnist(cfg)
+    elif cfg.root and not Path(cfg.root).exists():
+        raise ConfigError(f"data.root: {cfg.root} does not exist; point data.root at the folder that holds the "
+                          "Fashion-MNIST IDX files, leave it unset to use the Debian package dataset-fashion-mnist, "
+                          "or set data.download: true to download them there")
+    arrays = fashion_mnist_arrays(cfg)  # reads and checks all four files (headers, lengths, labels)
+    labels = arrays["train-labels"]
+    train_idx, _ = stratified_split(labels, cfg.val_fraction, seed=cfg.split_seed)
+    train_subset(train_idx, labels, cfg)  # data.train_size fits the training split
+
+
 def check_data(cfg: DataConfig) -> None:
     """Driver-side check that the data exists (downloading CIFAR when ``download: true``) and that
     ``data.loader: dali`` can read it here; ``ConfigError`` else."""
@@ -68,6 +85,9 @@ def check_data(cfg: DataConfig) -> None:
             raise ConfigError("data.dataset: 'digits' needs scikit-learn (pip install scikit-learn)") from None
         return
     if cfg.dataset == "fake":
+        return
+    if cfg.dataset == "fashion_mnist":
+        _check_fashion_mnist(cfg)
         return
     if not cfg.root:
         raise ConfigError(f"data.root: dataset {cfg.dataset!r} needs data.root (the folder that holds it)")

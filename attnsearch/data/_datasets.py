@@ -15,11 +15,14 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
 from ..config import ConfigError, DataConfig
+from ._idx import FASHION_MNIST_CLASSES, fashion_mnist_arrays
 
 # Per-channel statistics of the training sets (computed over all training pixels; the same values appear in
 # e.g. kuangliu/pytorch-cifar#19 for CIFAR-10 and weiaicunzai/pytorch-cifar100 for CIFAR-100).
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+# Fashion-MNIST's training pixels (all 60,000 images; measured on the IDX file, the usual 0.2860/0.3530).
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,) * 3, (0.3530,) * 3
 # torchvision's ImageNet normalisation (used for ImageNet and any ImageFolder tree).
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -84,7 +87,8 @@ class ImageTensorDataset(Dataset):
     """Images held in memory as one (N, C, H, W) tensor (uint8 0..255 or float 0..1).
 
     Per item: optional random shift (zero-pad by ``pad`` then crop back, i.e. ``RandomCrop(size, padding=pad)``),
-    optional horizontal flip, resize to ``size``, then normalisation with ``mean``/``std``.
+    optional horizontal flip, resize to ``size``, then normalisation with ``mean``/``std``; grey images (C = 1)
+    come out with ``channels`` identical channels (a view: memory holds one).
     """
 
     def __init__(
@@ -97,8 +101,10 @@ class ImageTensorDataset(Dataset):
         flip: bool = False,
         size: int | None = None,
         classes: Sequence[str] | None = None,
+        channels: int | None = None,
     ) -> None:
         self.images = images
+        self.channels = channels if channels and images.shape[1] == 1 else None
         self.targets = torch.as_tensor(labels, dtype=torch.long)
         if len(self.images) != len(self.targets):
             raise ValueError(f"{len(self.images)} images but {len(self.targets)} labels")
@@ -123,6 +129,8 @@ class ImageTensorDataset(Dataset):
         if self.size:
             x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", align_corners=False,
                               antialias=True)[0]
+        if self.channels:
+            x = x.expand(self.channels, -1, -1)
         return (x - self.mean) / self.std, int(self.targets[index])
 
 
@@ -166,6 +174,66 @@ def stratified_split(labels: Sequence[int], val_fraction: float, seed: int = 0) 
     return sorted(train), sorted(val)
 
 
+def stratified_subset(labels: Sequence[int], size: int | float, seed: int = 0) -> list[int]:
+    """Sorted indices of a seeded subset of ``size`` items (a count, or a fraction of ``len(labels)``) that keeps
+    the class proportions: per class a seeded permutation, its quota by largest remainder (the quotas sum to the
+    size exactly). ``ConfigError`` naming ``data.train_size`` when the count exceeds the labels."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    count = size if isinstance(size, int) else int(round(size * n))
+    if count > n:
+        raise ConfigError(f"data.train_size: {count:,} training images asked for, the training split holds {n:,}; "
+                          f"lower data.train_size (or give a fraction such as 0.5)")
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * count / n
+    take = np.floor(quota).astype(int)
+    order = np.argsort(-(quota - take), kind="stable")
+    take[order[: count - int(take.sum())]] += 1
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
+    for c, k in zip(classes, take, strict=True):
+        chosen += rng.permutation(np.flatnonzero(labels == c))[:k].tolist()
+    return sorted(chosen)
+
+
+def train_subset(indices: Sequence[int], labels: Sequence[int], cfg: DataConfig) -> list[int]:
+    """``indices`` (a training split, with the ``labels`` of the whole set) cut to ``data.train_size`` (seeded by
+    ``data.split_seed``, stratified); all of them when it is null."""
+    indices = list(indices)
+    if cfg.train_size is None:
+        return indices
+    labels = np.asarray(labels)[indices]
+    return [indices[i] for i in stratified_subset(labels, cfg.train_size, seed=cfg.split_seed + 1)]
+
+
+def _resized(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) images resized to ``size`` (bilinear, antialiased), as uint8 again."""
+    if size == images.shape[-1]:
+        return images
+    x = F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _fashion_mnist(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
+    arrays = fashion_mnist_arrays(cfg)
+    images, labels = arrays["train-images"], arrays["train-labels"]
+    # the validation split comes out of the 60,000 training images; the 10,000 test images stay unseen
+    train_idx, val_idx = stratified_split(labels, cfg.val_fraction, seed=cfg.split_seed)
+    train_idx = train_subset(train_idx, labels, cfg)
+    size = cfg.resolved_image_size
+    info = dataset_info(cfg)
+    x = torch.from_numpy(images)
+    y = torch.from_numpy(labels.astype(np.int64))
+    classes = list(FASHION_MNIST_CLASSES)
+
+    def split(idx: list[int], train: bool) -> ImageTensorDataset:
+        pad = max(1, size // 8) if train and cfg.augment else 0
+        return ImageTensorDataset(_resized(x[idx][:, None], size), y[idx], info.mean, info.std, pad=pad,
+                                  flip=train and cfg.augment, classes=classes, channels=3)
+
+    return split(train_idx, True), split(val_idx, False), info
+
+
 def _digits_file() -> Path | None:
     import importlib.util
 
@@ -197,7 +265,8 @@ def _digits(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
     if size != x.shape[-1]:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     x = x.clamp_(0, 1).expand(-1, 3, -1, -1).contiguous()
-    train_idx, val_idx = stratified_split(labels, cfg.val_fraction, seed=0)
+    train_idx, val_idx = stratified_split(labels, cfg.val_fraction, seed=cfg.split_seed)
+    train_idx = train_subset(train_idx, labels, cfg)
     mean = float(x[train_idx].mean())
     std = float(x[train_idx].std())
     info = DatasetInfo(10, size, 3, (mean,) * 3, (std,) * 3)
@@ -233,6 +302,9 @@ def _cifar(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
     info = DatasetInfo(meta["num_classes"], size, 3, meta["mean"], meta["std"])
     x_train, y_train = _cifar_split(folder, tuple(meta["train"]), meta["labels"])
     x_val, y_val = _cifar_split(folder, tuple(meta["test"]), meta["labels"])
+    if cfg.train_size is not None:
+        keep = torch.tensor(train_subset(range(len(y_train)), y_train.numpy(), cfg))
+        x_train, y_train = x_train[keep], y_train[keep]
     # the standard CIFAR recipe: RandomCrop(32, padding=4) + horizontal flip
     train = ImageTensorDataset(x_train, y_train, info.mean, info.std, pad=4 if cfg.augment else 0,
                                flip=cfg.augment, size=size, classes=classes)
@@ -295,10 +367,15 @@ def _folder(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
             raise ConfigError(f"data.root: {val_dir} has classes {val.classes[:5]}... but {train_dir} has "
                               f"{train.classes[:5]}...; both need the same class folders")
         num_classes = len(train.classes)
+        if cfg.train_size is not None:
+            classes = train.classes
+            train = Subset(train, train_subset(range(len(train.targets)), train.targets, cfg))
+            train.classes = classes  # type: ignore[attr-defined]
     else:
         base_train = ImageFolder(str(train_dir), transform=train_tf)
         base_val = ImageFolder(str(train_dir), transform=val_tf)
-        train_idx, val_idx = stratified_split(base_train.targets, cfg.val_fraction, seed=0)
+        train_idx, val_idx = stratified_split(base_train.targets, cfg.val_fraction, seed=cfg.split_seed)
+        train_idx = train_subset(train_idx, base_train.targets, cfg)
         train, val = Subset(base_train, train_idx), Subset(base_val, val_idx)
         train.classes = val.classes = base_train.classes  # type: ignore[attr-defined]
         num_classes = len(base_train.classes)
@@ -314,8 +391,8 @@ def _fake(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
     return train, val, DatasetInfo(cfg.fake_num_classes, size)
 
 
-_BUILDERS = {"digits": _digits, "cifar10": _cifar, "cifar100": _cifar, "imagenet": _folder, "folder": _folder,
-             "fake": _fake}
+_BUILDERS = {"digits": _digits, "fashion_mnist": _fashion_mnist, "cifar10": _cifar, "cifar100": _cifar,
+             "imagenet": _folder, "folder": _folder, "fake": _fake}
 
 
 def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
@@ -328,6 +405,8 @@ def dataset_info(cfg: DataConfig) -> DatasetInfo:
     size = cfg.resolved_image_size
     if cfg.dataset == "digits":
         return DatasetInfo(10, size)
+    if cfg.dataset == "fashion_mnist":
+        return DatasetInfo(10, size, 3, FASHION_MNIST_MEAN, FASHION_MNIST_STD)
     if cfg.dataset in _CIFAR:
         meta = _CIFAR[cfg.dataset]
         return DatasetInfo(meta["num_classes"], size, 3, meta["mean"], meta["std"])
