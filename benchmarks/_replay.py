@@ -51,6 +51,7 @@ __all__ = [
     "read_table",
     "replay",
     "synthetic_table",
+    "table_from_ray",
 ]
 
 CURVE_COLUMNS = ("val_acc", "val_loss", "train_loss", "epoch_time_s")  # per epoch, besides ``epoch``
@@ -187,6 +188,30 @@ def read_table(source: str | Path | pd.DataFrame, space: SearchSpace, *, max_t: 
 
 
 _PER_EPOCH_EXTRA = ("lr", "nam_penalty", "training_iteration", "time_s")
+
+
+def table_from_ray(experiment_dir: str | Path, max_t: int) -> pd.DataFrame:
+    """The long-format table of a finished ``scheduler: none`` study from its Ray experiment directory.
+
+    One row per completed trial and epoch: ``config_id`` (the Ray trial id), the trial's config (its Optuna
+    parameters), its static counts, and every per-epoch metric it reported (``val_acc``, ``val_loss``,
+    ``train_loss``, ``epoch_time_s``...). Trials that did not complete all ``max_t`` epochs are left out.
+    """
+    from attnsearch.tracking.sync import read_ray_trials
+
+    rows = []
+    for rec in read_ray_trials(experiment_dir, max_t):
+        if rec.state != "completed":
+            continue
+        seen: dict[int, dict[str, Any]] = {}
+        for res in rec.pending:  # a repeated epoch (a restored trial) keeps its last report
+            seen[int(res["epoch"])] = res["metrics"]
+        for epoch, metrics in sorted(seen.items()):
+            rows.append({CONFIG_ID: rec.trial_id, **rec.config, **rec.static, "epoch": epoch, **metrics})
+    if not rows:
+        raise ConfigError(f"{experiment_dir}: no trial completed all {max_t} epochs; record the table with "
+                          "scheduler.type: none")
+    return pd.DataFrame(rows)
 
 
 def _space_params(space: SearchSpace) -> dict[str, Any]:

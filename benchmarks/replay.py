@@ -83,7 +83,23 @@ def load_table(spec: str, job, space) -> _replay.Table:
         configs = int(parts[1]) if len(parts) > 1 else 200
         seed = int(parts[2]) if len(parts) > 2 else 0
         return _replay.read_table(_replay.synthetic_table(job, space, configs=configs, seed=seed), space)
+    if Path(spec).is_dir():  # a finished scheduler: none study's Ray experiment directory
+        return _replay.read_table(_replay.table_from_ray(spec, job.train.epochs), space, max_t=job.train.epochs)
     return _replay.read_table(spec, space, max_t=job.train.epochs)
+
+
+def table_frame(table: _replay.Table):
+    """The table back in its long format (what ``--write-table`` writes)."""
+    import pandas as pd
+
+    parts = []
+    for epoch in range(1, table.max_t + 1):
+        part = table.configs.copy()
+        part["epoch"] = epoch
+        for name, values in table.curves.items():
+            part[name] = values[:, epoch - 1]
+        parts.append(part)
+    return pd.concat(parts).sort_values([_replay.CONFIG_ID, "epoch"], kind="stable").reset_index(drop=True)
 
 
 def run_method(method: str, table, job, space, seed: int, workers: int, budget_s: float, mapper):
@@ -226,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     from attnsearch.space import load_space
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--table", required=True, help="learning-curve table (CSV/Parquet), or synthetic[:CONFIGS[:SEED]]")
+    p.add_argument("--table", required=True, help="learning-curve table (CSV/Parquet), the Ray experiment directory "
+                   "of a finished scheduler: none study, or synthetic[:CONFIGS[:SEED]]")
+    p.add_argument("--write-table", metavar="FILE", help="also write the table read as CSV/Parquet (by suffix)")
     p.add_argument("--job", required=True, help="the job the table was recorded from (its space, objectives, "
                    "epochs, scheduler settings)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -252,6 +270,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.seeds < 1 or args.workers < 1:
             raise _replay.ConfigError("--seeds and --workers must be >= 1")
         budget_s = parse_budget(args.budget, table)
+        if args.write_table:
+            out = table_frame(table)
+            if args.write_table.endswith((".parquet", ".pq")):
+                out.to_parquet(args.write_table, index=False)
+            else:
+                out.to_csv(args.write_table, index=False)
         objectives = dict(job.search.objectives)
         missing = [m for m in objectives if m not in table.final().columns]
         if missing:

@@ -227,8 +227,11 @@ def test_cli_writes_the_report_json_and_plot_and_refuses_bad_input(setup, tmp_pa
     R.synthetic_table(job, space, configs=25).to_parquet(table)
     out, js, png = tmp_path / "r.md", tmp_path / "r.json", tmp_path / "r.png"
     rc = cli.main(["--table", str(table), "--job", str(job_path), "--methods", "random,tpe+moasha", "--seeds", "3",
-                   "--budget", "8x", "--json", str(js), "--out", str(out), "--plot", str(png)])
+                   "--budget", "8x", "--json", str(js), "--out", str(out), "--plot", str(png),
+                   "--write-table", str(tmp_path / "back.csv")])
     assert rc == 0
+    back, first = R.read_table(tmp_path / "back.csv", space), R.read_table(table, space)
+    assert np.allclose(back.curves["val_acc"], first.curves["val_acc"]) and len(back) == 25
     data = json.loads(js.read_text())
     pairs = [(m, s) for s in range(3) for m in ("random", "tpe+moasha")]
     assert [(r["method"], r["seed"]) for r in data["runs"]] == pairs
