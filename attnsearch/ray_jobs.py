@@ -292,7 +292,7 @@ def submit(
 def job_info(client, submission_id: str):
     """The job's ``JobDetails``; a ``ConfigError`` naming ``attnsearch status`` for an id the cluster does not know."""
     try:
-        return client.getjob_info(submission_id)
+        return client.get_job_info(submission_id)
     except RuntimeError as exc:
         if "404" in str(exc) or "does not exist" in str(exc):
             raise ConfigError(
