@@ -76,14 +76,16 @@ def finetune(model: nn.Module, job: Job, plan: TrialSettings, epochs: int, repor
                     loss = criterion(model(images).float(), targets)
                 total = loss + plan.nam_penalty * nam_penalty(model, refresh=i == 0) if uses_nam else loss
                 optimizer.zero_grad(set_to_none=True)
+                # one grad-clip path, as train's step: unscale (when scaling), clip, then step
+                (scaler.scale(total) if scaler is not None else total).backward()
                 if scaler is not None:
-                    scaler.scale(total).backward()
+                    scaler.unscale_(optimizer)
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                if scaler is not None:
                     scaler.step(optimizer)
                     scaler.update()
                 else:
-                    total.backward()
-                    if cfg.grad_clip:
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     optimizer.step()
                 loss_sum += float(loss.detach()) * targets.numel()
                 seen += targets.numel()
