@@ -40,6 +40,7 @@ __all__ = [
     "STATE_KEY",
     "REASON_KEY",
     "BASELINE_KEY",
+    "LOST_REASON",
     "trial_state",
     "result_state",
 ]
@@ -126,6 +127,10 @@ REASON_KEY = "attnsearch_reason"
 # Trial config key the study's searcher sets (True) on the baseline it enqueued; the tracking layer turns it into the
 # child run's tag TAG_BASELINE instead of a param, and every reader of "the study's baseline" reads that tag.
 BASELINE_KEY = "attnsearch_baseline"
+# The reason a trial gets, in MLflow and in the Optuna record, when Ray does not know it after a resume: Ray saves
+# the study's state every few seconds, so a trial started since the last save is forgotten by a killed driver.
+LOST_REASON = ("lost: started after Ray last saved the study's state, then the driver stopped; the resumed study "
+               "does not know it and ran another trial instead")
 
 
 def trial_state(reported: str | None, budget: int, max_t: int, errored: bool = False) -> str:

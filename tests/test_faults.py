@@ -41,6 +41,7 @@ from _helpers import (  # noqa: E402
 )
 
 from attnsearch.config import load_job  # noqa: E402
+from attnsearch.contract import LOST_REASON  # noqa: E402
 from attnsearch.search import run_study  # noqa: E402
 
 pytestmark = [
@@ -276,6 +277,12 @@ def assert_one_run_per_trial(uri: str, experiment: str, trial_ids, max_t: int) -
         tid = c.data.tags["attnsearch.trial_id"]
         assert tid not in by_trial, f"two MLflow runs for trial {tid}"
         by_trial[tid] = c
+    # A trial a killed driver started after Ray last saved the study's state is unknown to the resumed study: its
+    # run is ended as lost (Ray's save is throttled, so whether the kill hits that window is a matter of timing).
+    for tid in set(by_trial) - set(trial_ids):
+        lost = by_trial.pop(tid)
+        assert (lost.data.tags["attnsearch.state"], lost.data.tags["attnsearch.reason"], lost.info.status) == \
+            ("failed", LOST_REASON, "KILLED"), tid
     assert set(by_trial) == set(trial_ids)
     for tid, run in by_trial.items():
         if run.data.tags["attnsearch.state"] == "completed":
@@ -467,7 +474,9 @@ def test_killed_driver_resumes_without_rerunning_or_losing_trials(tmp_path):
     # the Optuna record (kept by the killed driver, then the resumed one) holds each trial once, as MLflow does
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path)  # ray.storage_path is relative to where the drivers ran
-        assert assert_optuna_record_matches_mlflow(load_job(job_path), studies[0].name) == {"completed": samples}
+        counts = assert_optuna_record_matches_mlflow(load_job(job_path), studies[0].name)
+    lost = len(mlflow_runs(uri, "driver")[1]) - samples  # a run of a trial Ray forgot (assert_one_run_per_trial)
+    assert counts == {"completed": samples, **({"failed": lost} if lost else {})}
 
 
 def _unusable_device() -> str | None:

@@ -300,6 +300,38 @@ def test_tracker_recreates_a_missing_parent_from_the_study_id(tmp_path):
     assert [r.data.tags["attnsearch.trial_id"] for r in children(client, tracker.parent_run_id)] == ["t1"]
 
 
+def test_a_run_whose_trial_ray_forgot_ends_as_lost_at_the_studys_end(tmp_path):
+    """A killed driver's trial that Ray's last saved state does not hold: the resumed study ends its run."""
+    from types import SimpleNamespace
+
+    from attnsearch.contract import LOST_REASON
+
+    uri = T.resolve_tracking_uri("sqlite:///m.db", tmp_path)
+    T.check_tracking(uri)
+    parent = T.start_study(uri, "e", "study-l", "name: e\n", {"attention": {"type": ["none"]}}, False)
+    first = MLflowTracker(uri, "e", parent, "study-l", 3, strict=True)  # the driver that gets killed
+    first.setup()
+    for tid in ("kept", "forgotten"):
+        first.on_trial_start(0, [], SimpleNamespace(trial_id=tid, config={"attention": "none"}))
+        first.on_trial_result(0, [], SimpleNamespace(trial_id=tid, config={"attention": "none"}),
+                              {"epoch": 1, "val_acc": 0.5})
+    resumed = MLflowTracker(uri, "e", parent, "study-l", 3, strict=True)
+    resumed.setup()
+    resumed.on_experiment_end([SimpleNamespace(trial_id="kept")])  # Ray restored "kept" only; it is still running
+    client = MlflowClient(uri)
+    runs = {r.data.tags["attnsearch.trial_id"]: r for r in children(client, parent)}
+    assert runs["forgotten"].data.tags["attnsearch.state"] == "failed"
+    assert runs["forgotten"].data.tags["attnsearch.reason"] == LOST_REASON
+    assert runs["forgotten"].info.status == "KILLED"
+    assert steps_of(client, runs["forgotten"].info.run_id) == [1]  # what it trained stays recorded
+    assert runs["kept"].data.tags["attnsearch.state"] == "running" and runs["kept"].info.status == "RUNNING"
+    assert client.get_run(parent).info.status == "FINISHED"
+
+
+def steps_of(client: MlflowClient, run_id: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, "val_acc"))
+
+
 def test_start_study_refuses_a_second_study_with_the_same_id(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2")
     uri = T.resolve_tracking_uri("sqlite:///m.db", tmp_path)

@@ -28,7 +28,7 @@ import optuna
 from optuna.trial import FixedTrial, FrozenTrial, TrialState
 
 from ..config import OPTUNA_RDB_SCHEMES
-from ..contract import REASON_KEY, RUNNING, STATE_KEY, ConfigError
+from ..contract import LOST_REASON, REASON_KEY, RUNNING, STATE_KEY, ConfigError
 from ..space import define_by_run
 from ..uris import redact_uri
 from ._searcher import INFEASIBLE_CONSTRAINT, TRIAL_ID_ATTR, _worst
@@ -49,8 +49,6 @@ __all__ = [
 ]
 
 JOURNAL_FILE = "optuna.journal"
-LOST_REASON = ("lost: asked for after Ray last saved the study's searcher, and the driver stopped before it ran; "
-               "the resumed study ran another trial instead")
 
 
 def optuna_storage_url(job: Job, study_id: str) -> str:

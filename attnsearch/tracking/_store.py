@@ -20,6 +20,7 @@ from mlflow.entities import Metric, Param, RunTag
 
 from ..contract import (
     FAILED,
+    LOST_REASON,
     RUNNING,
     STATES,
     STATIC_METRICS,
@@ -209,3 +210,20 @@ class Store:
             rs.status = "RUNNING"
         return counts
 
+    def end_lost(self, trial_ids: set[str]) -> list[str]:
+        """End, as ``failed`` with ``LOST_REASON`` and MLflow status ``KILLED``, every child run still ``running``
+        whose trial is not in ``trial_ids`` (every trial Ray knows at the end of the study): a trial a killed
+        driver started after Ray last saved the study's state. Its epochs stay recorded. Returns their trial ids.
+        """
+        lost = []
+        for tid, rs in self.runs.items():
+            if tid in trial_ids or rs.tags.get(TAG_STATE) != RUNNING:
+                continue
+            tags = [RunTag(TAG_STATE, FAILED), RunTag(TAG_REASON, tail(LOST_REASON))]
+            self.client.log_batch(rs.run_id, tags=tags)
+            rs.tags.update({t.key: t.value for t in tags})
+            if rs.status in ("RUNNING", "SCHEDULED"):
+                self.client.set_terminated(rs.run_id, "KILLED")
+                rs.status = "KILLED"
+            lost.append(tid)
+        return lost

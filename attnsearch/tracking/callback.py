@@ -206,6 +206,10 @@ class MLflowTracker(Callback):
         try:
             with fast_http():
                 if self._store is not None:
+                    lost = self._store.end_lost({str(t.trial_id) for t in trials})
+                    if lost:
+                        logger.warning("%d MLflow run(s) of trials Ray no longer knows ended as failed (lost): %s",
+                                       len(lost), ", ".join(lost))
                     self._store.client.set_terminated(self.parent_run_id, "FINISHED")
         except Exception as e:
             if self.strict:
