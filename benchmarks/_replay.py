@@ -51,6 +51,7 @@ __all__ = [
     "read_table",
     "replay",
     "synthetic_table",
+    "table_from_mlflow",
     "table_from_ray",
 ]
 
@@ -212,6 +213,47 @@ def table_from_ray(experiment_dir: str | Path, max_t: int) -> pd.DataFrame:
         raise ConfigError(f"{experiment_dir}: no trial completed all {max_t} epochs; record the table with "
                           "scheduler.type: none")
     return pd.DataFrame(rows)
+
+
+def table_from_mlflow(uri: str, experiment: str, study: str, max_t: int) -> pd.DataFrame:
+    """The long-format table of a finished ``scheduler: none`` study from its MLflow record.
+
+    ``study`` is a study id or ``latest`` (the experiment's newest study). One row per completed child run and
+    epoch: ``config_id`` (the Ray trial id), the run's params cast back to their types, its static counts, and the
+    per-epoch metrics (``val_acc``, ``val_loss``, ``train_loss``, ``epoch_time_s``) at each step. Runs that did not
+    complete all ``max_t`` epochs are left out, as ``table_from_ray`` leaves them.
+    """
+    from mlflow import MlflowClient
+
+    from attnsearch.pareto import load_runs, select_study
+
+    client = MlflowClient(uri)
+    try:
+        chosen = select_study(client, experiment, study)
+        runs = load_runs(experiment, uri, parent_run_id=chosen.parent_run_id)
+    except ValueError as exc:
+        raise ConfigError(f"--table mlflow:{study}: {exc}") from None
+    runs = runs[(runs["state"] == "completed") & (runs["budget"] == max_t)]
+    if runs.empty:
+        raise ConfigError(f"--table mlflow:{study}: study {chosen.study} has no run that completed all {max_t} "
+                          "epochs; record the table with scheduler.type: none")
+    lead = {"run_name", "state", "budget", "pareto", "baseline", "reason", "trial_id", "study", "run_id", "status",
+            "start_time"}
+    static = [c for c in STATIC_METRICS if c in runs.columns]
+    params = [c for c in runs.columns if c not in lead and c not in CURVE_COLUMNS and not c.startswith("metric.")
+              and c not in _RUN_METRICS]
+    rows = []
+    for _, run in runs.iterrows():
+        history = {m: {int(x.step): x.value for x in client.get_metric_history(run["run_id"], m)}
+                   for m in CURVE_COLUMNS}
+        fixed = {CONFIG_ID: run["trial_id"], **{k: run[k] for k in params}, **{k: run[k] for k in static}}
+        for epoch in range(1, max_t + 1):
+            rows.append({**fixed, "epoch": epoch, **{m: history[m].get(epoch, np.nan) for m in CURVE_COLUMNS}})
+    return pd.DataFrame(rows)
+
+
+# metrics a run logs besides the curves and the counts (not knobs of the table)
+_RUN_METRICS = ("epoch", "lr", "nam_penalty", "latency_ms", "throughput", "latency_load")
 
 
 def _space_params(space: SearchSpace) -> dict[str, Any]:

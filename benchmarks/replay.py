@@ -29,6 +29,7 @@ import math
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -77,15 +78,44 @@ def parse_reference(text: str | None, objectives: dict[str, str]) -> dict[str, f
     return out
 
 
-def load_table(spec: str, job, space) -> _replay.Table:
-    if spec.startswith("synthetic"):
-        parts = spec.split(":")
-        configs = int(parts[1]) if len(parts) > 1 else 200
-        seed = int(parts[2]) if len(parts) > 2 else 0
-        return _replay.read_table(_replay.synthetic_table(job, space, configs=configs, seed=seed), space)
-    if Path(spec).is_dir():  # a finished scheduler: none study's Ray experiment directory
-        return _replay.read_table(_replay.table_from_ray(spec, job.train.epochs), space, max_t=job.train.epochs)
-    return _replay.read_table(spec, space, max_t=job.train.epochs)
+def load_table(specs: list[str], job, space) -> _replay.Table:
+    """The table of one or more ``--table`` sources (their configurations together: ids must not repeat)."""
+    import pandas as pd
+
+    frames = []
+    for spec in specs:
+        if spec.startswith("synthetic"):
+            parts = spec.split(":")
+            configs = int(parts[1]) if len(parts) > 1 else 200
+            seed = int(parts[2]) if len(parts) > 2 else 0
+            frames.append(_replay.synthetic_table(job, space, configs=configs, seed=seed))
+        elif spec.startswith("mlflow:"):  # a finished scheduler: none study in the job's MLflow store
+            frames.append(_replay.table_from_mlflow(job.tracking.uri, job.experiment, spec.removeprefix("mlflow:")
+                                                    or "latest", job.train.epochs))
+        elif Path(spec).is_dir():  # a finished scheduler: none study's Ray experiment directory
+            frames.append(_replay.table_from_ray(spec, job.train.epochs))
+        elif len(specs) == 1:
+            return _replay.read_table(spec, space, max_t=job.train.epochs)
+        else:
+            path = Path(spec)
+            if not path.is_file():
+                raise _replay.ConfigError(f"--table {spec}: no such file, directory or source")
+            frames.append(pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path))
+    if len(frames) > 1:
+        counts = Counter(i for f in frames for i in _id_column(f))
+        repeated = {i for i, n in counts.items() if n > 1}
+        if repeated:
+            raise _replay.ConfigError(f"--table: configuration ids {sorted(repeated)[:5]} appear in more than one "
+                                      "table; give each recording once")
+    return _replay.read_table(pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0], space,
+                              max_t=job.train.epochs)
+
+
+def _id_column(frame):
+    for name in (_replay.CONFIG_ID, *_replay.ID_ALIASES):
+        if name in frame.columns:
+            return frame[name].astype(str).unique()
+    return []
 
 
 def table_frame(table: _replay.Table):
@@ -242,8 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     from attnsearch.space import load_space
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--table", required=True, help="learning-curve table (CSV/Parquet), the Ray experiment directory "
-                   "of a finished scheduler: none study, or synthetic[:CONFIGS[:SEED]]")
+    p.add_argument("--table", required=True, action="append",
+                   help="learning-curve table (CSV/Parquet), the Ray experiment directory of a finished scheduler: "
+                   "none study, mlflow:STUDY (a study of the job's MLflow store; mlflow:latest), or "
+                   "synthetic[:CONFIGS[:SEED]]; repeat --table to replay several recordings as one table")
     p.add_argument("--write-table", metavar="FILE", help="also write the table read as CSV/Parquet (by suffix)")
     p.add_argument("--job", required=True, help="the job the table was recorded from (its space, objectives, "
                    "epochs, scheduler settings)")
@@ -295,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     horizon = budget_s / args.workers
     meta = {
         "command": "python benchmarks/replay.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "table": args.table, "job": args.job, "configs": len(table), "max_t": table.max_t,
+        "table": args.table if len(args.table) > 1 else args.table[0],
+        "job": args.job, "configs": len(table), "max_t": table.max_t,
         "objectives": objectives, "reference": reference, "workers": args.workers, "budget": args.budget,
         "budget_s": budget_s, "horizon_s": horizon,
         "true_hypervolume": _replay.true_hypervolume(table, objectives, reference),

@@ -244,3 +244,48 @@ def test_cli_writes_the_report_json_and_plot_and_refuses_bad_input(setup, tmp_pa
         assert cli.main([*bad, "--job", str(job_path), "--seeds", "1", "--json", str(tmp_path / "x.json")]) == 2
         assert fix in capsys.readouterr().err
         assert not (tmp_path / "x.json").exists()
+
+
+# ------------------------------------------------------------------------------------- tables from a study
+
+
+@pytest.mark.slow
+def test_a_finished_study_reads_back_as_the_same_table_from_ray_and_from_mlflow(ray_driver, tmp_path, monkeypatch):
+    """The recorder's two readers: a real `scheduler: none` study (digits, three trials, two epochs)."""
+    from attnsearch.search import run_study
+
+    space = ("backbone:\n  width_mult: [0.5, 1.0]\nattention:\n  type: [none, se]\n"
+             "  knobs:\n    se: {reduction: [4, 8]}\ntrain:\n  lr: {low: 0.05, high: 0.2, log: true}\n")
+    path = write_job(tmp_path, space, data={"dataset": "digits", "image_size": 8, "batch_size": 128},
+                     train={"epochs": 2, "threads": 1}, scheduler={"type": "none"},
+                     search={"sampler": "random", "num_samples": 3, "max_concurrent": 1, "seed": 1},
+                     tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"},
+                     ray={"storage_path": str(tmp_path / "ray_results"), "num_cpus": 1})
+    monkeypatch.chdir(tmp_path)
+    job = load_job(path)
+    outcome = run_study(job)
+    job_space = load_space(job)
+    from_ray = R.read_table(R.table_from_ray(outcome.experiment_path, 2), job_space, max_t=2)
+    from_mlflow = R.read_table(R.table_from_mlflow(job.tracking.uri, job.experiment, "latest", 2), job_space, max_t=2)
+    assert len(from_ray) == len(from_mlflow) == 3
+    order = from_ray.configs["config_id"].tolist()
+    mine = from_mlflow.configs.set_index("config_id").loc[order].reset_index()
+    for knob in from_ray.knobs:
+        assert [R.canonical(v) for v in from_ray.configs[knob]] == [R.canonical(v) for v in mine[knob]], knob
+    assert np.allclose(from_ray.configs["flops"], mine["flops"])
+    index = [from_mlflow.configs["config_id"].tolist().index(c) for c in order]
+    for name in R.CURVE_COLUMNS:
+        assert np.allclose(from_ray.curves[name], from_mlflow.curves[name][index]), name
+    # replay.py takes the study by name and several recordings as one table (their ids must not repeat)
+    benchmark = load_benchmark("replay")
+    with pytest.raises(R.ConfigError, match="more than one table"):
+        benchmark.load_table([f"mlflow:{outcome.study_id}", str(outcome.experiment_path)], job, job_space)
+    half = tmp_path / "half.csv"
+    frame = R.table_from_ray(outcome.experiment_path, 2)
+    frame[frame["config_id"] == order[0]].to_csv(half, index=False)
+    rest = tmp_path / "rest.csv"
+    frame[frame["config_id"] != order[0]].to_csv(rest, index=False)
+    joined = benchmark.load_table([str(half), str(rest)], job, job_space)
+    assert sorted(joined.configs["config_id"]) == sorted(order)
+    with pytest.raises(R.ConfigError, match="no-such-study"):
+        benchmark.load_table(["mlflow:no-such-study"], job, job_space)
