@@ -289,3 +289,28 @@ def test_a_finished_study_reads_back_as_the_same_table_from_ray_and_from_mlflow(
     assert sorted(joined.configs["config_id"]) == sorted(order)
     with pytest.raises(R.ConfigError, match="no-such-study"):
         benchmark.load_table(["mlflow:no-such-study"], job, job_space)
+
+
+def test_headroom_reports_the_spread_the_rank_correlations_the_front_and_the_seed_noise(setup):
+    job, space, _ = setup
+    frame = R.synthetic_table(job, space, configs=30, seed=4)
+    twin = frame[frame["config_id"] == frame["config_id"].iloc[0]].copy()
+    twin["config_id"] = "twin"
+    twin["val_acc"] = twin["val_acc"] - 0.01  # the same knobs recorded again, 1 point lower at every epoch
+    table = R.read_table(pd.concat([frame, twin], ignore_index=True), space)
+    H = load_benchmark("table_headroom")
+    h = H.headroom(table, job, n_val=2500)
+    final = table.final()
+    assert h["configs"] == 31 and h["rho"][table.max_t] == pytest.approx(1.0)
+    assert h["rho"][1] == pytest.approx(final["val_acc"].rank().corr(pd.Series(table.curves["val_acc"][:, 0]).rank()))
+    p = final["val_acc"].median()
+    assert h["se"] == pytest.approx(math.sqrt(p * (1 - p) / 2500))
+    assert h["twins"] == [pytest.approx(0.01)]
+    front = h["front"]
+    for _, row in front.iterrows():  # no recorded configuration dominates a front member
+        better = (final["val_acc"] >= row["val_acc"]) & (final["flops"] <= row["flops"])
+        strictly = (final["val_acc"] > row["val_acc"]) | (final["flops"] < row["flops"])
+        assert not (better & strictly).any()
+    assert final["val_acc"].idxmax() in front.index or final["val_acc"].max() in front["val_acc"].values
+    text = H.markdown(h, table, job, "cmd")
+    assert "Seed noise: 1 knob combinations" in text and f"{len(front)} of 31" in text
