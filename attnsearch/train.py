@@ -44,6 +44,22 @@ from .latency import (
 )
 from .space import TrialSettings, build_trial_model, count_model, feasible, materialize, over_budget
 
+__all__ = [
+    "CHECKPOINT_FILE",
+    "FINITE_CHECK_STEPS",
+    "Report",
+    "TrainLoop",
+    "build_for_job",
+    "evaluate",
+    "fit",
+    "load_data",
+    "lr_factor",
+    "make_optimizer",
+    "measure_cost",
+    "plan_for",
+    "run_trial",
+]
+
 CHECKPOINT_FILE = "checkpoint.pt"
 # Steps between two reads of whether the loss is still finite (each read is a host sync on CUDA); every epoch
 # also ends with one.
@@ -168,7 +184,7 @@ def fit(
         report({STATE_KEY: INFEASIBLE, REASON_KEY: reason, TIME_ATTR: 0, **counts}, None)
         return INFEASIBLE
 
-    loop = _Loop.build(job, plan, model, train_ds, val_ds, device)
+    loop = TrainLoop.build(job, plan, model, train_ds, val_ds, device)
     start_epoch = loop.restore(checkpoint)
     with DeviceClaim(device) as claim:
         counts = {**counts, **measure_cost(loop.model, job, cfg, device, info.image_size, claim)}
@@ -185,9 +201,20 @@ def fit(
     return COMPLETED
 
 
-class _Loop:
-    """What one trial's training loop holds: the model (and its compiled form for the steps), the optimizer, the
-    autocast context and gradient scaler, the loss, the loaders. ``fit`` drives it epoch by epoch."""
+class TrainLoop:
+    """One model's training loop: the model (and its compiled form for the steps), the optimizer, the autocast
+    context and gradient scaler, the loss, the loaders. ``fit`` drives it epoch by epoch for a trial, and
+    ``attnsearch.compress`` fine-tunes a pruned model with it, so both train through the same step.
+
+    Args:
+        plan: what is trained: ``plan.train`` (optimizer, schedule, precision, grad clip, compile), NAM's
+            penalty weight ``plan.nam_penalty`` when ``plan.attention`` is NAM.
+        model: the model, already on ``device`` in the memory format it trains in (``build`` does both).
+        train_loader: the training batches; its ``generator`` is reseeded every epoch.
+        val_loader: the validation batches.
+        device: where the model trains.
+        channels_last: whether the batches go to the model in channels-last memory format.
+    """
 
     def __init__(self, plan: TrialSettings, model: nn.Module, train_loader: Any, val_loader: Any,
                  device: torch.device, channels_last: bool) -> None:
@@ -197,6 +224,8 @@ class _Loop:
         self.optimizer = make_optimizer(model, cfg)
         self.amp_ctx, self.scaler = _autocast(device, cfg)
         self.uses_nam = plan.nam_penalty > 0 and plan.attention is not None and plan.attention.get("type") == "nam"
+        if self.uses_nam:  # find the model's NAM modules anew: a pruned model's are not those it was built with
+            nam_penalty(model, refresh=True)
         # Static shapes: with dynamic shapes (a smaller last eval batch) torch 2.14's inductor fails on CBAM,
         # CoordAtt and Triplet ("cannot determine truth value of Relational" in get_stride_order); one
         # recompilation for the last batch is cheap by comparison.
@@ -206,8 +235,17 @@ class _Loop:
 
     @classmethod
     def build(cls, job: Job, plan: TrialSettings, model: nn.Module, train_ds: Any, val_ds: Any,
-              device: torch.device) -> _Loop:
-        """The loaders, and the model on ``device`` in the memory format it trains in."""
+              device: torch.device) -> TrainLoop:
+        """The loop with its loaders, and the model moved to ``device`` in the memory format it trains in.
+
+        Args:
+            job: the study's job (``job.data``: batch sizes, workers, loader backend).
+            plan: what is trained (as for the class).
+            model: the model, on any device.
+            train_ds: the training dataset.
+            val_ds: the validation dataset.
+            device: where the model trains.
+        """
         cfg = plan.train
         channels_last = use_channels_last(device, cfg.channels_last)
         train_loader, val_loader = build_loaders(
@@ -220,7 +258,11 @@ class _Loop:
         return cls(plan, model, train_loader, val_loader, device, channels_last)
 
     def restore(self, checkpoint: Mapping[str, Any] | None) -> int:
-        """Load a checkpoint's model, optimizer and scaler state; the epoch to continue from (0 without one)."""
+        """Load a checkpoint's model, optimizer and scaler state; the epoch to continue from (0 without one).
+
+        Args:
+            checkpoint: a state ``evaluate_and_report`` reported, or None.
+        """
         if checkpoint is None:
             return 0
         self.model.load_state_dict(checkpoint["model"])
@@ -230,8 +272,12 @@ class _Loop:
         return int(checkpoint["epoch"])
 
     def train_epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, int, str | None]:
-        """One epoch: ``(loss sum, NAM-penalty sum, images seen, divergence reason or None)``; the sums stay on
-        the device, finiteness is read every ``FINITE_CHECK_STEPS`` steps and at the end."""
+        """One epoch of ``step``: ``(loss sum, NAM-penalty sum, images seen, divergence reason or None)``; the
+        sums stay on the device, finiteness is read every ``FINITE_CHECK_STEPS`` steps and at the end.
+
+        Args:
+            epoch: the epoch, from 0: it sets the learning rate's schedule and the shuffle's seed.
+        """
         cfg, device = self.cfg, self.device
         # the shuffle of epoch k depends on (seed, k) only: a trial resumed from a checkpoint sees the same order
         self.train_loader.generator.manual_seed(cfg.seed + 1_000_003 * epoch)
@@ -264,7 +310,12 @@ class _Loop:
 
         One path with and without a gradient scaler: the scaled loss backwards, the gradients unscaled before
         they are clipped to ``train.grad_clip`` (clipping is on the true gradients), the scaler's step or the
-        optimizer's."""
+        optimizer's.
+
+        Args:
+            images: the batch, on the loop's device (and memory format).
+            targets: its class indices, on the loop's device.
+        """
         cfg, optimizer, scaler = self.cfg, self.optimizer, self.scaler
         with self.amp_ctx:
             logits = self.step_model(images)
@@ -286,12 +337,25 @@ class _Loop:
             optimizer.step()
         return loss, penalty
 
+    def evaluate(self) -> tuple[float, float]:
+        """``(validation accuracy, validation loss)`` of the model as it trains (precision, memory format)."""
+        return evaluate(self.step_model, self.val_loader, self.device, self.amp_ctx, self.channels_last)
+
     def evaluate_and_report(self, epoch: int, started: float, loss_sum: torch.Tensor, pen_sum: torch.Tensor,
                             seen: int, counts: Mapping[str, Any], report: Report) -> bool:
         """Evaluate after ``epoch`` and report its metrics and checkpoint; False (reported as ``failed``) when the
-        validation loss is not finite."""
-        val_acc, val_loss = evaluate(self.step_model, self.val_loader, self.device, self.amp_ctx,
-                                     self.channels_last)
+        validation loss is not finite.
+
+        Args:
+            epoch: the epoch just trained, from 0.
+            started: its start, ``time.perf_counter()``.
+            loss_sum: ``train_epoch``'s loss sum.
+            pen_sum: ``train_epoch``'s NAM-penalty sum.
+            seen: ``train_epoch``'s images seen.
+            counts: the model's counts and measured cost, reported with every result.
+            report: ``fit``'s callback.
+        """
+        val_acc, val_loss = self.evaluate()
         if not math.isfinite(val_loss):
             report({STATE_KEY: FAILED, REASON_KEY: f"validation loss is {val_loss} after epoch {epoch + 1}",
                     TIME_ATTR: epoch + 1, **counts}, None)

@@ -151,15 +151,17 @@ def test_sync_free_loop_names_the_step_range_of_a_divergence(monkeypatch, every,
     assert last["epoch"] == epochs_reported
 
 
-def host_reads(monkeypatch) -> list[str]:
+def host_reads(monkeypatch, *files: str) -> list[str]:
     """Every read of a tensor's value into Python (each one a host sync on CUDA) that attnsearch/train.py itself
-    makes, from now on. (The data loader's and the CPU-only fast paths' reads of CPU tensors sync nothing.)"""
+    (and each of ``files``) makes, from now on. (The data loader's and the CPU-only fast paths' reads of CPU
+    tensors sync nothing.)"""
     reads: list[str] = []
+    watched = {train_module.__file__, *files}
     for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
         original = getattr(torch.Tensor, name)
 
         def counted(self, *args, _original=original, _name=name, **kwargs):
-            if sys._getframe(1).f_code.co_filename == train_module.__file__:
+            if sys._getframe(1).f_code.co_filename in watched:
                 reads.append(_name)
             return _original(self, *args, **kwargs)
 
@@ -190,6 +192,75 @@ def test_training_reads_no_tensor_value_per_step(monkeypatch):
     # one finiteness check, train_loss and nam_penalty at the epoch's end; the correct count and loss of the
     # validation
     assert counts == [5, 5], counts
+
+
+def finetune_job(batch_size: int, lr: float = 0.05):
+    return validate_job({
+        "name": "unit", "backbone": {"name": "resnet20"},
+        "data": {"dataset": "fake", "image_size": 8, "batch_size": batch_size, "eval_batch_size": 16,
+                 "fake_train_size": 64, "fake_val_size": 32, "fake_num_classes": 4},
+        "train": {"epochs": 5, "warmup_epochs": 1, "threads": 1, "lr": lr, "momentum": 0.0},
+        "search": {"space": {"attention": {"type": ["none"]}}},
+    })
+
+
+def test_finetuning_trains_through_the_trial_loops_step_and_reads_no_value_per_step(monkeypatch):
+    """A pruned model's fine-tuning is train's loop: every batch one ``TrainLoop.step`` (NAM's penalty included),
+    the schedule over the fine-tuning epochs without warmup, and its host reads per epoch do not grow with its
+    steps (4 and 16 steps per epoch read as often)."""
+    from attnsearch.compress import _finetune, finetune
+
+    monkeypatch.setattr(_finetune, "measure_cost", lambda *a, **k: {})  # not the loop's own reads
+    counts = []
+    for batch_size in (16, 4):
+        job = finetune_job(batch_size)
+        plan = TrialSettings(attention={"type": "nam", "stages": [3]}, train=job.train, nam_penalty=1e-3)
+        torch.manual_seed(0)
+        model = train_module.build_for_job(job, plan, 4, 8)
+        before = [p.detach().clone() for p in model.parameters()]
+        steps, factors, reports = [], [], []
+        step, schedule = train_module.TrainLoop.step, train_module.lr_factor
+
+        def counted_step(self, images, targets, _step=step, _steps=steps):
+            loss, penalty = _step(self, images, targets)
+            _steps.append(penalty is not None)
+            return loss, penalty
+
+        def counted_factor(cfg, progress, _factors=factors, _schedule=schedule):
+            _factors.append((cfg.epochs, cfg.warmup_epochs, progress))
+            return _schedule(cfg, progress)
+
+        def record(epoch, metrics, _reports=reports):
+            _reports.append((epoch, metrics))
+
+        with monkeypatch.context() as m:
+            reads = host_reads(m, _finetune.__file__)
+            m.setattr(train_module.TrainLoop, "step", counted_step)
+            m.setattr(train_module, "lr_factor", counted_factor)
+            metrics = finetune(model, job, plan, 2, record)
+        assert steps == [True] * (2 * 64 // batch_size)  # every batch of both epochs, each with NAM's penalty
+        assert {(e, w) for e, w, _ in factors} == {(2, 0)} and factors[-1][2] == pytest.approx(2 - batch_size / 64)
+        assert [e for e, _ in reports] == [0, 1, 2] and metrics is reports[-1][1]
+        assert math.isfinite(metrics["train_loss"]) and "train_loss" not in reports[0][1]
+        assert any(not torch.equal(a, b.cpu()) for a, b in zip(before, model.parameters(), strict=True))
+        assert next(model.parameters()).device.type == "cpu" and not model.training
+        counts.append(len(reads))
+    # per epoch: one finiteness check and train_loss, and the validation's correct count and loss; and the
+    # validation right after pruning
+    assert counts == [2 + 2 * 4, 2 + 2 * 4], counts
+
+
+def test_a_diverging_finetuning_names_the_steps_as_a_trial_does():
+    from attnsearch.compress import finetune
+
+    job = finetune_job(8, lr=1e8)
+    plan = TrialSettings(attention=None, train=job.train)
+    model = train_module.build_for_job(job, plan, 4, 8)
+    reports = []
+    with pytest.raises(FloatingPointError, match=r"fine-tuning diverged: loss is (nan|-?inf) between step \d+ and "
+                                                 r"\d+ of epoch \d"):
+        finetune(model, job, plan, 3, lambda epoch, metrics: reports.append(epoch))
+    assert reports[0] == 0
 
 
 def test_every_result_carries_the_measured_latency_and_throughput():
@@ -279,7 +350,7 @@ def test_one_step_clips_the_true_gradients_with_and_without_a_scaler(grad_clip):
     model = train_module.build_for_job(job, plan, 4, 8)
     after = []
     for scaler in (None, torch.amp.GradScaler("cpu", init_scale=1024.0)):
-        loop = train_module._Loop(plan, copy.deepcopy(model), [], [], torch.device("cpu"), False)
+        loop = train_module.TrainLoop(plan, copy.deepcopy(model), [], [], torch.device("cpu"), False)
         loop.scaler = scaler
         loop.step(images, targets)
         if grad_clip:

@@ -1,22 +1,22 @@
 """A pruned model's fine-tuning and measurement: the source trial's own training settings for N epochs (optimizer,
 learning rate and schedule, weight decay, label smoothing, NAM's penalty p, precision and memory format), on the
-study's data, in this process; then its validation accuracy, FLOPs, parameters and latency as a trial reports them.
+study's data, in this process, through train's own loop (``attnsearch.train.TrainLoop``: the same step, the loss
+summed on the device and read at its finiteness checks, not per step); then its validation accuracy, FLOPs,
+parameters and latency as a trial reports them.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from ..attention import nam_penalty
 from ..config import Job
-from ..data import build_loaders
-from ..latency import DeviceClaim, amp_dtype, autocast, resolve_device, use_channels_last
+from ..latency import DeviceClaim, resolve_device
 from ..space import TrialSettings, count_model
-from ..train import evaluate, load_data, lr_factor, make_optimizer, measure_cost
+from ..train import TrainLoop, load_data, measure_cost
 
 __all__ = ["finetune"]
 
@@ -35,65 +35,31 @@ def finetune(model: nn.Module, job: Job, plan: TrialSettings, epochs: int, repor
         plan: the source trial's settings (``attnsearch.space.materialize`` of its params).
         epochs: fine-tuning epochs; 0 evaluates only.
         report: called with (epoch, metrics) at epoch 0 and after every fine-tuning epoch.
+
+    Raises:
+        FloatingPointError: the fine-tuning diverged (the reason names the steps, as a trial's does).
     """
-    cfg = plan.train.model_copy(update={"epochs": max(epochs, 1), "warmup_epochs": 0})
+    # the schedule over the fine-tuning epochs, without warmup; eager, as a pruned model is fine-tuned once
+    cfg = plan.train.model_copy(update={"epochs": max(epochs, 1), "warmup_epochs": 0, "compile": False})
+    plan = dataclasses.replace(plan, train=cfg)
     torch.manual_seed(cfg.seed)
-    threads = cfg.threads or max(1, int(job.resources.cpu))
-    torch.set_num_threads(threads)
+    torch.set_num_threads(cfg.threads or max(1, int(job.resources.cpu)))
     device = resolve_device(cfg.device)
     train_ds, val_ds, info = load_data(job, plan.image_size)
-    channels_last = use_channels_last(device, cfg.channels_last)
-    train_loader, val_loader = build_loaders(job.data, train_ds, val_ds, seed=cfg.seed,
-                                             pin_memory=device.type == "cuda", device=device,
-                                             channels_last=channels_last)
     counts = count_model(model, info.image_size)
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    dtype = amp_dtype(device, cfg.amp)
-    amp_ctx = autocast(device, dtype)
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and dtype == torch.float16 else None
-    uses_nam = plan.nam_penalty > 0 and any(getattr(m, "_attnsearch_type", None) == "nam" for m in model.modules())
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    optimizer = make_optimizer(model, cfg)
+    loop = TrainLoop.build(job, plan, model, train_ds, val_ds, device)
     with DeviceClaim(device) as claim:
-        counts.update(measure_cost(model, job, cfg, device, info.image_size, claim))
-        val_acc, val_loss = evaluate(model, val_loader, device, amp_ctx, channels_last)
+        counts.update(measure_cost(loop.model, job, cfg, device, info.image_size, claim))
+        val_acc, val_loss = loop.evaluate()
         metrics = {"val_acc": val_acc, "val_loss": val_loss, **counts}
         report(0, metrics)
-        steps = max(len(train_loader), 1)
         for epoch in range(epochs):
-            train_loader.generator.manual_seed(cfg.seed + 1_000_003 * epoch)
-            model.train()
-            loss_sum, seen = 0.0, 0
-            for i, (images, targets) in enumerate(train_loader):
-                for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * lr_factor(cfg, epoch + i / steps)
-                images, targets = images.to(device), targets.to(device)
-                if channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with amp_ctx:
-                    loss = criterion(model(images).float(), targets)
-                total = loss + plan.nam_penalty * nam_penalty(model, refresh=i == 0) if uses_nam else loss
-                optimizer.zero_grad(set_to_none=True)
-                # one grad-clip path, as train's step: unscale (when scaling), clip, then step
-                (scaler.scale(total) if scaler is not None else total).backward()
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                loss_sum += float(loss.detach()) * targets.numel()
-                seen += targets.numel()
-            train_loss = loss_sum / max(seen, 1)
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(f"fine-tuning diverged: training loss {train_loss} in epoch {epoch + 1}")
-            val_acc, val_loss = evaluate(model, val_loader, device, amp_ctx, channels_last)
-            metrics = {"val_acc": val_acc, "val_loss": val_loss, "train_loss": train_loss, **counts}
+            loss_sum, _, seen, reason = loop.train_epoch(epoch)
+            if reason:
+                raise FloatingPointError(f"fine-tuning diverged: {reason}")
+            val_acc, val_loss = loop.evaluate()
+            metrics = {"val_acc": val_acc, "val_loss": val_loss, "train_loss": loss_sum.item() / max(seen, 1),
+                       **counts}
             report(epoch + 1, metrics)
-    model.to("cpu", memory_format=torch.contiguous_format).eval()
+    loop.model.to("cpu", memory_format=torch.contiguous_format).eval()
     return metrics
