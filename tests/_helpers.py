@@ -39,6 +39,28 @@ train:
 """
 
 
+# The finished study of conftest.py's ``study`` fixture (test_export, test_prune_cli): its Ray experiment folder.
+STUDY = "tiny-20260101-000000"
+
+
+def evaluate(model: Any, job: Any, image_size: int) -> tuple[float, Any]:
+    """Accuracy and logits of ``model`` on the digits validation split, as a trial evaluates (CPU, float32)."""
+    import torch
+
+    from attnsearch.data import build_loaders
+    from attnsearch.train import load_data
+
+    train_ds, val_ds, _ = load_data(job, image_size)
+    _, val_loader = build_loaders(job.data, train_ds, val_ds, seed=0, pin_memory=False)
+    logits, targets = [], []
+    with torch.inference_mode():
+        for x, y in val_loader:
+            logits.append(model(x))
+            targets.append(y)
+    logits, targets = torch.cat(logits), torch.cat(targets)
+    return (logits.argmax(1) == targets).sum().item() / len(targets), logits
+
+
 def write_job(folder: Path, space: str, *, job_file: str = "job.yaml", space_file: str = "space.yaml",
               **sections: Any) -> Path:
     """Write ``folder/space_file`` (``space``, dedented) and ``folder/job_file``; return the job's path.

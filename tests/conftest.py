@@ -1,7 +1,8 @@
-"""Session-wide settings every test's Ray processes must agree on, the shared Ray fixtures, and the rule that
-the ``slow`` marker marks exactly the tests that start Ray or a server (enforced below, not only by hand).
+"""Session-wide settings every test's Ray processes must agree on, the shared Ray fixtures, the finished study
+of test_export and test_prune_cli, and the rule that the ``slow`` marker marks exactly the tests that start Ray or
+a server (enforced below, not only by hand).
 
-Plain helpers (free_port, write_job, remove_dir, ray_env) live in tests/_helpers.py.
+Plain helpers (free_port, write_job, remove_dir, ray_env, evaluate) live in tests/_helpers.py.
 """
 
 from __future__ import annotations
@@ -9,13 +10,15 @@ from __future__ import annotations
 import functools
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
-from _helpers import remove_dir
+from _helpers import STUDY, remove_dir, write_job
 
 # A ~/.ray/auth_token on the machine turns Ray's token auth on for new clusters, and Ray caches the mode per
 # process: tests that start clusters with auth disabled and tests that start them with the default would then
@@ -57,6 +60,69 @@ def ray_driver(monkeypatch):
     finally:
         ray.shutdown()
         remove_dir(temp)
+
+
+# --------------------------------------------------------------------------------------------------- a study
+
+_STUDY_SPACE = """\
+attention:
+  type: [none, se, eca]
+  stages: [[3], [2, 3]]
+  knobs:
+    se: {reduction: [4]}
+"""
+_STUDY_CONFIGS = {  # trial id -> config, as the searcher would suggest them
+    "base0001": {"attention": "none"},
+    "se000002": {"attention": "se", "stages": "3", "blocks": "all", "position": "default", "se.reduction": 4},
+    "eca00003": {"attention": "eca", "stages": "2,3", "blocks": "all", "position": "default"},
+}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A finished study of three trained trials (``_helpers.STUDY``): job, MLflow store, parent run, Ray-style
+    experiment folder (test_export, test_prune_cli).
+
+    Real training without Ray: three tiny trials (resnet20 at 8 px on digits, one epoch each) go through
+    ``attnsearch.train.fit``; their checkpoints are laid out as Ray's (``trial_<id>/checkpoint_<n>/checkpoint.pt``,
+    the newest kept) and their results reach MLflow through ``tracking.Store`` and the study's recorded front
+    (``pareto.record_study``), as a finished study's do."""
+    import torch
+
+    from attnsearch import pareto as P
+    from attnsearch import tracking as T
+    from attnsearch.config import load_job
+    from attnsearch.train import CHECKPOINT_FILE, fit, plan_for
+
+    tmp = tmp_path_factory.mktemp("study")
+    path = write_job(tmp, _STUDY_SPACE, data={"dataset": "digits", "image_size": 8, "batch_size": 64},
+                     train={"epochs": 1, "lr": 0.1, "threads": 1},
+                     tracking={"uri": f"sqlite:///{tmp}/mlflow.db"}, ray={"storage_path": f"{tmp}/ray_results"})
+    job = load_job(path)
+    exp_dir = Path(job.ray.storage_path) / STUDY
+    parent = T.start_study(job.tracking.uri, "tiny", STUDY, path.read_text(), {}, False,
+                           objectives=dict(job.search.objectives), max_t=1)
+    store = T.Store(job.tracking.uri, parent)
+    started = time.perf_counter()
+    for trial_id, config in _STUDY_CONFIGS.items():
+        record = T.TrialRecord(trial_id, config)
+        folder = exp_dir / f"trial_{trial_id}"
+
+        def report(metrics, state, folder=folder, record=record):
+            record.add_result({**metrics, "timestamp": time.time()})
+            if state is not None:  # Ray keeps the newest checkpoint only (num_to_keep=1)
+                shutil.rmtree(folder, ignore_errors=True)
+                target = folder / f"checkpoint_{metrics['epoch'] - 1:06d}"
+                target.mkdir(parents=True)
+                torch.save(state, target / CHECKPOINT_FILE)
+
+        fit(job, plan_for(job, config), report)
+        record.finish(job.train.epochs)
+        store.reconcile(record)
+    P.record_study(job.tracking.uri, "tiny", STUDY, definition=dict(job.search.objectives))
+    df = P.load_runs("tiny", tracking_uri=job.tracking.uri, parent_run_id=parent)
+    return {"tmp": tmp, "job": job, "job_path": path, "parent": parent, "exp_dir": str(exp_dir), "df": df,
+            "train_s": time.perf_counter() - started}
 
 
 # --------------------------------------------------------------------------------------------------- slow rule

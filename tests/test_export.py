@@ -2,11 +2,9 @@
 run, loaded back (``mlflow.pytorch.load_model`` and ``attnsearch.export.load_model``) with the trial's own
 validation accuracy, exported to folders (weights, spec, card, torch.export/TorchScript), never logged twice.
 
-The study here is real training without Ray: three tiny trials (resnet20 at 8 px on digits, one epoch each) go
-through ``attnsearch.train.fit``; their checkpoints are laid out as Ray's (``trial_<id>/checkpoint_<n>/
-checkpoint.pt``, the newest kept) and their results reach MLflow through ``tracking.Store`` and the study's
-recorded front (``pareto.record_study``), as a finished study's do. The Ray path itself (ASHA, resume, sync) is
-``test_checkpoints_after_asha_and_resume_and_models_through_sync`` (slow).
+The study here is conftest.py's ``study`` fixture, real training without Ray (three tiny trials through
+``attnsearch.train.fit``, checkpoints laid out as Ray's, results in MLflow as a finished study's). The Ray path
+itself (ASHA, resume, sync) is ``test_checkpoints_after_asha_and_resume_and_models_through_sync`` (slow).
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ import mlflow
 import pytest
 import torch
 import yaml
-from _helpers import BIN, children_of, free_port, group_alive, write_job
+from _helpers import BIN, STUDY, children_of, evaluate, free_port, group_alive, write_job
 from mlflow import MlflowClient
 
 from attnsearch import cli
@@ -34,7 +32,6 @@ from attnsearch import pareto as P
 from attnsearch import tracking as T
 from attnsearch.config import load_job
 from attnsearch.contract import TAG_EXPERIMENT_KIND, TAG_NOTE
-from attnsearch.data import build_loaders
 from attnsearch.export import (
     CARD_FILE,
     PT2_FILE,
@@ -50,68 +47,6 @@ from attnsearch.export import (
     rebuild,
     spec_for_trial,
 )
-from attnsearch.train import CHECKPOINT_FILE, fit, load_data, plan_for
-
-SPACE = """\
-attention:
-  type: [none, se, eca]
-  stages: [[3], [2, 3]]
-  knobs:
-    se: {reduction: [4]}
-"""
-CONFIGS = {  # trial id -> config, as the searcher would suggest them
-    "base0001": {"attention": "none"},
-    "se000002": {"attention": "se", "stages": "3", "blocks": "all", "position": "default", "se.reduction": 4},
-    "eca00003": {"attention": "eca", "stages": "2,3", "blocks": "all", "position": "default"},
-}
-STUDY = "tiny-20260101-000000"
-
-
-def evaluate(model: torch.nn.Module, job, image_size: int) -> tuple[float, torch.Tensor]:
-    """Accuracy and logits on the digits validation split, as a trial evaluates (CPU, float32)."""
-    train_ds, val_ds, _ = load_data(job, image_size)
-    _, val_loader = build_loaders(job.data, train_ds, val_ds, seed=0, pin_memory=False)
-    logits, targets = [], []
-    with torch.inference_mode():
-        for x, y in val_loader:
-            logits.append(model(x))
-            targets.append(y)
-    logits, targets = torch.cat(logits), torch.cat(targets)
-    return (logits.argmax(1) == targets).sum().item() / len(targets), logits
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """A finished study of three trained trials: job, MLflow store, parent run, Ray-style experiment folder."""
-    tmp = tmp_path_factory.mktemp("study")
-    path = write_job(tmp, SPACE, data={"dataset": "digits", "image_size": 8, "batch_size": 64},
-                     train={"epochs": 1, "lr": 0.1, "threads": 1},
-                     tracking={"uri": f"sqlite:///{tmp}/mlflow.db"}, ray={"storage_path": f"{tmp}/ray_results"})
-    job = load_job(path)
-    exp_dir = Path(job.ray.storage_path) / STUDY
-    parent = T.start_study(job.tracking.uri, "tiny", STUDY, path.read_text(), {}, False,
-                           objectives=dict(job.search.objectives), max_t=1)
-    store = T.Store(job.tracking.uri, parent)
-    started = time.perf_counter()
-    for trial_id, config in CONFIGS.items():
-        record = T.TrialRecord(trial_id, config)
-        folder = exp_dir / f"trial_{trial_id}"
-
-        def report(metrics, state, folder=folder, record=record):
-            record.add_result({**metrics, "timestamp": time.time()})
-            if state is not None:  # Ray keeps the newest checkpoint only (num_to_keep=1)
-                shutil.rmtree(folder, ignore_errors=True)
-                target = folder / f"checkpoint_{metrics['epoch'] - 1:06d}"
-                target.mkdir(parents=True)
-                torch.save(state, target / CHECKPOINT_FILE)
-
-        fit(job, plan_for(job, config), report)
-        record.finish(job.train.epochs)
-        store.reconcile(record)
-    P.record_study(job.tracking.uri, "tiny", STUDY, definition=dict(job.search.objectives))
-    df = P.load_runs("tiny", tracking_uri=job.tracking.uri, parent_run_id=parent)
-    return {"tmp": tmp, "job": job, "job_path": path, "parent": parent, "exp_dir": str(exp_dir), "df": df,
-            "train_s": time.perf_counter() - started}
 
 
 def front_ids(df) -> set[str]:

@@ -9,11 +9,10 @@ import time
 import pytest
 import torch
 import yaml
+from _helpers import STUDY, evaluate
 from mlflow import MlflowClient
 
 pytest.importorskip("torch_pruning")
-
-from test_export import STUDY, evaluate, study  # noqa: F401 - the fixture: test_export's finished study of three trained trials
 
 from attnsearch import cli
 from attnsearch import tracking as T
@@ -37,7 +36,7 @@ def _runs(uri: str) -> list:
     return client.search_runs([exp.experiment_id], max_results=1000)
 
 
-def test_pruned_model_is_logged_exported_and_loads_back_with_the_same_logits(study, tmp_path, capsys):  # noqa: F811 - the imported fixture
+def test_pruned_model_is_logged_exported_and_loads_back_with_the_same_logits(study, tmp_path, capsys):
     uri, df = study["job"].tracking.uri, study["df"]
     source = df[df["run_name"].str.startswith("se")].iloc[0]
     rc = cli.main(["prune", str(study["job_path"]), "--run", source["run_id"], "--ratios", "0.5",
@@ -73,7 +72,7 @@ def test_pruned_model_is_logged_exported_and_loads_back_with_the_same_logits(stu
     assert sum(p.numel() for p in from_mlflow.parameters()) == metrics["params"]
 
 
-def test_the_front_pruned_at_two_ratios_without_finetuning(study, capsys):  # noqa: F811 - the imported fixture
+def test_the_front_pruned_at_two_ratios_without_finetuning(study, capsys):
     uri, df = study["job"].tracking.uri, study["df"]
     front = df[df["pareto"].fillna(False).astype(bool)]
     before = {r.info.run_id for r in _runs(uri)}
@@ -87,7 +86,7 @@ def test_the_front_pruned_at_two_ratios_without_finetuning(study, capsys):  # no
         assert r.data.tags[TAG_PRUNE_IMPORTANCE] == "nam"
 
 
-def _refused(study, capsys, *args: str) -> str:  # noqa: F811 - the imported fixture's value
+def _refused(study, capsys, *args: str) -> str:
     db = study["tmp"] / "mlflow.db"
     before = hashlib.sha256(db.read_bytes()).hexdigest()
     rc = cli.main(["prune", str(study["job_path"]), *args])
@@ -98,17 +97,17 @@ def _refused(study, capsys, *args: str) -> str:  # noqa: F811 - the imported fix
 
 
 @pytest.mark.parametrize("ratios", ["0", "1", "1.5", "-0.25", "0.5,abc"])
-def test_a_ratio_outside_the_open_unit_interval_exits_2(study, capsys, ratios):  # noqa: F811 - the imported fixture
+def test_a_ratio_outside_the_open_unit_interval_exits_2(study, capsys, ratios):
     run = study["df"]["run_id"].iloc[0]
     assert "--ratios" in _refused(study, capsys, "--run", run, "--ratios", ratios)
 
 
-def test_a_run_not_in_the_study_exits_2(study, capsys):  # noqa: F811 - the imported fixture
+def test_a_run_not_in_the_study_exits_2(study, capsys):
     err = _refused(study, capsys, "--run", "0" * 32, "--ratios", "0.5")
     assert f"not a trial of study {STUDY}" in err
 
 
-def test_a_type_that_cannot_be_pruned_exits_2(study, capsys):  # noqa: F811 - the imported fixture
+def test_a_type_that_cannot_be_pruned_exits_2(study, capsys):
     # a trained Shuffle Attention trial of the study (its weights are never read: the type is refused first)
     store = T.Store(study["job"].tracking.uri, study["parent"])
     record = T.TrialRecord("sa000004", {"attention": "sa", "stages": "3", "blocks": "all", "position": "default",
@@ -121,6 +120,6 @@ def test_a_type_that_cannot_be_pruned_exits_2(study, capsys):  # noqa: F811 - th
     assert "attention type 'sa' cannot be pruned" in err and "channel shuffle" in err
 
 
-def test_neither_front_nor_runs_exits_2(study, capsys):  # noqa: F811 - the imported fixture
+def test_neither_front_nor_runs_exits_2(study, capsys):
     assert "give --front" in _refused(study, capsys, "--ratios", "0.5")
 
