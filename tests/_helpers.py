@@ -9,7 +9,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -88,50 +88,115 @@ def write_job(folder: Path, space: str, *, job_file: str = "job.yaml", space_fil
     return job_path
 
 
-# The catalogue of mistakes in a job file, one table for both of its tests: the schema's (tests/test_config.py: one
-# message naming the file and the key) and the command's (tests/test_bad_input.py: `attnsearch run` exits 2,
-# starts nothing, loses nothing). Each row: the top-level sections that replace the base job's (YAML), then the
-# parts the message must hold. The base is either test file's job: a row sets whatever it depends on.
+class BadInput(NamedTuple):
+    """One row of BAD_JOBS: the bad input, and the parts its one message must hold."""
+
+    sections: str  # YAML: the top-level sections that replace the base job's ("" for none)
+    parts: tuple[str, ...]  # what the message must hold, besides the file it names first (``file``)
+    space: str | None = None  # the search space's whole text instead of the base's
+    args: tuple[str, ...] = ()  # after `attnsearch run job.yaml`
+    at_load: bool = True  # refused when the job and its space are read (load_space(load_job(...))), or later
+
+    @property
+    def file(self) -> str | None:
+        """The file the message starts with: the space's or the job's; None for a refusal after loading (its
+        message names the key or the option)."""
+        return None if not self.at_load else "space.yaml" if self.space is not None else "job.yaml"
+
+    @property
+    def overrides(self) -> list[str]:
+        """The ``--set`` values among ``args``, as ``load_job`` takes them."""
+        return [value for flag, value in zip(self.args, self.args[1:], strict=False) if flag == "--set"]
+
+
+def bad(sections: str, *parts: str, space: str | None = None, args: tuple[str, ...] = (),
+        at_load: bool = True) -> BadInput:
+    """A BAD_JOBS row: ``sections`` (YAML), the message's ``parts``, and what else the input changes."""
+    return BadInput(sections, parts, space, args, at_load)
+
+
+# The catalogue of bad input to `attnsearch run` that needs no setup of its own, one table for both of its tests:
+# the loader's (tests/test_config.py, the rows refused when the job and its space are read: one message naming
+# the file and the key) and the command's (tests/test_bad_input.py, every row: `attnsearch run` exits 2, starts
+# nothing, creates nothing, loses nothing). Each row: the top-level sections that replace the base job's (YAML),
+# then the parts the message must hold; a search space that replaces the base's, arguments after the job file,
+# and whether it is refused only after loading (static checks of the space, data, Ray, resume). The base is either
+# test file's job: a row sets whatever it depends on. tests/test_bad_input.py keeps apart the cases that need a
+# setup of their own (files, a port, a server, a patched lookup), each with why.
 BAD_JOBS = {
-    "unknown_top": ("trian: {lr: 0.1}", "trian: unknown key 'trian' (did you mean 'train'?)", "valid keys"),
-    "unknown_nested": ("train: {epochs: 4, lrr: 0.1}", "train.lrr: unknown key 'lrr' (did you mean 'lr'?)",
-                       "'weight_decay'"),
-    "wrong_type": ("train: {epochs: four}", "train.epochs: Input should be a valid integer", "got 'four'"),
-    "negative_lr": ("train: {epochs: 4, lr: -1}", "train.lr: Input should be greater than 0", "(got -1)"),
-    "backbone_not_mapping": ("backbone: resnet20", "backbone: expected a mapping", "'resnet20'"),
-    "backbone": ("backbone: {name: resnet21}", "backbone.name: unknown backbone 'resnet21'", "'resnet20'"),
-    "sampler": ("search: {space: space.yaml, sampler: tpee}", "search.sampler:", "did you mean 'tpe'"),
-    "scheduler": ("scheduler: {type: hyperband}", "scheduler.type:", "'auto', 'asha', 'moasha' or 'none'"),
-    "num_samples": ("search: {space: space.yaml, num_samples: 0}", "search.num_samples:", "greater than or equal to 1"),
-    "max_concurrent": ("search: {space: space.yaml, max_concurrent: 0}", "search.max_concurrent:", "(got 0)"),
-    "objective_mode": ("search: {space: space.yaml, objectives: {val_acc: maximize}}", "search.objectives.val_acc",
-                       "'max' or 'min'"),
-    "objective_metric": ("search: {space: space.yaml, objectives: {flopz: min, val_acc: max}}", "search.objectives",
-                         "did you mean 'flops'"),
-    "no_objectives": ("search: {space: space.yaml, objectives: {}}", "search.objectives", "at least one metric"),
-    "max_t": ("train: {epochs: 4}\nscheduler: {type: asha, grace_period: 5}", "train.epochs (4)",
-              "scheduler.grace_period (5)"),
-    "asha_metric": ("search: {space: space.yaml, objectives: {flops: min}}", "scheduler.type 'asha'", "val_acc"),
-    "reduction": ("scheduler: {reduction_factor: 1}", "scheduler.reduction_factor", "greater than 1"),
-    "dataset": ("data: {dataset: cifar}", "data.dataset:", "did you mean 'cifar10'"),
-    "root_needed": ("data: {dataset: cifar100}", "data.root:", "needs data.root"),
-    "cpu": ("resources: {cpu: 0}", "resources.cpu", "greater than 0"),
-    "gpu": ("resources: {gpu: -0.5}", "resources.gpu", "greater than or equal to 0"),
-    "gpu_fraction": ("resources: {gpu: 1.5}", "resources.gpu", "only below 1"),
-    "constraint": ("constraints: {max_flops: -5}", "constraints.max_flops", "greater than 0"),
-    "max_failures": ("ray: {max_failures: -1}", "ray.max_failures", "greater than or equal to 0"),
-    "name": ("name: 'my job!'", "name: may only contain", "'my job!'"),
-    "amp": ("train: {epochs: 4, amp: maybe}", "train.amp: must be auto, true or false", "'maybe'"),
-    "warmup": ("train: {epochs: 4, warmup_epochs: 4}", "train:", "warmup_epochs (4) must be smaller than epochs"),
-    "space_missing": ("search: {space: nowhere.yaml}", "search.space: no such search-space file", "nowhere.yaml"),
-    "space_bad": ("search: {space: 3}", "search.space:", "file path or an inline mapping"),
+    "unknown_top": bad("trian: {lr: 0.1}", "trian: unknown key 'trian' (did you mean 'train'?)", "valid keys"),
+    "unknown_nested": bad("train: {epochs: 4, lrr: 0.1}", "train.lrr: unknown key 'lrr' (did you mean 'lr'?)",
+                          "'weight_decay'"),
+    "wrong_type": bad("train: {epochs: four}", "train.epochs: Input should be a valid integer", "got 'four'"),
+    "negative_lr": bad("train: {epochs: 4, lr: -1}", "train.lr: Input should be greater than 0", "(got -1)"),
+    "backbone_not_mapping": bad("backbone: resnet20", "backbone: expected a mapping", "'resnet20'"),
+    "backbone": bad("backbone: {name: resnet21}", "backbone.name: unknown backbone 'resnet21'", "'resnet20'"),
+    "sampler": bad("search: {space: space.yaml, sampler: tpee}", "search.sampler:", "did you mean 'tpe'"),
+    "scheduler": bad("scheduler: {type: hyperband}", "scheduler.type:", "'auto', 'asha', 'moasha' or 'none'"),
+    "num_samples": bad("search: {space: space.yaml, num_samples: 0}", "search.num_samples:",
+                       "greater than or equal to 1"),
+    "max_concurrent": bad("search: {space: space.yaml, max_concurrent: 0}", "search.max_concurrent:", "(got 0)"),
+    "objective_mode": bad("search: {space: space.yaml, objectives: {val_acc: maximize}}",
+                          "search.objectives.val_acc", "'max' or 'min'"),
+    "objective_metric": bad("search: {space: space.yaml, objectives: {flopz: min, val_acc: max}}",
+                            "search.objectives", "did you mean 'flops'"),
+    "no_objectives": bad("search: {space: space.yaml, objectives: {}}", "search.objectives", "at least one metric"),
+    "max_t": bad("train: {epochs: 4}\nscheduler: {type: asha, grace_period: 5}", "train.epochs (4)",
+                 "scheduler.grace_period (5)"),
+    "asha_metric": bad("search: {space: space.yaml, objectives: {flops: min}}", "scheduler.type 'asha'", "val_acc"),
+    "reduction": bad("scheduler: {reduction_factor: 1}", "scheduler.reduction_factor", "greater than 1"),
+    "dataset": bad("data: {dataset: cifar}", "data.dataset:", "did you mean 'cifar10'"),
+    "root_needed": bad("data: {dataset: cifar100}", "data.root:", "needs data.root"),
+    "cpu": bad("resources: {cpu: 0}", "resources.cpu", "greater than 0"),
+    "gpu": bad("resources: {gpu: -0.5}", "resources.gpu", "greater than or equal to 0"),
+    "gpu_fraction": bad("resources: {gpu: 1.5}", "resources.gpu", "only below 1"),
+    "constraint": bad("constraints: {max_flops: -5}", "constraints.max_flops", "greater than 0"),
+    "max_failures": bad("ray: {max_failures: -1}", "ray.max_failures", "greater than or equal to 0"),
+    "name": bad("name: 'my job!'", "name: may only contain", "'my job!'"),
+    "amp": bad("train: {epochs: 4, amp: maybe}", "train.amp: must be auto, true or false", "'maybe'"),
+    "warmup": bad("train: {epochs: 4, warmup_epochs: 4}", "train:", "warmup_epochs (4) must be smaller than epochs"),
+    "space_missing": bad("search: {space: nowhere.yaml}", "search.space: no such search-space file", "nowhere.yaml"),
+    "space_bad": bad("search: {space: 3}", "search.space:", "file path or an inline mapping"),
+    "set_unknown_key": bad("", "--set train.learning_rate=0.1", "unknown key 'train.learning_rate'", "'lr'",
+                           args=("--set", "train.learning_rate=0.1")),
+    # the search space
+    "attention_type": bad("", "attention.type", "unknown attention type 'cbm'", "did you mean 'cbam'",
+                          space="attention: {type: [none, se, cbm], stages: [[3]]}"),
+    "knob_of_another_type": bad("", "attention.knobs.se.groups", "'se' has no knob 'groups'", "['reduction']",
+                                space="attention: {type: [none, se], knobs: {se: {reduction: [4], groups: [2]}}}"),
+    "empty_space": bad("", "attention.type", "empty search space", space="attention: {type: []}"),
+    **{f"sa_groups_{value}": bad("", "attention.knobs.sa.groups", f"got {value}",
+                                 space=f"attention: {{type: [none, sa], knobs: {{sa: {{groups: [{value}]}}}}}}")
+       for value in (0, -2)},
+    **{f"se_reduction_{value}": bad("", "attention.knobs.se.reduction", f"got {value}",
+                                    space=f"attention: {{type: [none, se], knobs: {{se: {{reduction: [{value}]}}}}}}")
+       for value in (0, -4)},
+    **{f"nam_penalty_{value}": bad("", "attention.knobs.nam.penalty", "must be a number > 0", f"got {float(value)}",
+                                   space=f"attention: {{type: [none, nam], knobs: {{nam: {{penalty: [{value}]}}}}}}")
+       for value in ("0.0", "-1.0e-4")},
+    # refused after loading: the space's static checks, the data, Ray's address, --resume
+    "sa_groups_unplaceable": bad("", "space.yaml", "attention.knobs.sa.groups", "sa.groups=48", "no valid placement",
+                                 "layer3.0", "valid sa.groups for 64 channels", at_load=False,
+                                 space="attention: {type: [none, sa], stages: [[3]], position: [default], "
+                                       "knobs: {sa: {groups: [48]}}}"),
+    "data_root_missing": bad("data: {dataset: folder, root: nothere, image_size: 8, batch_size: 64}", "data.root",
+                             "/nothere does not exist", "ImageFolder", at_load=False),
+    "ray_address_dashboard": bad("ray: {storage_path: ray_results, address: 'http://127.0.0.1:8265'}",
+                                 "ray.address='http://127.0.0.1:8265'", "dashboard", "GCS address",
+                                 "attnsearch submit", at_load=False),
+    "ray_address_not_an_address": bad("ray: {storage_path: ray_results, address: head}", "ray.address='head'",
+                                      "not a Ray address", "HOST:PORT", at_load=False),
+    "resume_no_study": bad("name: bad", "--resume", "job 'bad' has no study", "ray.storage_path=", "/ray_results",
+                           args=("--resume",), at_load=False),
+    "resume_unknown_study": bad("", "--resume bad-20260101-000000", "no study of that name", "ray.storage_path=",
+                                args=("--resume", "bad-20260101-000000"), at_load=False),
 }
 
 
 def with_sections(job_text: str, sections: str) -> str:
     """``job_text`` (YAML) with the top-level sections in ``sections`` (YAML) replaced: a BAD_JOBS row applied."""
     job = yaml.safe_load(job_text)
-    job.update(yaml.safe_load(sections))
+    job.update(yaml.safe_load(sections) or {})
     return yaml.safe_dump(job, sort_keys=False)
 
 

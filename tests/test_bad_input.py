@@ -1,8 +1,10 @@
 """Bad input to `attnsearch run`: one clear message naming what and where, exit status 2, nothing started, nothing lost.
 
 Every case runs the real CLI entry point (``cli.main``) in a folder that already holds an MLflow store with a
-previous study of the same experiment. After the refusal: no Ray experiment directory exists, Ray was not started
-(except where the cluster itself must be asked, the GPU case), and the MLflow store is byte-for-byte unchanged.
+previous study of the same experiment: each row of the catalogue tests/_helpers.BAD_JOBS, and apart from it only
+the cases that need a setup of their own (each says why). After the refusal: no Ray experiment directory exists,
+Ray was not started (except where the cluster itself must be asked, the GPU case), and the MLflow store is
+byte-for-byte unchanged.
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ SPACE = textwrap.dedent(
         sa: {groups: [2]}
     """
 )
-NAM_SPACE = "attention:\n  type: [none, nam]\n  stages: [[3]]\n  knobs:\n    nam: {penalty: [%s]}\n"
-PREVIOUS_STUDY = "bad-20260101-000000"
+# The store's earlier study: the table's row resuming it finds it in MLflow, but Ray has no such study.
+PREVIOUS_STUDY = BAD_JOBS["resume_unknown_study"].args[1]
 
 
 @pytest.fixture(scope="module")
@@ -121,85 +123,33 @@ def has(message: str, *parts: str) -> None:
 
 
 def test_malformed_yaml(workdir, capsys):
+    # apart from the table: its rows replace parsed sections, and this job text does not parse
     msg = refuse(workdir, capsys, job=JOB.replace("backbone: {name: resnet20}", "backbone: {name: resnet20"))
     has(msg, "job.yaml:3:", "malformed YAML", "flow mapping")
 
 
 def test_missing_job_file(workdir, capsys):
+    # apart from the table: every row runs the job file it writes
     msg = refuse(workdir, capsys, job_file="nojob.yaml")
     has(msg, "nojob.yaml", "no such job file")
 
 
 @pytest.mark.parametrize("case", sorted(BAD_JOBS))
-def test_each_mistake_of_the_catalogue_is_refused_by_run(workdir, capsys, case):
-    """The job-file mistakes of tests/_helpers.BAD_JOBS, the table tests/test_config.py checks the schema with."""
-    sections, *expected = BAD_JOBS[case]
-    msg = refuse(workdir, capsys, job=with_sections(JOB, sections))
-    has(msg, "job.yaml", *expected)
-
-
-def test_set_of_unknown_key(workdir, capsys):
-    msg = refuse(workdir, capsys, args=("--set", "train.learning_rate=0.1"))
-    has(msg, "--set train.learning_rate=0.1", "unknown key 'train.learning_rate'", "'lr'")
-
-
-# --------------------------------------------------------------------------------------------------- search space
-
-
-def test_unknown_attention_type(workdir, capsys):
-    msg = refuse(workdir, capsys, space=SPACE.replace("[none, se, sa]", "[none, se, cbm]"))
-    has(msg, "space.yaml", "attention.type", "unknown attention type 'cbm'", "did you mean 'cbam'")
-
-
-def test_knob_of_another_attention_type(workdir, capsys):
-    msg = refuse(workdir, capsys, space=SPACE.replace("se: {reduction: [4]}", "se: {reduction: [4], groups: [2]}"))
-    has(msg, "space.yaml", "attention.knobs.se.groups", "'se' has no knob 'groups'", "['reduction']")
-
-
-def test_sa_groups_that_divide_no_chosen_site(workdir, capsys):
-    msg = refuse(workdir, capsys, space=SPACE.replace("groups: [2]", "groups: [48]"))
-    has(msg, "space.yaml", "attention.knobs.sa.groups", "sa.groups=48", "no valid placement", "layer3.0",
-        "valid sa.groups for 64 channels")
-
-
-@pytest.mark.parametrize("value", [0, -2])
-def test_sa_groups_not_positive(workdir, capsys, value):
-    msg = refuse(workdir, capsys, space=SPACE.replace("groups: [2]", f"groups: [{value}]"))
-    has(msg, "space.yaml", "attention.knobs.sa.groups", f"got {value}")
-
-
-@pytest.mark.parametrize("value", [0, -4])
-def test_reduction_not_positive(workdir, capsys, value):
-    msg = refuse(workdir, capsys, space=SPACE.replace("reduction: [4]", f"reduction: [{value}]"))
-    has(msg, "space.yaml", "attention.knobs.se.reduction", f"got {value}")
-
-
-@pytest.mark.parametrize("value", ["0.0", "-1.0e-4"])
-def test_nam_penalty_not_positive(workdir, capsys, value):
-    msg = refuse(workdir, capsys, space=NAM_SPACE % value)
-    has(msg, "space.yaml", "attention.knobs.nam.penalty", "must be a number > 0", f"got {float(value)}")
-
-
-def test_empty_search_space(workdir, capsys):
-    msg = refuse(workdir, capsys, space="attention:\n  type: []\n")
-    has(msg, "space.yaml", "attention.type", "empty search space")
-
-
-def test_missing_space_file(workdir, capsys):
-    msg = refuse(workdir, capsys, job=JOB.replace("space: space.yaml", "space: nospace.yaml"))
-    has(msg, "job.yaml", "search.space", "nospace.yaml")
+def test_each_bad_input_of_the_catalogue_is_refused_by_run(workdir, capsys, case):
+    """Every row of tests/_helpers.BAD_JOBS (the job's, the space's, the data's, Ray's, --resume's), the table
+    tests/test_config.py checks the loader with. The cases below need a setup of their own."""
+    row = BAD_JOBS[case]
+    msg = refuse(workdir, capsys, job=with_sections(JOB, row.sections),
+                 space=SPACE if row.space is None else row.space, args=row.args)
+    has(msg, *([row.file] if row.file else []), *row.parts)
 
 
 # --------------------------------------------------------------------------------------------------- data
 
 
-def test_data_root_that_does_not_exist(workdir, capsys):
-    msg = refuse(workdir, capsys, job=JOB.replace("dataset: digits", f"dataset: folder, root: {workdir}/nothere"))
-    has(msg, "data.root", f"{workdir}/nothere does not exist", "ImageFolder")
-
-
 @pytest.mark.parametrize("layout", ["empty", "no images"])
 def test_data_root_without_images(workdir, capsys, layout):
+    # apart from the table: the folder tree is made first
     root = workdir / "images"
     root.mkdir()
     if layout == "no images":
@@ -211,6 +161,7 @@ def test_data_root_without_images(workdir, capsys, layout):
 
 @pytest.mark.parametrize("problem", ["missing", "bad magic", "count mismatch"])
 def test_fashion_mnist_files_missing_or_malformed(workdir, capsys, problem):
+    # apart from the table: the IDX files are written first
     root = workdir / "fm"
     root.mkdir()
     good = {"train-images-idx3-ubyte": bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28]) + bytes(2 * 784),
@@ -235,6 +186,7 @@ def test_fashion_mnist_files_missing_or_malformed(workdir, capsys, problem):
 
 
 def test_unreachable_tracking_server(workdir, capsys):
+    # apart from the table: a port nothing listens on is found when the test runs, and the refusal is timed
     uri = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     msg = refuse(workdir, capsys, job=JOB.replace("sqlite:///mlflow.db", uri))
@@ -243,6 +195,7 @@ def test_unreachable_tracking_server(workdir, capsys):
 
 
 def test_ray_address_that_does_not_answer(workdir, capsys):
+    # apart from the table: a port nothing listens on is found when the test runs, and the refusal is timed
     address = f"127.0.0.1:{free_port()}"
     started = time.monotonic()
     msg = refuse(workdir, capsys, job=JOB.replace("num_cpus: 1", f"address: '{address}'"))
@@ -252,6 +205,7 @@ def test_ray_address_that_does_not_answer(workdir, capsys):
 
 
 def test_ray_address_from_the_environment_that_does_not_answer(workdir, capsys, monkeypatch):
+    # apart from the table: the address comes from the environment, not the job
     address = f"127.0.0.1:{free_port()}"
     monkeypatch.setenv("RAY_ADDRESS", address)  # ray.address stays null: Ray's own convention applies
     msg = refuse(workdir, capsys)
@@ -259,6 +213,7 @@ def test_ray_address_from_the_environment_that_does_not_answer(workdir, capsys, 
 
 
 def test_ray_address_auto_without_a_cluster(workdir, capsys, monkeypatch):
+    # apart from the table: Ray's own cluster lookup is patched (other tests' clusters may run on this machine)
     from ray._private import services
 
     def none_running() -> frozenset:
@@ -271,17 +226,8 @@ def test_ray_address_auto_without_a_cluster(workdir, capsys, monkeypatch):
     has(msg, "ray.address", "'auto' found no running Ray cluster", "ray start --head", "ray.address: null")
 
 
-def test_ray_address_of_a_dashboard(workdir, capsys):
-    msg = refuse(workdir, capsys, job=JOB.replace("num_cpus: 1", "address: 'http://127.0.0.1:8265'"))
-    has(msg, "ray.address='http://127.0.0.1:8265'", "dashboard", "GCS address", "attnsearch submit")
-
-
-def test_ray_address_that_is_not_an_address(workdir, capsys):
-    msg = refuse(workdir, capsys, job=JOB.replace("num_cpus: 1", "address: head"))
-    has(msg, "ray.address='head'", "not a Ray address", "HOST:PORT")
-
-
 def test_ray_address_where_something_else_answers(workdir, capsys):
+    # apart from the table: an HTTP server answers at the address meanwhile
     class Quiet(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
@@ -299,6 +245,7 @@ def test_ray_address_where_something_else_answers(workdir, capsys):
 
 
 def test_silent_ray_address_times_out(monkeypatch):
+    # apart from the table: a listener that never speaks, and a shortened timeout, on the resolver itself
     monkeypatch.setattr("attnsearch.uris.RAY_CONNECT_TIMEOUT_S", 1.0)
     with socket.socket() as listener:  # the kernel accepts the connection; nobody ever speaks
         listener.bind(("127.0.0.1", 0))
@@ -312,6 +259,7 @@ def test_silent_ray_address_times_out(monkeypatch):
 
 @pytest.mark.slow  # starts a local Ray: the cluster's resources are what is checked
 def test_gpus_the_cluster_lacks(workdir, capsys):
+    # apart from the table: a local Ray starts (slow), as the cluster's resources are what is checked
     # ray.num_gpus: 0 makes the local cluster GPU-less on any machine
     job = JOB.replace("resources: {cpu: 1}", "resources: {cpu: 1, gpu: 1}")
     job = job.replace("num_cpus: 1", "num_cpus: 1, num_gpus: 0")
@@ -321,6 +269,7 @@ def test_gpus_the_cluster_lacks(workdir, capsys):
 
 @pytest.mark.slow  # starts a local Ray: a job refused for its resources leaves no new store behind
 def test_refused_job_creates_no_tracking_store(tmp_path, monkeypatch, capsys, ray_driver):
+    # apart from the table: a folder without the previous study's store, and a local Ray (slow)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "job.yaml").write_text(JOB.replace("resources: {cpu: 1}", "resources: {cpu: 1, gpu: 1}")
                                        .replace("num_cpus: 1", "num_cpus: 1, num_gpus: 0"))
@@ -331,6 +280,7 @@ def test_refused_job_creates_no_tracking_store(tmp_path, monkeypatch, capsys, ra
 
 
 def test_a_value_error_while_running_is_a_failure_not_bad_input(workdir, monkeypatch, capsys):
+    # apart from the table: not bad input (exit 1); the study itself is patched to raise
     # only the project's own input-error type means exit 2; a bug deep inside a study is a failure (1) with its
     # traceback, credentials of URIs in it redacted
     def broken(*args, **kwargs):
@@ -345,14 +295,12 @@ def test_a_value_error_while_running_is_a_failure_not_bad_input(workdir, monkeyp
     assert "SECRET" not in err
 
 
-# --------------------------------------------------------------------------------------------------- resume
-
-
-def test_resume_without_a_study(workdir, capsys):
-    msg = refuse(workdir, capsys, args=("--resume",))
-    has(msg, "--resume", "job 'bad' has no study", f"ray.storage_path={workdir}/ray_results")
-
-
-def test_resume_of_an_unknown_study(workdir, capsys):
-    msg = refuse(workdir, capsys, args=("--resume", PREVIOUS_STUDY))  # in MLflow, but Ray has no such study
-    has(msg, f"--resume {PREVIOUS_STUDY}", "no study of that name", "ray.storage_path=")
+def test_the_readmes_bad_input_table_lists_each_case_once():
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("\n## Bad input\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| bad input |")]
+    cases = [row.split(" | ", 1)[0].removeprefix("| ").strip() for row in rows]
+    messages = [row.split(" | ", 1)[1].strip() for row in rows]
+    assert len(rows) > 20, rows  # the table itself, not a lost heading
+    assert len(set(cases)) == len(cases), sorted(c for c in cases if cases.count(c) > 1)
+    assert len(set(messages)) == len(messages), sorted(m for m in messages if messages.count(m) > 1)
