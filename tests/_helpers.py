@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -228,6 +232,47 @@ def group_alive(pgid: int) -> bool:
 def children_of(pid: int) -> list[int]:
     """The live child processes of ``pid``."""
     return [p for p, state, parent, _ in processes() if parent == pid and state != "Z"]
+
+
+def alive(pids: Iterable[int]) -> list[int]:
+    """Those of ``pids`` that still live (zombies do not count, as for ``group_alive``)."""
+    wanted = set(pids)
+    return sorted(p for p, state, _, _ in processes() if p in wanted and state != "Z")
+
+
+def group_members(pgid: int) -> set[int]:
+    """The live processes of group ``pgid``."""
+    return {p for p, state, _, group in processes() if group == pgid and state != "Z"}
+
+
+def stop_server(proc: subprocess.Popen, groups: Iterable[int] = (), timeout_s: float = 30.0) -> list[int]:
+    """A test's teardown of a command that serves (``attnsearch ui|dashboard``, ``serve_ui``): SIGTERM to it (it
+    stops its server's group), SIGKILL to it after ``timeout_s``, then SIGKILL to each process group its children
+    led when this was called and to ``groups``. Returns the processes of those groups still alive afterwards
+    (none, unless one survived SIGKILL); a test asserts that, so a server never outlives the test that started it.
+    """
+    groups = {*groups, *(_pgid(c) for c in children_of(proc.pid))} - {None, os.getpgrp()}  # never the test's own
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    deadline = time.monotonic() + 15
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
+    while any(group_alive(g) for g in groups) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return sorted(p for g in groups for p in group_members(g))
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 def remove_dir(path: Path) -> None:

@@ -9,6 +9,7 @@ itself (ASHA, resume, sync) is ``test_checkpoints_after_asha_and_resume_and_mode
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import os
@@ -16,6 +17,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +26,7 @@ import mlflow
 import pytest
 import torch
 import yaml
-from _helpers import BIN, STUDY, children_of, evaluate, free_port, group_alive, write_job
+from _helpers import BIN, STUDY, alive, children_of, evaluate, free_port, group_alive, stop_server, write_job
 from mlflow import MlflowClient
 
 from attnsearch import cli
@@ -411,12 +413,14 @@ def test_ctrl_c_on_serve_ui_stops_the_group_even_processes_that_ignore_sigterm(t
               "port=1))")
     proc = subprocess.Popen([str(BIN / "python"), "-c", driver], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
+    groups: set[int] = set()  # the server's group, once known: the teardown kills it whatever happened
     try:
         deadline = time.monotonic() + 60
         while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
             time.sleep(0.1)
         worker = int(pid_file.read_text())
         group = os.getpgid(worker)
+        groups.add(group)
         assert group != os.getpgid(proc.pid)
         started = time.monotonic()
         proc.send_signal(signal.SIGINT)  # Ctrl-C
@@ -425,16 +429,41 @@ def test_ctrl_c_on_serve_ui_stops_the_group_even_processes_that_ignore_sigterm(t
         assert T.STOP_GRACE_S <= time.monotonic() - started < T.STOP_GRACE_S + 10  # SIGTERM, then SIGKILL
         assert not group_alive(group)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        left = stop_server(proc, groups)
+    assert not left, f"processes left after the test: {left}"
+
+
+def test_serve_ui_left_by_an_exception_stops_the_server_group(tmp_path, monkeypatch):
+    """A serve_ui that raises (here: the browser's wait) stops its server's group before the exception leaves."""
+    pid_file = tmp_path / "server.pid"
+
+    def failing_wait(*args, **kwargs):
+        deadline = time.monotonic() + 60
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        raise RuntimeError("the browser failed")
+
+    monkeypatch.setattr("attnsearch.tracking._ui.wait_for_port", failing_wait)
+    server = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+    try:
+        with pytest.raises(RuntimeError, match="the browser failed"):
+            T.serve_ui([sys.executable, "-c", server], "http://x/", host="127.0.0.1", port=1, open_browser=True)
+        pid = int(pid_file.read_text())
+        assert not group_alive(pid) and not alive([pid]), "the server outlived serve_ui's exception"
+    finally:
+        if pid_file.exists() and pid_file.read_text():  # nothing of it outlives the test, whatever failed
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
 
 
 @pytest.mark.slow  # starts `attnsearch ui`
 def test_sigterm_on_attnsearch_ui_stops_the_whole_server_group(study, tmp_path):
     ui = UI(study["job_path"], free_port(), tmp_path / "ui.log")
+    groups: set[int] = set()  # the server's group, once known: the teardown kills it whatever happened
     try:
         ui.url()
         group = ui.server_group()
+        groups.add(group)
         assert group != os.getpgid(ui.proc.pid)  # the server runs in a process group of its own
         started = time.monotonic()
         assert ui.stop() == 0
@@ -445,8 +474,8 @@ def test_sigterm_on_attnsearch_ui_stops_the_whole_server_group(study, tmp_path):
         assert not group_alive(group), "MLflow server processes outlived attnsearch ui"
         assert not T.wait_for_port("127.0.0.1", ui.port, 1.0), "the port is still held"
     finally:
-        if ui.proc.poll() is None:
-            ui.proc.kill()
+        left = stop_server(ui.proc, groups)
+    assert not left, f"processes left after the test: {left}"
 
 
 def _chromium() -> str:

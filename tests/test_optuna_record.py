@@ -152,7 +152,7 @@ def test_dashboard_serves_the_study_and_stops_on_sigterm(job, tmp_path):
     import time
     import urllib.request
 
-    from _helpers import BIN, children_of, free_port, group_alive
+    from _helpers import BIN, alive, children_of, free_port, group_alive, group_members, stop_server
     from ray import tune
 
     from attnsearch.tracking import wait_for_port
@@ -167,9 +167,16 @@ def test_dashboard_serves_the_study_and_stops_on_sigterm(job, tmp_path):
     port, log = free_port(), tmp_path / "dashboard.log"
     proc = subprocess.Popen([str(BIN / "attnsearch"), "dashboard", str(tmp_path / "job.yaml"), "--port", str(port)],
                             cwd=tmp_path, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    groups: set[int] = set()  # the server's process group, once known: the teardown kills it whatever happened
+    pids: set[int] = set()  # its processes while it served
     try:
         assert wait_for_port("127.0.0.1", port, 120, alive=lambda: proc.poll() is None), log.read_text()[-3000:]
+        group = os.getpgid(children_of(proc.pid)[0])
+        groups.add(group)
+        pids.update(group_members(group))
+        assert group != os.getpgid(proc.pid) and pids  # its own process group
         assert f"optuna-dashboard: http://127.0.0.1:{port}/dashboard/studies/" in log.read_text()
+
         def get(path: str) -> dict:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/{path}", timeout=30) as response:
                 return json.load(response)
@@ -179,18 +186,18 @@ def test_dashboard_serves_the_study_and_stops_on_sigterm(job, tmp_path):
         detail = get(f"studies/{summary['study_id']}")
         assert [t["values"] for t in detail["trials"]] == [[0.5, 100.0], [0.6, 200.0], [0.7, 300.0]]
         assert detail["objective_names"] == ["val_acc", "flops"]
-        group = os.getpgid(children_of(proc.pid)[0])
-        assert group != os.getpgid(proc.pid)  # its own process group
+        pids.update(group_members(group))
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         deadline = time.monotonic() + 15
         while group_alive(group) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not group_alive(group), "optuna-dashboard outlived attnsearch dashboard"
+        assert not alive(pids), f"optuna-dashboard processes {alive(pids)} outlived attnsearch dashboard"
         assert not wait_for_port("127.0.0.1", port, 1.0), "the port is still held"
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        left = stop_server(proc, groups)
+    assert not left and not alive(pids), f"processes left after the test: {left or alive(pids)}"
 
 
 def test_importance_command_reads_the_record_and_names_the_fix(job, tmp_path, capsys):

@@ -77,7 +77,8 @@ def serve_ui(command: Sequence[str], url: str, *, host: str, port: int, open_bro
     """Run the UI server ``command`` in its own process group until it ends or this process is told to stop
     (SIGTERM, SIGINT, SIGHUP: forwarded to the group, then SIGKILL after ``STOP_GRACE_S``); print ``url``, and
     open it in a browser once the port answers when ``open_browser``. Returns the server's exit status (0 when
-    stopped by a signal). ``name`` is what the messages call the server (``attnsearch dashboard``: optuna-dashboard).
+    stopped by a signal); leaving by an exception stops the group too. ``name`` is what the messages call the
+    server (``attnsearch dashboard``: optuna-dashboard).
     ``env``: the server's environment (default: this process's; ``ui_environment`` puts the store's URI there
     rather than on the command line)."""
     proc = subprocess.Popen(list(command), start_new_session=True, env=None if env is None else dict(env))
@@ -115,3 +116,14 @@ def serve_ui(command: Sequence[str], url: str, *, host: str, port: int, open_bro
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if proc.poll() is None:  # leaving by an exception (a closed stdout, a browser that failed): the server too
+            _stop_group(proc, pgid)
+
+
+def _stop_group(proc: subprocess.Popen, pgid: int) -> None:
+    """SIGTERM to the server's group, SIGKILL to whatever of it is left after ``STOP_GRACE_S``; reap the server."""
+    _signal_group(pgid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=STOP_GRACE_S)
+    _signal_group(pgid, signal.SIGKILL)
+    proc.wait()
