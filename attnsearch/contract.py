@@ -10,7 +10,9 @@ the layers that raise them.
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 __all__ = [
@@ -33,6 +35,9 @@ __all__ = [
     "TIME_ATTR",
     "LATEST",
     "ALL_STUDIES",
+    "study_id_at",
+    "split_study_id",
+    "study_conflict",
     "MODES",
     "DEFAULT_OBJECTIVES",
     "check_objectives",
@@ -157,6 +162,43 @@ def result_state(result: Mapping[str, Any] | None, max_t: int, errored: bool = F
 LATEST = "latest"
 ALL_STUDIES = "all"
 
+# A study id is its job's name and the time it started, nothing else: ``NAME-YYYYmmdd-HHMMSS-ffffff`` (the
+# microseconds keep two studies started in the same second apart; ids sort by time). Ids without them
+# (``NAME-YYYYmmdd-HHMMSS``, made by older versions) are read alike.
+_STUDY_ID = re.compile(r"(?P<name>.+?)-(?P<stamp>\d{8}-\d{6}(?:-\d{6})?)")
+
+
+def study_id_at(name: str, when: datetime) -> str:
+    """The id of job ``name``'s study started at ``when``."""
+    return f"{name}-{when:%Y%m%d-%H%M%S-%f}"
+
+
+def split_study_id(study_id: str) -> tuple[str, str] | None:
+    """``(job name, time stamp)`` of a study id, or None when it is not one; the one parser of study ids.
+
+    The split is unique: a stamp has two or three parts of eight, six and six digits, so no shorter name leaves a
+    stamp too (a study of job ``exp-big`` is never job ``exp``'s).
+    """
+    match = _STUDY_ID.fullmatch(study_id)
+    return (match["name"], match["stamp"]) if match else None
+
+
+def study_conflict(identity: Mapping[str, str], study_id: str, recorded: Mapping[str, str] | None) -> str | None:
+    """Why study ``study_id`` is not the study of the job whose identity is ``identity``, or None when it is.
+
+    A job's identity is ``{"name": its name, "space": a digest of its resolved search space}`` (what a study records
+    when it starts: ``recorded``; None for a study made before studies recorded it, which is the job's when its id
+    names the job). The reason names the study's job, for a message that names both.
+    """
+    parts = split_study_id(study_id)
+    owner = (recorded or {}).get("name") or (parts[0] if parts else None)
+    if owner != identity["name"] or (parts is not None and parts[0] != identity["name"]):
+        return f"study {study_id} is job {owner!r}'s" if owner else f"{study_id} is not a study id of a job"
+    if recorded is not None and recorded.get("space") != identity["space"]:
+        return (f"study {study_id} was started by another definition of job {owner!r} (search space digest "
+                f"{str(recorded.get('space'))[:12]}..., this job's {identity['space'][:12]}...)")
+    return None
+
 # --------------------------------------------------------------------------------------------------- MLflow tags
 
 TAG_PARENT = "mlflow.parentRunId"
@@ -174,6 +216,8 @@ TAG_PARAM_TYPES = "attnsearch.param_types"  # JSON {param: type} so readers can 
 # recorded Pareto front means. JSON {metric: "max"|"min"} in the job's order, and the full budget in epochs.
 TAG_OBJECTIVES = "attnsearch.objectives"
 TAG_MAX_T = "attnsearch.max_t"
+# The job a study belongs to, on its parent run (written when it starts): JSON {"name", "space"} (study_conflict).
+TAG_JOB = "attnsearch.job"
 # The recorded front of another objective set or budget lives under its own names: tag ``attnsearch.pareto.<key>``
 # on trials, tags ``attnsearch.pareto.{objectives,budget,reference}.<key>`` and metrics
 # ``pareto.{hypervolume,size}.<key>`` on the parent, artifacts under ``pareto/<key>/``

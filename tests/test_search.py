@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,9 @@ from _helpers import assert_optuna_record_matches_mlflow, write_job  # noqa: E40
 from optuna.trial import TrialState  # noqa: E402
 
 from attnsearch.config import ConfigError, load_job  # noqa: E402
-from attnsearch.contract import REASON_KEY, STATE_KEY, result_state  # noqa: E402
+from attnsearch.contract import REASON_KEY, STATE_KEY, TAG_JOB, result_state, split_study_id  # noqa: E402
 from attnsearch.search import (  # noqa: E402
+    IDENTITY_FILE,
     INFEASIBLE_CONSTRAINT,
     StudySearcher,
     check_cluster_resources,
@@ -23,6 +25,7 @@ from attnsearch.search import (  # noqa: E402
     run_study,
 )
 from attnsearch.search._run_study import _restored_run_config  # noqa: E402
+from attnsearch.space import job_identity  # noqa: E402
 
 SPACE = """\
 attention:
@@ -202,6 +205,12 @@ def test_search_states_optuna_mlflow_and_resume(tmp_path, local_ray):
     # the study's Optuna record (a journal file in its Ray folder) holds the same trials, once each
     assert Path(outcome.optuna_storage) == Path(outcome.experiment_path) / "optuna.journal"
     assert sum(assert_optuna_record_matches_mlflow(job, outcome.study_id).values()) == 8
+
+    # The study's folder and parent run record the job they belong to; its id names the job exactly.
+    assert split_study_id(outcome.study_id)[0] == job.name
+    identity = json.loads((Path(outcome.experiment_path) / IDENTITY_FILE).read_text())
+    assert identity == {"study": outcome.study_id, "job": job_identity(job)}
+    assert json.loads(parents[0].data.tags[TAG_JOB]) == job_identity(job)
 
     # Resuming a finished study re-runs nothing and duplicates no run.
     assert existing_studies(job) == [outcome.study_id]

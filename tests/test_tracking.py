@@ -390,7 +390,7 @@ def test_sync_command_picks_studies_and_records_their_own_fronts(tmp_path, monke
     studies = ["tiny-20260101-000000", "tiny-20260102-000000"]
     synced = []
 
-    def fake_sync(path, uri, experiment, study_id, max_t, *, objectives=None, datasets=()):
+    def fake_sync(path, uri, experiment, study_id, max_t, *, objectives=None, datasets=(), identity=None):
         synced.append(study_id)
         parent = open_or_create_parent(uri, experiment, study_id, objectives=objectives, max_t=max_t)
         store = T.Store(uri, parent, datasets)

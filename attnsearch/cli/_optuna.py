@@ -22,7 +22,7 @@ DASHBOARD_HOST = "127.0.0.1"  # optuna-dashboard has no login: it listens on thi
 
 def resolve_study_id(job: Job, study: str | None, command: str) -> str:
     """``--study ID|latest`` among the job's studies under ``ray.storage_path`` (default: the newest)."""
-    from ..search import existing_studies
+    from ..search import check_own_study, existing_studies
 
     known = existing_studies(job)
     if study in (None, "latest"):
@@ -31,6 +31,7 @@ def resolve_study_id(job: Job, study: str | None, command: str) -> str:
                               f"{job.ray.storage_path}; run it first (attnsearch run JOB)")
         return known[-1]
     if study not in known:
+        check_own_study(job, study, f"{command} --study")  # another job's study is refused, naming both
         raise ConfigError(f"{command} --study {study}: no study of that name under ray.storage_path="
                           f"{job.ray.storage_path}; studies of job {job.name!r}: {', '.join(known) or 'none'}")
     return study

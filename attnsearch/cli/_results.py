@@ -27,7 +27,7 @@ def cmd_pareto(args) -> int:
         front, hv = pareto.analyze(
             uri, experiment, args.study, objectives=parse_objectives(args.objectives, job), budget=args.budget,
             out=args.out, plot=args.plot, record=True if args.record else None,
-            definition=dict(job.search.objectives) if job else None,
+            definition=dict(job.search.objectives) if job else None, job=job,
         )
     info = front.attrs
     which = (f"all studies ({', '.join(info.get('studies') or []) or 'none'})" if info["study"] == ALL_STUDIES

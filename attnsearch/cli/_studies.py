@@ -66,7 +66,7 @@ def _log_models(job: Job, parent_run_id: str, experiment_path: str, prefix: str 
 
 
 def cmd_sync(args) -> int:
-    from ..search import existing_studies, study_path
+    from ..search import check_own_study, existing_studies, recorded_identity, study_path
     from ..tracking import dataset_inputs
     from ..tracking.sync import sync_study
 
@@ -79,6 +79,7 @@ def cmd_sync(args) -> int:
     elif args.study in known:
         studies = [args.study]
     else:
+        check_own_study(job, args.study, "sync --study")  # another job's study is refused, naming both
         raise ConfigError(f"sync --study {args.study}: no study of that name under ray.storage_path="
                           f"{job.ray.storage_path}; studies of job {job.name!r}: {', '.join(known) or 'none'}")
     if not studies:
@@ -88,7 +89,8 @@ def cmd_sync(args) -> int:
     experiment, objectives = job.experiment, dict(job.search.objectives)
     for study_id in studies:
         counts = sync_study(study_path(job, study_id), job.tracking.uri, experiment, study_id,
-                            max_t=job.max_t, objectives=objectives, datasets=dataset_inputs(job.data))
+                            max_t=job.max_t, objectives=objectives, datasets=dataset_inputs(job.data),
+                            identity=recorded_identity(job, study_id))
         print(f"{study_id}: {counts}")
         reconcile_optuna(job, study_id, prefix=f"{study_id}: ")
         try:  # the study's own front, as its end records it; nothing before a trial has completed

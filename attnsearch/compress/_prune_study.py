@@ -100,7 +100,7 @@ def parse_ratios(text: str | Sequence[float]) -> list[float]:
 def _select(client: MlflowClient, job: Job, experiment: str, *, study: str | None, front: bool,
             runs: Sequence[str]) -> tuple[Any, pd.DataFrame]:
     try:
-        chosen = select_study(client, experiment, study or LATEST)
+        chosen = select_study(client, experiment, study or LATEST, job=job)
     except ValueError as exc:
         raise UsageError(f"--study: {exc}") from None
     df = load_runs(experiment, tracking_uri=job.tracking.uri, parent_run_id=chosen.parent_run_id)

@@ -100,7 +100,7 @@ def _select(client: MlflowClient, job: Job, experiment: str, *, run_id: str | No
     if not front:
         raise UsageError("export: give --front (the study's recorded front) or --run RUN_ID (one trial)")
     try:
-        chosen = select_study(client, experiment, study or LATEST)
+        chosen = select_study(client, experiment, study or LATEST, job=job)
     except ValueError as exc:
         raise UsageError(f"--study: {exc}") from None
     df = load_runs(experiment, tracking_uri=uri, parent_run_id=chosen.parent_run_id)

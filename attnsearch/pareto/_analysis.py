@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from mlflow import MlflowClient
@@ -23,6 +23,9 @@ from ._front import (
 from ._output import export_front, plot_front
 from ._record import front_key, record_names, write_record
 from ._runs import Study, load_runs, select_study
+
+if TYPE_CHECKING:
+    from ..config import Job
 
 __all__ = ["analyze", "record_study"]
 
@@ -42,6 +45,7 @@ def analyze(
     plot: str | os.PathLike | None = None,
     record: bool | None = None,
     definition: Mapping[str, str] | None = None,
+    job: Job | None = None,
 ) -> tuple[pd.DataFrame, float]:
     """Front and hypervolume of one study (or of every study of the experiment); returns ``(front, hv)``.
 
@@ -70,10 +74,13 @@ def analyze(
         plot: a ``.png`` file to draw the front in.
         record: write the front to MLflow (None: only the study's own question; see above).
         definition: the objectives of a study recorded before its parent carried them.
+        job: the job file's job, for a query through it: only its own studies (``select_study``).
     """
     client = MlflowClient(uri)
-    study = select_study(client, experiment, study_id, parent_run_id)
+    study = select_study(client, experiment, study_id, parent_run_id, job=job)
     df = load_runs(experiment, tracking_uri=uri, parent_run_id=study.parent_run_id)
+    if study.studies is not None and "study" in df.columns:  # all of a job's studies, not another job's
+        df = df[df["study"].isin(study.studies)].reset_index(drop=True)
     return _analyze(client, study, df, objectives=objectives, budget=budget, reference=reference, out=out,
                     plot=plot, record=record, definition=definition)
 

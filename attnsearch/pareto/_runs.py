@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,11 @@ from ..contract import (
     TAG_TRIAL,
     is_number,
 )
-from ..tracking import fast_http, latest_parent, param_types, quote, run_params, search_all
+from ..space import job_identity
+from ..tracking import fast_http, job_study_ids, latest_parent, param_types, quote, run_params, search_all
+
+if TYPE_CHECKING:
+    from ..config import Job
 
 __all__ = ["load_runs", "Study", "select_study", "study_definition", "LATEST", "ALL_STUDIES"]
 
@@ -153,6 +157,7 @@ class Study:
     tags: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     experiment_id: str | None = None
+    studies: list[str] | None = None  # ``all`` of a job's query: its own studies (None: every study)
 
 
 def study_definition(tags: dict[str, str]) -> tuple[dict[str, str] | None, int | None]:
@@ -170,17 +175,26 @@ def study_definition(tags: dict[str, str]) -> tuple[dict[str, str] | None, int |
 
 
 def select_study(client: Any, experiment: str, study: str | None = None,
-                 parent_run_id: str | None = None) -> Study:
+                 parent_run_id: str | None = None, job: Job | None = None) -> Study:
     """The study ``parent_run_id`` names, else ``study``: an id, ``"latest"``/None (the most recently started
     study) or ``"all"`` (every study; the definition is the newest one's). Raises ``ValueError`` naming the
-    experiment's studies when the one asked for is not there."""
+    experiment's studies when the one asked for is not there.
+
+    With ``job`` (a query through a job file) only the job's own studies count (``contract.study_conflict``):
+    ``latest`` is its newest, ``all`` its studies only (``Study.studies``), and a study of another job that shares
+    the experiment is refused with a ``ConfigError`` naming both jobs.
+    """
+    identity = job_identity(job) if job is not None else None
     with fast_http():
         if parent_run_id is not None:
             run = client.get_run(parent_run_id)
         else:
-            run = latest_parent(client, experiment, None if study in (None, LATEST, ALL_STUDIES) else study)
+            run = latest_parent(client, experiment, None if study in (None, LATEST, ALL_STUDIES) else study,
+                                identity=identity, label=job.label if job is not None else "<job>")
+        own = job_study_ids(client, run.info.experiment_id, identity) if identity is not None else None
     objectives, max_t = study_definition(run.data.tags)
     if study == ALL_STUDIES and parent_run_id is None:
-        return Study(experiment, ALL_STUDIES, None, objectives, max_t, experiment_id=run.info.experiment_id)
+        return Study(experiment, ALL_STUDIES, None, objectives, max_t, experiment_id=run.info.experiment_id,
+                     studies=own)
     return Study(experiment, run.data.tags.get(TAG_STUDY) or run.info.run_id, run.info.run_id, objectives, max_t,
                  dict(run.data.tags), dict(run.data.metrics), run.info.experiment_id)

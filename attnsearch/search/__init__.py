@@ -10,7 +10,8 @@ One private module per component; the public names are the ones below:
   ``searcher_and_scheduler`` (the searcher and scheduler a job asks for; also what a replay benchmark drives);
 * ``_ray_connection``: ``ray.address`` resolution and check, ``init_ray``, the per-trial resource check;
 * ``_optuna_record``: the study's Optuna record (its storage, reconciled with the Ray record);
-* ``_study_dirs``: study ids and their Ray experiment directories, which study ``--resume`` continues;
+* ``_study_dirs``: study ids and their Ray experiment directories (claimed exclusively, with the job's identity),
+  which study ``--resume`` continues and whether a named study is the job's;
 * ``_study_params``: ``study_params``, the study's definition as the MLflow params of its parent run;
 * ``_run_study``: the Tuner of a study (new or restored), ``run_study``;
 * ``_retrain``: ``retrain``, a study's front and baseline retrained with several seeds.
@@ -52,7 +53,16 @@ from ._schedulers import (
     rung_position,
 )
 from ._searcher import INFEASIBLE_CONSTRAINT, TRIAL_ID_ATTR, FixedConfigs, StudySearcher, make_sampler
-from ._study_dirs import existing_studies, new_study_id, resolve_study, study_path
+from ._study_dirs import (
+    IDENTITY_FILE,
+    check_own_study,
+    claim_study,
+    existing_studies,
+    new_study_id,
+    recorded_identity,
+    resolve_study,
+    study_path,
+)
 from ._study_params import space_digest, study_params
 
 __all__ = [
@@ -78,6 +88,10 @@ __all__ = [
     "check_cluster_resources",
     "check_rung_arguments",
     "existing_studies",
+    "check_own_study",
+    "claim_study",
+    "recorded_identity",
+    "IDENTITY_FILE",
     "format_retrain",
     "init_ray",
     "make_sampler",

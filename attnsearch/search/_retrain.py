@@ -299,7 +299,7 @@ def retrain(job: Job, *, study: str | None = None, front: bool = True, runs: Seq
     tracking.check_tracking(uri, create=False)
     client = MlflowClient(uri)
     try:
-        source = select_study(client, experiment, study)
+        source = select_study(client, experiment, study, job=job)
     except ValueError as exc:
         raise UsageError(f"--study {study or 'latest'}: {exc}; run the study first (`attnsearch run JOB`)") from None
     objectives = dict(source.objectives or job.search.objectives)

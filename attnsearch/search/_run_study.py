@@ -11,7 +11,7 @@ from ray import tune
 
 from .. import tracking
 from ..contract import ConfigError
-from ..space import check_space, load_space, space_to_dict
+from ..space import check_space, job_identity, load_space, space_to_dict
 from ..tracking.callback import MLflowTracker
 from ..tracking.sync import read_ray_trials
 from ._budget import EpochBudget
@@ -26,7 +26,7 @@ from ._driver import (
 from ._optuna_record import open_optuna_storage, optuna_storage_url, reconcile_optuna_record
 from ._progress import ProgressPrinter, StudyProgress
 from ._searcher import StudySearcher
-from ._study_dirs import resolve_study, study_path
+from ._study_dirs import claim_study, recorded_identity, resolve_study, study_path
 from ._study_params import study_params
 
 if TYPE_CHECKING:
@@ -97,25 +97,32 @@ def run_study(job: Job, *, resume: bool | str = False, job_text: str | None = No
         scheduler: a Ray Tune scheduler that replaces the one ``scheduler.type`` names.
 
     Raises:
-        InputError: bad input (job, space, constraints, store, cluster), before anything starts.
+        InputError: bad input (job, space, constraints, store, cluster, another job's study to resume), before
+            anything starts.
     """
     space = load_space(job)
     check_space(job, space)
-    study_id, restoring = resolve_study(job, resume)
+    study_id, restoring = resolve_study(job, resume)  # another job's study is refused here
     optuna_url = optuna_storage_url(job, study_id)  # refused here, before anything starts, when it cannot be
     prepare_driver(job)  # before the tracking store is opened (start_study)
     trainable = trainable_for(job, space)
-    path = study_path(job, study_id)
     tuner: tune.Tuner | None = None
     restored_config: tune.RunConfig | None = None
     if restoring:  # read only, before MLflow is touched: a Ray Client driver is refused here
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(study_path(job, study_id), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
         restored_config = _restored_run_config(tuner)
+        identity = recorded_identity(job, study_id)  # None for a study made before studies recorded it
+    else:  # the study's own folder, never shared with another study, before Ray writes into it
+        study_id = claim_study(job, study_id)
+        optuna_url = optuna_storage_url(job, study_id)
+        identity = job_identity(job, space)
+    path = study_path(job, study_id)
 
     experiment = job.experiment
     parent_run_id = tracking.start_study(
         job.tracking.uri, experiment, study_id, job_text or job.to_yaml(), space_to_dict(space), resume=restoring,
-        objectives=dict(job.search.objectives), max_t=job.max_t, params=study_params(job, space),
+        objectives=dict(job.search.objectives), max_t=job.max_t, params=study_params(job, space), identity=identity,
     )
     max_t = job.max_t
     objectives = dict(job.search.objectives)

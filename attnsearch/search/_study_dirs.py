@@ -1,22 +1,29 @@
-"""A job's studies on disk: study ids, their Ray experiment directories under ``ray.storage_path``, and which
-study ``--resume`` continues."""
+"""A job's studies on disk: study ids, their Ray experiment directories under ``ray.storage_path`` (claimed
+exclusively when a study starts, with the job's identity in them), and which study ``--resume`` continues."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+import os
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pyarrow.fs
 from ray import tune
 
-from ..contract import LATEST, ConfigError
+from ..contract import LATEST, ConfigError, split_study_id, study_conflict, study_id_at
+from ..space import job_identity
 
 if TYPE_CHECKING:
     from ..config import Job
 
+IDENTITY_FILE = "attnsearch_job.json"  # in a study's Ray folder: {"study": id, "job": job_identity(job)}
+_CLAIM_TRIES = 100  # ids one microsecond apart tried when the first is taken
 
-def new_study_id(job: Job) -> str:
-    return f"{job.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+def new_study_id(job: Job, when: datetime | None = None) -> str:
+    """A new study id of ``job``: its name and the time (``contract.study_id_at``; default now)."""
+    return study_id_at(job.name, when or datetime.now())
 
 
 def _storage_fs(storage_path: str) -> tuple[pyarrow.fs.FileSystem, str]:
@@ -25,32 +32,104 @@ def _storage_fs(storage_path: str) -> tuple[pyarrow.fs.FileSystem, str]:
     return pyarrow.fs.LocalFileSystem(), storage_path
 
 
-def existing_studies(job: Job) -> list[str]:
-    """Study ids of this job under ``ray.storage_path`` (oldest first), those Ray can restore."""
+def recorded_identity(job: Job, study_id: str) -> dict[str, str] | None:
+    """The job identity the study's Ray folder records (``IDENTITY_FILE``), None for a study made before studies
+    recorded one (or an unreadable record)."""
+    fs, root = _storage_fs(job.ray.storage_path)
+    try:
+        with fs.open_input_stream(f"{root.rstrip('/')}/{study_id}/{IDENTITY_FILE}") as f:
+            recorded = json.loads(f.read().decode())
+    except (OSError, ValueError):
+        return None
+    ident = recorded.get("job") if isinstance(recorded, dict) else None
+    return {str(k): str(v) for k, v in ident.items()} if isinstance(ident, dict) else None
+
+
+def _restorable(job: Job) -> list[str]:
+    """Every study id under ``ray.storage_path`` whose folder Ray can restore (oldest first), any job's."""
     fs, root = _storage_fs(job.ray.storage_path)
     try:
         infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
     except OSError:
         return []
-    prefix = f"{job.name}-"
     return sorted(
         info.base_name for info in infos
-        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith(prefix)
+        if info.type == pyarrow.fs.FileType.Directory and split_study_id(info.base_name) is not None
         and tune.Tuner.can_restore(info.path, storage_filesystem=fs)
     )
+
+
+def existing_studies(job: Job) -> list[str]:
+    """Study ids of this job under ``ray.storage_path`` (oldest first), those Ray can restore: its id names the job
+    exactly and the job identity it recorded, if any, is this job's (``contract.study_conflict``)."""
+    identity = job_identity(job)
+    return [s for s in _restorable(job) if study_conflict(identity, s, recorded_identity(job, s)) is None]
+
+
+def check_own_study(job: Job, study_id: str, command: str) -> None:
+    """Refuse (``ConfigError``) study ``study_id`` when it is another job's; a study id not under
+    ``ray.storage_path`` passes (the caller says that it is not there)."""
+    identity = job_identity(job)
+    recorded = recorded_identity(job, study_id)
+    if split_study_id(study_id) is None and recorded is None:
+        return
+    reason = study_conflict(identity, study_id, recorded)
+    if reason is not None:
+        raise ConfigError(
+            f"{command} {study_id}: {reason}, not job {job.name!r}'s ({job.label}); a study belongs to the job "
+            "that started it: give that job's file instead of this one, or one of job "
+            f"{job.name!r}'s own studies: {', '.join(existing_studies(job)) or 'none'}"
+        )
 
 
 def study_path(job: Job, study_id: str) -> str:
     return f"{job.ray.storage_path.rstrip('/')}/{study_id}"
 
 
+def claim_study(job: Job, study_id: str) -> str:
+    """Create the new study's Ray folder exclusively, before Ray runs, with the job's identity in it; return its id.
+
+    A folder that exists already (a study started in the same microsecond) is never shared: the id one microsecond
+    later is tried instead, so two studies always get two ids and two folders. On an object store (``s3://...``),
+    which has no exclusive create, an existing folder is looked for first.
+
+    Args:
+        job: the job whose study it is.
+        study_id: the id ``new_study_id`` gave it.
+    """
+    fs, root = _storage_fs(job.ray.storage_path)
+    local = isinstance(fs, pyarrow.fs.LocalFileSystem)
+    name, stamp = split_study_id(study_id) or (job.name, None)
+    when = datetime.strptime(stamp, "%Y%m%d-%H%M%S-%f") if stamp and stamp.count("-") == 2 else datetime.now()
+    for step in range(_CLAIM_TRIES):
+        candidate = study_id if step == 0 else study_id_at(name, when + timedelta(microseconds=step))
+        folder = f"{root.rstrip('/')}/{candidate}"
+        if local:
+            os.makedirs(root, exist_ok=True)
+            try:
+                os.mkdir(folder)
+            except FileExistsError:
+                continue
+        else:
+            if fs.get_file_info(folder).type != pyarrow.fs.FileType.NotFound:
+                continue
+            fs.create_dir(folder)
+        with fs.open_output_stream(f"{folder}/{IDENTITY_FILE}") as f:
+            f.write(json.dumps({"study": candidate, "job": job_identity(job)}, indent=1).encode())
+        return candidate
+    raise ConfigError(f"ray.storage_path={job.ray.storage_path}: no free study folder for {study_id} and the "
+                      f"{_CLAIM_TRIES - 1} ids after it; start the study again")
+
+
 def resolve_study(job: Job, resume: bool | str) -> tuple[str, bool]:
-    """(study_id, restoring) for a run: a new id, the newest study of the job, or the one named."""
+    """(study_id, restoring) for a run: a new id (its folder not yet claimed: ``claim_study``), the newest study of
+    the job, or the one named (refused when it is another job's)."""
     if not resume:
         return new_study_id(job), False
     studies = existing_studies(job)
     if isinstance(resume, str) and resume not in (LATEST, "true"):
         if resume not in studies:
+            check_own_study(job, resume, "--resume")
             raise ConfigError(
                 f"--resume {resume}: no study of that name under ray.storage_path={job.ray.storage_path}; "
                 f"studies of job {job.name!r}: {studies or 'none'}"

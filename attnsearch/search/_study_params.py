@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import PurePath
 from typing import TYPE_CHECKING
 
-from ..space import space_to_dict
+from ..space import space_digest
 from ._schedulers import rung_milestones
 
 if TYPE_CHECKING:
     from ..config import Job
     from ..space import SearchSpace
 
-__all__ = ["space_digest", "study_params"]
-
-
-def space_digest(space: SearchSpace) -> str:
-    """SHA-256 of the resolved space (``space_to_dict``, keys sorted): equal for two files that search the same."""
-    text = json.dumps(space_to_dict(space), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+__all__ = ["space_digest", "study_params"]  # space_digest: attnsearch.space's, the parent run's param
 
 
 def study_params(job: Job, space: SearchSpace) -> dict[str, str]:

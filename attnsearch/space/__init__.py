@@ -47,7 +47,9 @@ from ._trial import (
     define_by_run,
     feasible,
     is_point,
+    job_identity,
     materialize,
+    space_digest,
     space_to_dict,
 )
 
@@ -70,6 +72,8 @@ __all__ = [
     "feasible",
     "check_space",
     "space_to_dict",
+    "job_identity",
+    "space_digest",
     "COST_METRICS",
     "build_trial_model",
     "count_model",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,6 +31,8 @@ __all__ = [
     "is_point",
     "materialize",
     "space_to_dict",
+    "job_identity",
+    "space_digest",
 ]
 
 
@@ -261,3 +265,20 @@ def space_to_dict(space: SearchSpace) -> dict[str, Any]:
     if space.train:
         out["train"] = {name: p.to_yaml() for name, p in space.train.items()}
     return out
+
+
+def space_digest(space: SearchSpace) -> str:
+    """SHA-256 of the resolved space (``space_to_dict``, keys sorted): equal for two files that search the same."""
+    text = json.dumps(space_to_dict(space), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def job_identity(job: Job, space: SearchSpace | None = None) -> dict[str, str]:
+    """What makes a study this job's: its name and the digest of its resolved search space (``space_digest``), so a
+    ``--set`` of a training setting keeps the job the same and another space makes it another job.
+
+    Args:
+        job: the validated job.
+        space: its search space (default: ``load_space(job)``).
+    """
+    return {"name": job.name, "space": space_digest(space if space is not None else load_space(job))}

@@ -17,6 +17,7 @@ from ..contract import (
     ROLE_PRUNE,
     ROLE_RETRAIN,
     TAG_EXPERIMENT_KIND,
+    TAG_JOB,
     TAG_MAX_T,
     TAG_OBJECTIVES,
     TAG_PRUNE_PARENT,
@@ -26,15 +27,18 @@ from ..contract import (
     TAG_RETRAIN_STUDY,
     TAG_ROLE,
     TAG_STUDY,
+    ConfigError,
     TrackingError,
+    study_conflict,
 )
 from ..uris import redact_text, redact_uri, sqlite_path
 from ._connection import fast_http, first_line
-from ._store import MAX_PARAMS_TAGS, quote
+from ._store import MAX_PARAMS_TAGS, quote, search_all
 
 __all__ = [
     "start_study", "open_or_create_parent", "ensure_experiment", "find_parent", "latest_parent", "study_ids",
-    "definition_tags", "start_retrain", "start_prune",
+    "definition_tags", "start_retrain", "start_prune", "recorded_job",
+    "job_study_ids",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,10 +84,12 @@ def find_parent(client: MlflowClient, experiment_id: str, study_id: str) -> Any 
     return runs[0] if runs else None
 
 
-def definition_tags(objectives: Mapping[str, str] | None, max_t: int | None) -> dict[str, str]:
+def definition_tags(objectives: Mapping[str, str] | None, max_t: int | None,
+                    identity: Mapping[str, str] | None = None) -> dict[str, str]:
     """The parent-run tags that record a study's own definition: its objectives (JSON, the job's order) and its
-    full budget in epochs; what its recorded Pareto front means (``attnsearch pareto EXPERIMENT`` reads them)."""
-    tags = {}
+    full budget in epochs, what its recorded Pareto front means (``attnsearch pareto EXPERIMENT`` reads them); and
+    the job it belongs to (``identity``: ``space.job_identity``, JSON), when known."""
+    tags = {TAG_JOB: json.dumps(dict(identity), sort_keys=True)} if identity else {}
     if objectives:
         tags[TAG_OBJECTIVES] = json.dumps(dict(objectives))
     if max_t is not None:
@@ -121,6 +127,7 @@ def start_study(
     objectives: Mapping[str, str] | None = None,
     max_t: int | None = None,
     params: Mapping[str, str] | None = None,
+    identity: Mapping[str, str] | None = None,
 ) -> str:
     """Create (or, with ``resume``, reuse) the study's parent run; return its run id.
 
@@ -141,8 +148,9 @@ def start_study(
         objectives: the study's objectives, ``{metric: "max"|"min"}``.
         max_t: the study's full budget in epochs.
         params: the study's settings, logged once as params of the parent run.
+        identity: the job the study belongs to (``space.job_identity``), tagged ``attnsearch.job``.
     """
-    definition = definition_tags(objectives, max_t)
+    definition = definition_tags(objectives, max_t, identity)
     with fast_http():
         client = MlflowClient(uri)
         try:
@@ -181,12 +189,14 @@ def open_or_create_parent(
     *,
     objectives: Mapping[str, str] | None = None,
     max_t: int | None = None,
+    identity: Mapping[str, str] | None = None,
 ) -> str:
-    """The study's parent run id, created when missing; the definition tags it lacks are added."""
+    """The study's parent run id, created when missing; the definition tags it lacks are added (``identity``: the
+    job the study records in its Ray folder, when it records one)."""
     client = MlflowClient(uri)
     experiment_id = ensure_experiment(client, uri, experiment)
     parent = find_parent(client, experiment_id, study_id)
-    definition = definition_tags(objectives, max_t)
+    definition = definition_tags(objectives, max_t, identity)
     if parent is not None:
         _add_missing_tags(client, parent, definition)
         return parent.info.run_id
@@ -196,14 +206,67 @@ def open_or_create_parent(
     return run.info.run_id
 
 
-def latest_parent(client: MlflowClient, experiment: str, study_id: str | None = None) -> Any:
+def recorded_job(run: Any) -> dict[str, str] | None:
+    """The job identity a parent run records (tag ``attnsearch.job``), None for a study made before it did."""
+    try:
+        ident = json.loads(run.data.tags[TAG_JOB])
+    except (KeyError, ValueError):
+        return None
+    return {str(k): str(v) for k, v in ident.items()} if isinstance(ident, dict) else None
+
+
+def _job_runs(client: MlflowClient, experiment_id: str, identity: Mapping[str, str]) -> tuple[list[Any], list[Any]]:
+    # (every study's parent run, the job's own), newest first
+    runs = sorted(search_all(client, [experiment_id], f"tags.`{TAG_ROLE}` = 'study'"),
+                  key=lambda r: r.info.start_time or 0, reverse=True)
+    return runs, [r for r in runs if study_conflict(identity, r.data.tags.get(TAG_STUDY, ""), recorded_job(r)) is None]
+
+
+def job_study_ids(client: MlflowClient, experiment_id: str, identity: Mapping[str, str]) -> list[str]:
+    """The ids of the job's own studies among the experiment's parent runs (``contract.study_conflict``), oldest
+    first."""
+    return [r.data.tags.get(TAG_STUDY, "") for r in reversed(_job_runs(client, experiment_id, identity)[1])]
+
+
+def _job_parent(client: MlflowClient, exp: Any, study_id: str | None, identity: Mapping[str, str],
+                label: str) -> Any:
+    # the study's parent when it is the job's (ConfigError naming both jobs when it is another's), or the job's
+    # most recently started one
+    runs, own = _job_runs(client, exp.experiment_id, identity)
+    own_ids = {r.info.run_id for r in own}
+    mine = ", ".join(reversed([r.data.tags.get(TAG_STUDY, "") for r in own])) or "none"
+    if study_id is None:
+        if not own:
+            raise ValueError(f"no study of job {identity['name']!r} in MLflow experiment {exp.name!r}; its studies "
+                             f"(oldest first): {', '.join(study_ids(client, exp.experiment_id)) or 'none'}")
+        return own[0]
+    named = [r for r in runs if r.data.tags.get(TAG_STUDY) == study_id]
+    if named and not own_ids & {r.info.run_id for r in named}:
+        reason = study_conflict(identity, study_id, recorded_job(named[0]))
+        raise ConfigError(f"--study {study_id}: {reason}, not job {identity['name']!r}'s ({label}); a study belongs "
+                          "to the job that started it: give that job's file instead of this one, or one of job "
+                          f"{identity['name']!r}'s own studies: {mine}")
+    if not named:
+        raise ValueError(f"no study {study_id!r} in MLflow experiment {exp.name!r}; studies of job "
+                         f"{identity['name']!r} (oldest first): {mine}")
+    return named[0]
+
+
+def latest_parent(client: MlflowClient, experiment: str, study_id: str | None = None,
+                  identity: Mapping[str, str] | None = None, label: str = "<job>") -> Any:
     """The parent run of study ``study_id`` in ``experiment``, or of its most recently started study.
 
-    Raises ``ValueError`` naming the experiment when there is none.
+    With ``identity`` (``space.job_identity``: a job's query) only the job's own studies count: the newest is the
+    job's newest, and a study of another job sharing the experiment is refused.
+
+    Raises ``ValueError`` naming the experiment when there is none; ``ConfigError`` (naming both jobs, ``label``
+    the job's file) when the study named is another job's.
     """
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise ValueError(f"no MLflow experiment named {experiment!r}")
+    if identity is not None:
+        return _job_parent(client, exp, study_id, identity, label)
     flt = f"tags.`{TAG_ROLE}` = 'study'"
     if study_id is not None:
         flt += f" and tags.`{TAG_STUDY}` = {quote(study_id)}"

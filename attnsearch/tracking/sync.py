@@ -91,6 +91,7 @@ def sync_study(
     *,
     objectives: Mapping[str, str] | None = None,
     datasets: Sequence[Mapping[str, Any]] = (),
+    identity: Mapping[str, str] | None = None,
 ) -> dict[str, int]:
     """Write whatever MLflow is missing for a study from its Ray experiment directory (``attnsearch sync JOB``).
 
@@ -106,12 +107,14 @@ def sync_study(
         max_t: the full budget in epochs.
         objectives: the study's objectives, for a parent run created here.
         datasets: the dataset inputs each child run gets when it lacks them (``dataset_inputs``).
+        identity: the job the study's Ray folder records (tag ``attnsearch.job``, when the parent lacks it).
     """
     records = read_ray_trials(experiment_dir, max_t)
     totals = {"trials": len(records), "runs_created": 0, "params": 0, "metrics": 0, "tags": 0, "finished": 0}
     with fast_http():
         try:
-            parent = open_or_create_parent(uri, experiment, study_id, objectives=objectives, max_t=max_t)
+            parent = open_or_create_parent(uri, experiment, study_id, objectives=objectives, max_t=max_t,
+                                           identity=identity)
             store = Store(uri, parent, datasets)
         except Exception as e:
             raise TrackingError(f"cannot use the MLflow store {redact_uri(uri)}: {first_line(e)}") from e
