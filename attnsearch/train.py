@@ -56,7 +56,6 @@ __all__ = [
     "lr_factor",
     "make_optimizer",
     "measure_cost",
-    "plan_for",
     "run_trial",
 ]
 
@@ -80,8 +79,8 @@ def _datasets(data_json: str):
     return build_datasets(DataConfig.model_validate_json(data_json))
 
 
-def build_for_job(job: Job, plan: TrialSettings, num_classes: int, image_size: int) -> nn.Module:
-    return build_trial_model(job, plan.attention, plan.width_mult, num_classes, image_size)
+def build_for_job(job: Job, settings: TrialSettings, num_classes: int, image_size: int) -> nn.Module:
+    return build_trial_model(job, settings.attention, settings.width_mult, num_classes, image_size)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -159,23 +158,23 @@ def measure_cost(model: nn.Module, job: Job, cfg: TrainConfig, device: torch.dev
 
 def fit(
     job: Job,
-    plan: TrialSettings,
+    settings: TrialSettings,
     report: Report,
     checkpoint: Mapping[str, Any] | None = None,
     counts_out: dict | None = None,
 ) -> str:
-    """Train one trial to ``plan.train.epochs``; call ``report(metrics, state)`` after every epoch.
+    """Train one trial to ``settings.train.epochs``; call ``report(metrics, state)`` after every epoch.
 
     Returns the trial's own verdict: ``"completed"``, ``"infeasible"`` or ``"failed"`` (divergence). Early stops
     are decided by the caller (ASHA), which simply stops calling back.
     """
-    cfg = plan.train
+    cfg = settings.train
     torch.manual_seed(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    train_ds, val_ds, info = load_data(job, plan.image_size)
-    model = build_for_job(job, plan, info.num_classes, info.image_size)
+    train_ds, val_ds, info = load_data(job, settings.image_size)
+    model = build_for_job(job, settings, info.num_classes, info.image_size)
     counts = count_model(model, info.image_size)
     if counts_out is not None:
         counts_out.update(counts)
@@ -184,7 +183,7 @@ def fit(
         report({STATE_KEY: INFEASIBLE, REASON_KEY: reason, TIME_ATTR: 0, **counts}, None)
         return INFEASIBLE
 
-    loop = TrainLoop.build(job, plan, model, train_ds, val_ds, device)
+    loop = TrainLoop.build(job, settings, model, train_ds, val_ds, device)
     start_epoch = loop.restore(checkpoint)
     with DeviceClaim(device) as claim:
         counts = {**counts, **measure_cost(loop.model, job, cfg, device, info.image_size, claim)}
@@ -207,8 +206,8 @@ class TrainLoop:
     ``attnsearch.compress`` fine-tunes a pruned model with it, so both train through the same step.
 
     Args:
-        plan: what is trained: ``plan.train`` (optimizer, schedule, precision, grad clip, compile), NAM's
-            penalty weight ``plan.nam_penalty`` when ``plan.attention`` is NAM.
+        settings: what is trained: ``settings.train`` (optimizer, schedule, precision, grad clip, compile), NAM's
+            penalty weight ``settings.nam_penalty`` when ``settings.attention`` is NAM.
         model: the model, already on ``device`` in the memory format it trains in (``build`` does both).
         train_loader: the training batches; its ``generator`` is reseeded every epoch.
         val_loader: the validation batches.
@@ -216,14 +215,15 @@ class TrainLoop:
         channels_last: whether the batches go to the model in channels-last memory format.
     """
 
-    def __init__(self, plan: TrialSettings, model: nn.Module, train_loader: Any, val_loader: Any,
+    def __init__(self, settings: TrialSettings, model: nn.Module, train_loader: Any, val_loader: Any,
                  device: torch.device, channels_last: bool) -> None:
-        cfg = self.cfg = plan.train
-        self.plan, self.model, self.device, self.channels_last = plan, model, device, channels_last
+        cfg = self.cfg = settings.train
+        self.settings, self.model, self.device, self.channels_last = settings, model, device, channels_last
         self.train_loader, self.val_loader = train_loader, val_loader
         self.optimizer = make_optimizer(model, cfg)
         self.amp_ctx, self.scaler = _autocast(device, cfg)
-        self.uses_nam = plan.nam_penalty > 0 and plan.attention is not None and plan.attention.get("type") == "nam"
+        attention = settings.attention
+        self.uses_nam = settings.nam_penalty > 0 and attention is not None and attention.get("type") == "nam"
         if self.uses_nam:  # find the model's NAM modules anew: a pruned model's are not those it was built with
             nam_penalty(model, refresh=True)
         # Static shapes: with dynamic shapes (a smaller last eval batch) torch 2.14's inductor fails on CBAM,
@@ -234,19 +234,19 @@ class TrainLoop:
         self.steps_per_epoch = max(len(train_loader), 1)
 
     @classmethod
-    def build(cls, job: Job, plan: TrialSettings, model: nn.Module, train_ds: Any, val_ds: Any,
+    def build(cls, job: Job, settings: TrialSettings, model: nn.Module, train_ds: Any, val_ds: Any,
               device: torch.device) -> TrainLoop:
         """The loop with its loaders, and the model moved to ``device`` in the memory format it trains in.
 
         Args:
             job: the study's job (``job.data``: batch sizes, workers, loader backend).
-            plan: what is trained (as for the class).
+            settings: what is trained (as for the class).
             model: the model, on any device.
             train_ds: the training dataset.
             val_ds: the validation dataset.
             device: where the model trains.
         """
-        cfg = plan.train
+        cfg = settings.train
         channels_last = use_channels_last(device, cfg.channels_last)
         train_loader, val_loader = build_loaders(
             job.data, train_ds, val_ds, seed=cfg.seed, pin_memory=device.type == "cuda", device=device,
@@ -255,7 +255,7 @@ class TrainLoop:
         model = model.to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        return cls(plan, model, train_loader, val_loader, device, channels_last)
+        return cls(settings, model, train_loader, val_loader, device, channels_last)
 
     def restore(self, checkpoint: Mapping[str, Any] | None) -> int:
         """Load a checkpoint's model, optimizer and scaler state; the epoch to continue from (0 without one).
@@ -322,7 +322,7 @@ class TrainLoop:
             loss = self.criterion(logits.float(), targets)
         total, penalty = loss, None
         if self.uses_nam:
-            penalty = self.plan.nam_penalty * nam_penalty(self.model)
+            penalty = self.settings.nam_penalty * nam_penalty(self.model)
             total = loss + penalty
         optimizer.zero_grad(set_to_none=True)
         (scaler.scale(total) if scaler is not None else total).backward()
@@ -391,11 +391,6 @@ def _nonfinite(total: torch.Tensor, first: int, last: int, epoch: int) -> str | 
     return f"loss is {value} {steps} of epoch {epoch + 1}"
 
 
-def plan_for(job: Job, params: Mapping[str, Any]) -> TrialSettings:
-    """What the trial with these params trains (``attnsearch.space.materialize``)."""
-    return materialize(job, dict(params))
-
-
 def run_trial(config: dict, job_dict: dict) -> None:
     """Ray Tune function trainable: one trial of the study described by ``job_dict``."""
     from ray import (
@@ -407,9 +402,9 @@ def run_trial(config: dict, job_dict: dict) -> None:
     if reason:
         tune.report({STATE_KEY: INFEASIBLE, REASON_KEY: reason, TIME_ATTR: 0})
         return
-    plan = plan_for(job, config)
-    if plan.train.threads is None:
-        plan.train.threads = max(1, int(job.resources.cpu))
+    settings = materialize(job, config)
+    if settings.train.threads is None:
+        settings.train.threads = max(1, int(job.resources.cpu))
 
     checkpoint_state = None
     restored = tune.get_checkpoint()
@@ -425,4 +420,4 @@ def run_trial(config: dict, job_dict: dict) -> None:
             torch.save(state, os.path.join(tmp, CHECKPOINT_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    fit(job, plan, report, checkpoint_state)
+    fit(job, settings, report, checkpoint_state)

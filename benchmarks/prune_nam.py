@@ -61,7 +61,7 @@ def _nam_sparsity(model: torch.nn.Module) -> float | None:
 
 
 def _train(job: Job, attention: dict | None, penalty: float):
-    plan = TrialSettings(attention=attention, train=job.train, nam_penalty=penalty, width_mult=1.0,
+    settings = TrialSettings(attention=attention, train=job.train, nam_penalty=penalty, width_mult=1.0,
                          image_size=job.data.image_size)
     final: dict = {}
 
@@ -69,13 +69,13 @@ def _train(job: Job, attention: dict | None, penalty: float):
         if state is not None:
             final.update(metrics=metrics, state=state)
 
-    verdict = fit(job, plan, report)
+    verdict = fit(job, settings, report)
     if verdict != "completed":
         raise RuntimeError(f"training {attention} p={penalty}: {verdict}")
     model = build_model(job.backbone.name, num_classes=final["state"]["model"]["fc.weight"].shape[0],
                         attention=attention, input_size=job.data.image_size)
     model.load_state_dict(final["state"]["model"])
-    return plan, model.eval(), final["metrics"]
+    return settings, model.eval(), final["metrics"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         job = _job(args, seed)
         for label, attention, penalty in variants:
-            plan, model, trained = _train(job, attention, penalty)
+            settings, model, trained = _train(job, attention, penalty)
             sparsity = _nam_sparsity(model)
             print(f"seed {seed} {label}: val_acc {trained['val_acc']:.4f}", flush=True)
             for ratio in ratios:
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                     result = prune_model(model, ratio, input_size=args.image_size, importance=importance,
                                          seed=seed)
                     first: dict = {}
-                    final = finetune(result.model, job, plan, args.finetune_epochs,
+                    final = finetune(result.model, job, settings, args.finetune_epochs,
                                      lambda epoch, m, first=first: first.update(m) if epoch == 0 else None)
                     rows.append({"seed": seed, "model": label, "ratio": ratio, "importance": importance,
                                  "val_acc": trained["val_acc"], "val_acc_pruned": first["val_acc"],

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from attnsearch.config import load_job
 from attnsearch.search import run_study
-from attnsearch.train import fit, plan_for
+from attnsearch.space import materialize
+from attnsearch.train import fit
 
 
 class _Stop(Exception):
@@ -36,8 +37,8 @@ def _bare_trial(args: tuple[dict, dict, int]) -> float:
     started = time.perf_counter()
     if feasible(job, config):
         return time.perf_counter() - started
-    plan = plan_for(job, config)
-    plan.train.threads = plan.train.threads or max(1, int(job.resources.cpu))
+    settings = materialize(job, config)
+    settings.train.threads = settings.train.threads or max(1, int(job.resources.cpu))
     done = 0
 
     def report(metrics, state):
@@ -47,7 +48,7 @@ def _bare_trial(args: tuple[dict, dict, int]) -> float:
             raise _Stop
 
     with contextlib.suppress(_Stop):
-        fit(job, plan, report)
+        fit(job, settings, report)
     return time.perf_counter() - started
 
 

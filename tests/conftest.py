@@ -92,7 +92,8 @@ def study(tmp_path_factory):
     from attnsearch import pareto as P
     from attnsearch import tracking as T
     from attnsearch.config import load_job
-    from attnsearch.train import CHECKPOINT_FILE, fit, plan_for
+    from attnsearch.space import materialize
+    from attnsearch.train import CHECKPOINT_FILE, fit
 
     tmp = tmp_path_factory.mktemp("study")
     path = write_job(tmp, _STUDY_SPACE, data={"dataset": "digits", "image_size": 8, "batch_size": 64},
@@ -116,7 +117,7 @@ def study(tmp_path_factory):
                 target.mkdir(parents=True)
                 torch.save(state, target / CHECKPOINT_FILE)
 
-        fit(job, plan_for(job, config), report)
+        fit(job, materialize(job, config), report)
         record.finish(job.train.epochs)
         store.reconcile(record)
     P.record_study(job.tracking.uri, "tiny", STUDY, definition=dict(job.search.objectives))

@@ -17,7 +17,8 @@ from _helpers import write_job
 from attnsearch.config import load_job
 from attnsearch.latency import amp_dtype, measure, use_channels_last
 from attnsearch.models import build_model
-from attnsearch.train import fit, plan_for
+from attnsearch.space import materialize
+from attnsearch.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,7 @@ def test_a_trial_trains_on_cuda_with_amp_and_channels_last(tmp_path):
                      train={"epochs": 2, "device": "cuda", "amp": True, "channels_last": True})
     job = load_job(path)
     reports = []
-    verdict = fit(job, plan_for(job, {"attention": "se"}), lambda metrics, state: reports.append((metrics, state)))
+    verdict = fit(job, materialize(job, {"attention": "se"}), lambda metrics, state: reports.append((metrics, state)))
     assert verdict == "completed", reports[-1][0]
     assert [m["epoch"] for m, _ in reports] == [1, 2]
     assert all(math.isfinite(m["train_loss"]) and 0 <= m["val_acc"] <= 1 for m, _ in reports)

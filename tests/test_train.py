@@ -48,11 +48,11 @@ def test_over_budget_names_the_constraint():
     assert over_budget(job, {"params": 1000, "flops": 5}) is None
 
 
-def run_fit(job, plan, checkpoint=None) -> list[tuple[dict, dict | None]]:
+def run_fit(job, settings, checkpoint=None) -> list[tuple[dict, dict | None]]:
     """fit's reports as (metrics, state); each state deep-copied when reported, as run_trial saves it to disk
     then: fit hands out live state_dicts, which the next epoch's steps would change in place."""
     reports = []
-    assert fit(job, plan, lambda m, s: reports.append((m, copy.deepcopy(s))), checkpoint=checkpoint) == "completed"
+    assert fit(job, settings, lambda m, s: reports.append((m, copy.deepcopy(s))), checkpoint=checkpoint) == "completed"
     return reports
 
 
@@ -70,8 +70,8 @@ def test_fit_reports_every_epoch_and_resumes_from_checkpoint(monkeypatch):
     # (its loader's generator starts again from the seed) only reorders one batch, and a resumed epoch 2 must
     # equal the uninterrupted run's epoch 2 up to float summation order.
     job = tiny_job(lr=0.05, momentum=0.9, batch_size=64)
-    plan = TrialSettings(attention={"type": "se", "reduction": 4, "stages": [3]}, train=job.train)
-    full = run_fit(job, plan)
+    settings = TrialSettings(attention={"type": "se", "reduction": 4, "stages": [3]}, train=job.train)
+    full = run_fit(job, settings)
     assert [m["epoch"] for m, _ in full] == [1, 2]
     (first, state), (second, final) = full
     assert 0.0 <= first["val_acc"] <= 1.0 and first["attn_params"] > 0 and first["flops"] > first["macs"]
@@ -80,7 +80,7 @@ def test_fit_reports_every_epoch_and_resumes_from_checkpoint(monkeypatch):
     tol = 1e-5  # float reordering only; every corrupted resume below is off by orders of magnitude more
 
     # The weights, the momentum buffers and the epoch come back: epoch 2 only, as if never interrupted.
-    resumed = run_fit(job, plan, checkpoint=copy.deepcopy(state))
+    resumed = run_fit(job, settings, checkpoint=copy.deepcopy(state))
     assert [m["epoch"] for m, _ in resumed] == [2]
     (again, after) = resumed[0]
     for key in ("val_acc", "val_loss", "train_loss", "lr"):
@@ -92,14 +92,14 @@ def test_fit_reports_every_epoch_and_resumes_from_checkpoint(monkeypatch):
     # Without the model restore (fresh weights), epoch 2 trains another model: the check above would fail.
     with monkeypatch.context() as m:
         m.setattr(torch.nn.Module, "load_state_dict", lambda self, *a, **k: None)
-        (no_model, no_model_state), = run_fit(job, plan, checkpoint=copy.deepcopy(state))
+        (no_model, no_model_state), = run_fit(job, settings, checkpoint=copy.deepcopy(state))
     assert max_weight_diff(no_model_state["model"], final["model"]) > 100 * tol
     assert no_model["train_loss"] != pytest.approx(second["train_loss"], rel=1e-3)
 
     # Without the optimizer restore (no momentum from epoch 1), the epoch-2 step differs too.
     with monkeypatch.context() as m:
         m.setattr(torch.optim.Optimizer, "load_state_dict", lambda self, *a, **k: None)
-        (no_optim, no_optim_state), = run_fit(job, plan, checkpoint=copy.deepcopy(state))
+        (no_optim, no_optim_state), = run_fit(job, settings, checkpoint=copy.deepcopy(state))
     assert max_weight_diff(no_optim_state["model"], final["model"]) > 100 * tol
     assert no_optim["val_loss"] != pytest.approx(second["val_loss"], rel=1e-3)
     buffers = zip(momentum_buffers(no_optim_state), momentum_buffers(final), strict=True)
@@ -181,12 +181,12 @@ def test_training_reads_no_tensor_value_per_step(monkeypatch):
             "train": {"epochs": 1, "threads": 1, "lr": 0.05},
             "search": {"space": {"attention": {"type": ["none"]}}},
         })
-        plan = TrialSettings(attention={"type": "nam", "stages": [3]}, train=job.train, nam_penalty=1e-3)
+        settings = TrialSettings(attention={"type": "nam", "stages": [3]}, train=job.train, nam_penalty=1e-3)
         with monkeypatch.context() as m:
             reads = host_reads(m)
             steps: list[float] = []
             m.setattr(train_module, "lr_factor", lambda cfg, p, steps=steps: steps.append(p) or 1.0)
-            assert fit(job, plan, lambda metrics, state: None) == "completed"
+            assert fit(job, settings, lambda metrics, state: None) == "completed"
         assert len(steps) == 64 // batch_size
         counts.append(len(reads))
     # one finiteness check, train_loss and nam_penalty at the epoch's end; the correct count and loss of the
@@ -214,9 +214,9 @@ def test_finetuning_trains_through_the_trial_loops_step_and_reads_no_value_per_s
     counts = []
     for batch_size in (16, 4):
         job = finetune_job(batch_size)
-        plan = TrialSettings(attention={"type": "nam", "stages": [3]}, train=job.train, nam_penalty=1e-3)
+        settings = TrialSettings(attention={"type": "nam", "stages": [3]}, train=job.train, nam_penalty=1e-3)
         torch.manual_seed(0)
-        model = train_module.build_for_job(job, plan, 4, 8)
+        model = train_module.build_for_job(job, settings, 4, 8)
         before = [p.detach().clone() for p in model.parameters()]
         steps, factors, reports = [], [], []
         step, schedule = train_module.TrainLoop.step, train_module.lr_factor
@@ -237,7 +237,7 @@ def test_finetuning_trains_through_the_trial_loops_step_and_reads_no_value_per_s
             reads = host_reads(m, _finetune.__file__)
             m.setattr(train_module.TrainLoop, "step", counted_step)
             m.setattr(train_module, "lr_factor", counted_factor)
-            metrics = finetune(model, job, plan, 2, record)
+            metrics = finetune(model, job, settings, 2, record)
         assert steps == [True] * (2 * 64 // batch_size)  # every batch of both epochs, each with NAM's penalty
         assert {(e, w) for e, w, _ in factors} == {(2, 0)} and factors[-1][2] == pytest.approx(2 - batch_size / 64)
         assert [e for e, _ in reports] == [0, 1, 2] and metrics is reports[-1][1]
@@ -254,12 +254,12 @@ def test_a_diverging_finetuning_names_the_steps_as_a_trial_does():
     from attnsearch.compress import finetune
 
     job = finetune_job(8, lr=1e8)
-    plan = TrialSettings(attention=None, train=job.train)
-    model = train_module.build_for_job(job, plan, 4, 8)
+    settings = TrialSettings(attention=None, train=job.train)
+    model = train_module.build_for_job(job, settings, 4, 8)
     reports = []
     with pytest.raises(FloatingPointError, match=r"fine-tuning diverged: loss is (nan|-?inf) between step \d+ and "
                                                  r"\d+ of epoch \d"):
-        finetune(model, job, plan, 3, lambda epoch, metrics: reports.append(epoch))
+        finetune(model, job, settings, 3, lambda epoch, metrics: reports.append(epoch))
     assert reports[0] == 0
 
 
@@ -281,12 +281,12 @@ def test_measuring_changes_nothing_of_the_training(monkeypatch):
     """The measurement draws its input from its own generator and runs in eval mode: the same seed trains the
     same model with and without it (data augmentation reads the global random state)."""
     job = tiny_job(lr=0.05, epochs=1)
-    plan = TrialSettings(attention={"type": "nam", "stages": [3]}, train=job.train)
+    settings = TrialSettings(attention={"type": "nam", "stages": [3]}, train=job.train)
     measured, bare = [], []
-    fit(job, plan, lambda m, s: measured.append((m, copy.deepcopy(s))))
+    fit(job, settings, lambda m, s: measured.append((m, copy.deepcopy(s))))
     with monkeypatch.context() as m:
         m.setattr(train_module, "measure_cost", lambda *a, **k: {})
-        fit(job, plan, lambda m, s: bare.append((m, copy.deepcopy(s))))
+        fit(job, settings, lambda m, s: bare.append((m, copy.deepcopy(s))))
     (with_cost, state), (without, bare_state) = measured[0], bare[0]
     assert "latency_ms" in with_cost and "latency_ms" not in without
     for key in ("train_loss", "val_loss", "val_acc", "nam_penalty"):
@@ -296,9 +296,9 @@ def test_measuring_changes_nothing_of_the_training(monkeypatch):
 
 def test_nam_penalty_is_added_and_reported():
     job = tiny_job(lr=0.05, epochs=1)
-    plan = TrialSettings(attention={"type": "nam", "stages": [1]}, train=job.train, nam_penalty=1e-2)
+    settings = TrialSettings(attention={"type": "nam", "stages": [1]}, train=job.train, nam_penalty=1e-2)
     reports = []
-    fit(job, plan, lambda m, s: reports.append(m))
+    fit(job, settings, lambda m, s: reports.append(m))
     # 3 NAM modules of 16 channels, gamma initialised to 1: L1 = 48 at the start, weight decay shrinks it a little.
     assert reports[-1]["nam_penalty"] == pytest.approx(1e-2 * 48, rel=0.05)
     assert math.isfinite(reports[-1]["train_loss"])
@@ -309,8 +309,8 @@ def test_infeasible_model_is_never_trained():
                         "data": {"dataset": "fake", "image_size": 8, "fake_train_size": 8, "fake_val_size": 8},
                         "search": {"space": {"attention": {"type": ["none"]}}}})
     reports = []
-    plan = TrialSettings(attention=None, train=job.train)
-    assert fit(job, plan, lambda m, s: reports.append((m, s))) == "infeasible"
+    settings = TrialSettings(attention=None, train=job.train)
+    assert fit(job, settings, lambda m, s: reports.append((m, s))) == "infeasible"
     assert len(reports) == 1 and reports[0][1] is None
     assert reports[0][0]["attnsearch_state"] == "infeasible" and "max_params" in reports[0][0]["attnsearch_reason"]
     assert not set(MEASURED_METRICS) & set(reports[0][0])  # never built on the device, never measured
@@ -321,9 +321,9 @@ def test_infeasible_model_is_never_trained():
 def test_amp_on_cpu_trains_modules_with_fused_backward(attention):
     # amp: true on CPU is bf16 autocast; the fused gates once crashed in backward on mixed bf16/float32 inputs
     job = tiny_job(lr=0.05, amp=True, epochs=1)
-    plan = TrialSettings(attention={**attention, "stages": [3]}, train=job.train)
+    settings = TrialSettings(attention={**attention, "stages": [3]}, train=job.train)
     reports = []
-    assert fit(job, plan, lambda m, s: reports.append(m)) == "completed"
+    assert fit(job, settings, lambda m, s: reports.append(m)) == "completed"
     assert len(reports) == 1 and math.isfinite(reports[0]["train_loss"])
 
 
@@ -344,13 +344,13 @@ def test_one_step_clips_the_true_gradients_with_and_without_a_scaler(grad_clip):
     """The step's single path: with a gradient scaler the gradients are unscaled before clipping, so a scaled
     step moves the weights exactly as an unscaled one (a clip of the scaled gradients would not)."""
     job = tiny_job(lr=0.1, grad_clip=grad_clip, weight_decay=0.0)
-    plan = TrialSettings(attention=None, train=job.train)
+    settings = TrialSettings(attention=None, train=job.train)
     images, targets = torch.rand(8, 3, 8, 8), torch.randint(0, 4, (8,))
     torch.manual_seed(0)
-    model = train_module.build_for_job(job, plan, 4, 8)
+    model = train_module.build_for_job(job, settings, 4, 8)
     after = []
     for scaler in (None, torch.amp.GradScaler("cpu", init_scale=1024.0)):
-        loop = train_module.TrainLoop(plan, copy.deepcopy(model), [], [], torch.device("cpu"), False)
+        loop = train_module.TrainLoop(settings, copy.deepcopy(model), [], [], torch.device("cpu"), False)
         loop.scaler = scaler
         loop.step(images, targets)
         if grad_clip:

@@ -23,8 +23,8 @@ __all__ = ["finetune"]
 EpochReport = Callable[[int, dict], None]  # (epoch, metrics) after pruning (epoch 0) and after every epoch
 
 
-def finetune(model: nn.Module, job: Job, plan: TrialSettings, epochs: int, report: EpochReport) -> dict:
-    """Evaluate ``model`` (epoch 0: as pruned), fine-tune it ``epochs`` epochs with ``plan.train``'s settings and
+def finetune(model: nn.Module, job: Job, settings: TrialSettings, epochs: int, report: EpochReport) -> dict:
+    """Evaluate ``model`` (epoch 0: as pruned), fine-tune it ``epochs`` epochs with ``settings.train``'s settings and
     the schedule spread over those epochs, evaluating after each; return the final metrics with the model's counts
     (``contract.STATIC_METRICS``) and measured ``latency_ms``/``throughput`` on the training device. The model
     stays on the CPU afterwards, in eval mode.
@@ -32,7 +32,7 @@ def finetune(model: nn.Module, job: Job, plan: TrialSettings, epochs: int, repor
     Args:
         model: the pruned model (its weights are trained in place).
         job: the study's job (data, resources).
-        plan: the source trial's settings (``attnsearch.space.materialize`` of its params).
+        settings: the source trial's settings (``attnsearch.space.materialize`` of its params).
         epochs: fine-tuning epochs; 0 evaluates only.
         report: called with (epoch, metrics) at epoch 0 and after every fine-tuning epoch.
 
@@ -40,14 +40,14 @@ def finetune(model: nn.Module, job: Job, plan: TrialSettings, epochs: int, repor
         FloatingPointError: the fine-tuning diverged (the reason names the steps, as a trial's does).
     """
     # the schedule over the fine-tuning epochs, without warmup; eager, as a pruned model is fine-tuned once
-    cfg = plan.train.model_copy(update={"epochs": max(epochs, 1), "warmup_epochs": 0, "compile": False})
-    plan = dataclasses.replace(plan, train=cfg)
+    cfg = settings.train.model_copy(update={"epochs": max(epochs, 1), "warmup_epochs": 0, "compile": False})
+    settings = dataclasses.replace(settings, train=cfg)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads or max(1, int(job.resources.cpu)))
     device = resolve_device(cfg.device)
-    train_ds, val_ds, info = load_data(job, plan.image_size)
+    train_ds, val_ds, info = load_data(job, settings.image_size)
     counts = count_model(model, info.image_size)
-    loop = TrainLoop.build(job, plan, model, train_ds, val_ds, device)
+    loop = TrainLoop.build(job, settings, model, train_ds, val_ds, device)
     with DeviceClaim(device) as claim:
         counts.update(measure_cost(loop.model, job, cfg, device, info.image_size, claim))
         val_acc, val_loss = loop.evaluate()

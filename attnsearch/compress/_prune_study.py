@@ -209,9 +209,9 @@ def prune_study(
 def _prune_one(job: Job, store: tracking.Store, row: pd.Series, params: dict[str, Any], spec: ModelSpec,
                state: dict, ratio: float, importance: str, epochs: int, log) -> PrunedModel:
     source = str(row["run_name"] or row["run_id"])
-    plan = materialize(job, dict(params))
+    settings = materialize(job, dict(params))
     result = prune_model(rebuild(spec, state), ratio, input_size=spec.image_size, importance=importance,
-                         seed=plan.train.seed)
+                         seed=settings.train.seed)
     config = {**params, "prune.ratio": ratio, "prune.importance": importance, "prune.finetune_epochs": epochs,
               "prune.source_run": row["run_id"]}
     trial_id = f"{row['trial_id']}-p{ratio:g}-{importance}"
@@ -228,7 +228,7 @@ def _prune_one(job: Job, store: tracking.Store, row: pd.Series, params: dict[str
         log(f"  {source} pruned {ratio:g} ({importance}): epoch {epoch}/{epochs} val_acc {metrics['val_acc']:.4f}")
 
     started = time.time()
-    metrics = finetune(result.model, job, plan, epochs, report)
+    metrics = finetune(result.model, job, settings, epochs, report)
     record.start_ms = int(started * 1000)
     record.finish(epochs)
     store.reconcile(record)

@@ -151,15 +151,15 @@ def spec_for_trial(
     """The spec of the trial with these params (its config: a child run's params as ``pareto.load_runs`` types
     them): ``space.materialize`` gives its attention dict, width and image size; the number of classes is the
     classifier's in ``state`` when given (else the dataset's)."""
-    plan = materialize(job, dict(params))  # a None is a value too (eca.kernel_size: adaptive)
-    image_size = int(plan.image_size or dataset_info(job.data).image_size)
+    settings = materialize(job, dict(params))  # a None is a value too (eca.kernel_size: adaptive)
+    image_size = int(settings.image_size or dataset_info(job.data).image_size)
     classes, mean, std = _normalisation(job, image_size)
     return ModelSpec(
         backbone=job.backbone.name,
         num_classes=_num_classes(job.backbone.name, state) or classes,
         image_size=image_size,
-        width_mult=float(plan.width_mult),
-        attention=_plain(plan.attention),
+        width_mult=float(settings.width_mult),
+        attention=_plain(settings.attention),
         dataset=job.data.dataset,
         mean=mean,
         std=std,
