@@ -183,18 +183,21 @@ def split_study_id(study_id: str) -> tuple[str, str] | None:
     return (match["name"], match["stamp"]) if match else None
 
 
-def study_conflict(identity: Mapping[str, str], study_id: str, recorded: Mapping[str, str] | None) -> str | None:
+def study_conflict(identity: Mapping[str, str], study_id: str, recorded: Mapping[str, str] | None, *,
+                   same_space: bool = False) -> str | None:
     """Why study ``study_id`` is not the study of the job whose identity is ``identity``, or None when it is.
 
     A job's identity is ``{"name": its name, "space": a digest of its resolved search space}`` (what a study records
     when it starts: ``recorded``; None for a study made before studies recorded it, which is the job's when its id
-    names the job). The reason names the study's job, for a message that names both.
+    names the job). A study belongs to the job of its name; ``same_space`` (a study to be continued: ``--resume``)
+    also asks for the same search space, since a restored search keeps the space it started with. The reason names
+    the study's job, for a message that names both.
     """
     parts = split_study_id(study_id)
     owner = (recorded or {}).get("name") or (parts[0] if parts else None)
     if owner != identity["name"] or (parts is not None and parts[0] != identity["name"]):
         return f"study {study_id} is job {owner!r}'s" if owner else f"{study_id} is not a study id of a job"
-    if recorded is not None and recorded.get("space") != identity["space"]:
+    if same_space and recorded is not None and recorded.get("space") != identity["space"]:
         return (f"study {study_id} was started by another definition of job {owner!r} (search space digest "
                 f"{str(recorded.get('space'))[:12]}..., this job's {identity['space'][:12]}...)")
     return None

@@ -19,6 +19,7 @@ from attnsearch import tracking as T
 from attnsearch.config import load_job
 from attnsearch.search import (
     IDENTITY_FILE,
+    check_own_study,
     claim_study,
     existing_studies,
     new_study_id,
@@ -63,7 +64,9 @@ def test_a_study_id_is_its_jobs_name_and_time_exactly():
     assert C.study_conflict(ident, EXP_OLD, None) is None
     assert "job 'exp-big'" in C.study_conflict(ident, BIG_OLD, None)
     assert "job 'exp-big'" in C.study_conflict(ident, EXP_OLD, {"name": "exp-big", "space": "a" * 16})
-    assert "another definition of job 'exp'" in C.study_conflict(ident, EXP_OLD, {"name": "exp", "space": "b" * 16})
+    edited = {"name": "exp", "space": "b" * 16}
+    assert C.study_conflict(ident, EXP_OLD, edited) is None  # the job's, read under another space
+    assert "another definition of job 'exp'" in C.study_conflict(ident, EXP_OLD, edited, same_space=True)
     assert C.study_conflict(ident, "study-1", None) is not None
 
 
@@ -93,14 +96,19 @@ def test_resume_and_the_ray_side_commands_never_take_another_jobs_study(tmp_path
     _restorable(big, renamed, job_identity(big))
     edited = "exp-20261205-000000-000000"  # exp's name, another space: another definition of the job
     _restorable(exp, edited, {"name": "exp", "space": job_identity(big)["space"]})
-    assert existing_studies(exp) == [EXP_OLD]
+    assert existing_studies(exp) == [EXP_OLD, edited]  # read (sync, importance): every study of the job's name
+    assert existing_studies(exp, same_space=True) == [EXP_OLD]  # continued (--resume): its space too
     assert existing_studies(big) == [BIG_OLD, big_new]
-    assert resolve_study(exp, True) == (EXP_OLD, True)  # the job's newest, not the storage path's
+    assert resolve_study(exp, True) == (EXP_OLD, True)  # the job's newest with its space, not the storage path's
     assert resolve_study(big, C.LATEST) == (big_new, True)
-    for other, owner in ((BIG_OLD, "'exp-big'"), (renamed, "'exp-big'"), (edited, "another definition")):
-        with pytest.raises(C.ConfigError, match=owner) as err:
+    for other in (BIG_OLD, renamed):
+        with pytest.raises(C.ConfigError, match="'exp-big'") as err:
             resolve_study(exp, other)
         assert "not job 'exp'" in str(err.value) and EXP_OLD in str(err.value)
+    with pytest.raises(C.ConfigError, match="another definition") as err:
+        resolve_study(exp, edited)
+    assert "put that space back" in str(err.value) and "without --resume" in str(err.value)
+    check_own_study(exp, edited, "importance --study")  # reading an earlier definition's study is fine
 
     monkeypatch.chdir(tmp_path)
     listing = sorted(p.name for p in Path(exp.ray.storage_path).iterdir())
@@ -121,10 +129,10 @@ def test_resume_and_the_ray_side_commands_never_take_another_jobs_study(tmp_path
         return {"trials": 0}
 
     monkeypatch.setattr(sync_module, "sync_study", fake_sync)
-    assert cli.main(["sync", str(exp_path)]) == 0  # every study of the job: exp's only
-    assert synced == [(EXP_OLD, None)]
+    assert cli.main(["sync", str(exp_path)]) == 0  # every study of the job (any space it had): exp's only
+    assert synced == [(EXP_OLD, None), (edited, {"name": "exp", "space": job_identity(big)["space"]})]
     assert cli.main(["sync", str(big_path), "--study", "latest"]) == 0
-    assert synced[1:] == [(big_new, job_identity(big))]  # the identity its folder records, for its parent run
+    assert synced[2:] == [(big_new, job_identity(big))]  # the identity its folder records, for its parent run
 
 
 def _study(uri: str, study_id: str, identity: dict | None, accs: list[float]) -> str:

@@ -59,26 +59,35 @@ def _restorable(job: Job) -> list[str]:
     )
 
 
-def existing_studies(job: Job) -> list[str]:
+def existing_studies(job: Job, *, same_space: bool = False) -> list[str]:
     """Study ids of this job under ``ray.storage_path`` (oldest first), those Ray can restore: its id names the job
-    exactly and the job identity it recorded, if any, is this job's (``contract.study_conflict``)."""
+    exactly and the job identity it recorded, if any, is this job's (``contract.study_conflict``; ``same_space``:
+    started with this job's search space too, as a study to be resumed must be)."""
     identity = job_identity(job)
-    return [s for s in _restorable(job) if study_conflict(identity, s, recorded_identity(job, s)) is None]
+    return [s for s in _restorable(job)
+            if study_conflict(identity, s, recorded_identity(job, s), same_space=same_space) is None]
 
 
-def check_own_study(job: Job, study_id: str, command: str) -> None:
-    """Refuse (``ConfigError``) study ``study_id`` when it is another job's; a study id not under
-    ``ray.storage_path`` passes (the caller says that it is not there)."""
+def check_own_study(job: Job, study_id: str, command: str, *, same_space: bool = False) -> None:
+    """Refuse (``ConfigError``) study ``study_id`` when it is another job's (``same_space``: or was started with
+    another search space); a study id not under ``ray.storage_path`` passes (the caller says it is not there)."""
     identity = job_identity(job)
     recorded = recorded_identity(job, study_id)
     if split_study_id(study_id) is None and recorded is None:
         return
-    reason = study_conflict(identity, study_id, recorded)
+    reason = study_conflict(identity, study_id, recorded, same_space=same_space)
     if reason is not None:
+        own = ", ".join(existing_studies(job, same_space=same_space)) or "none"
+        if "another definition" in reason:
+            raise ConfigError(
+                f"{command} {study_id}: {reason}; a resumed search keeps the space it started with: put that space "
+                f"back in {job.label} (the study's parent run logs it as params), or run without --resume to start "
+                f"a new study; job {job.name!r}'s studies with this space: {own}"
+            )
         raise ConfigError(
             f"{command} {study_id}: {reason}, not job {job.name!r}'s ({job.label}); a study belongs to the job "
-            "that started it: give that job's file instead of this one, or one of job "
-            f"{job.name!r}'s own studies: {', '.join(existing_studies(job)) or 'none'}"
+            f"that started it: give that job's file instead of this one, or one of job {job.name!r}'s own "
+            f"studies: {own}"
         )
 
 
@@ -126,10 +135,10 @@ def resolve_study(job: Job, resume: bool | str) -> tuple[str, bool]:
     the job, or the one named (refused when it is another job's)."""
     if not resume:
         return new_study_id(job), False
-    studies = existing_studies(job)
+    studies = existing_studies(job, same_space=True)  # a restored search keeps the space it started with
     if isinstance(resume, str) and resume not in (LATEST, "true"):
         if resume not in studies:
-            check_own_study(job, resume, "--resume")
+            check_own_study(job, resume, "--resume", same_space=True)
             raise ConfigError(
                 f"--resume {resume}: no study of that name under ray.storage_path={job.ray.storage_path}; "
                 f"studies of job {job.name!r}: {studies or 'none'}"
