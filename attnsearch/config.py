@@ -29,6 +29,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -39,6 +40,9 @@ from .models import BACKBONES
 from .uris import redact_text, resolve_path, resolve_storage, resolve_tracking_uri
 
 DATASETS_WITH_ROOT = ("cifar10", "cifar100", "imagenet", "folder")
+# data.validation: official needs an official held-out split; these have none (a folder without val/ is refused
+# when its layout is read, attnsearch.data)
+DATASETS_WITHOUT_OFFICIAL_SPLIT = ("digits", "fake")
 # Image side the models see when data.image_size is null (ImageNet-style folders are cropped to 224).
 NATIVE_IMAGE_SIZE = {"digits": 16, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32, "imagenet": 224, "folder": 224,
                      "fake": 32}
@@ -99,6 +103,10 @@ class DataConfig(StrictModel):
     # null: all of it
     train_size: int | float | None = None
     split_seed: int = Field(0, ge=0)  # seed of the validation split and of the train_size subset
+    # split: validate on a split of the training images (val_fraction, split_seed); the official held-out split
+    # (CIFAR's test batch, <root>/val, Fashion-MNIST's t10k) is the test split `retrain` reports as test_acc.
+    # official: validate on the official held-out split, as papers report (attnsearch.data)
+    validation: Literal["split", "official"] = "split"
     augment: bool = True
     # auto: NVIDIA DALI on CUDA for imagenet/folder when installed, else torchvision; dali: always DALI (its CPU
     # backend off CUDA); torch: always torchvision (attnsearch.data)
@@ -121,6 +129,15 @@ class DataConfig(StrictModel):
             return value
         raise ValueError(f"must be a count of training images (an integer >= 1) or a fraction in (0, 1] "
                          f"(got {value!r})")
+
+    @field_validator("validation")
+    @classmethod
+    def _official_split_exists(cls, value: str, info: ValidationInfo) -> str:
+        dataset = info.data.get("dataset")
+        if value == "official" and dataset in DATASETS_WITHOUT_OFFICIAL_SPLIT:
+            raise ValueError(f"dataset {dataset!r} has no official held-out split to validate on; remove "
+                             "data.validation (or set it to split: validation from the training images)")
+        return value
 
     @model_validator(mode="after")
     def _root_given(self) -> DataConfig:

@@ -26,6 +26,7 @@ __all__ = [
     "LATENCY_LOAD",
     "METRICS",
     "LOGGED_EPOCH_METRICS",
+    "TEST_METRICS",
     "STATES",
     "COMPLETED",
     "EARLY_STOPPED",
@@ -91,6 +92,10 @@ LATENCY_LOAD = "latency_load"
 METRICS = EPOCH_METRICS + STATIC_METRICS + MEASURED_METRICS
 # Per-epoch metrics a trial reports besides the objectives (logged to MLflow at step=epoch).
 LOGGED_EPOCH_METRICS = EPOCH_METRICS + ("nam_penalty", "lr", "epoch_time_s") + MEASURED_METRICS + (LATENCY_LOAD,)
+# Reported by an `attnsearch retrain` run with its last epoch when the job validates on a split of the training
+# images (data.validation: split) and its dataset has an official held-out split: accuracy and loss on that split,
+# which no search saw. Never an objective.
+TEST_METRICS = ("test_acc", "test_loss")
 
 # The result key that counts a trial's progress (epochs trained): the schedulers' time attribute, the MLflow step
 # of the per-epoch metrics, a trial's budget.
@@ -251,6 +256,8 @@ METRIC_RETRAIN_FRONT_SIZE = "retrain.front_size"  # retrain parent: configuratio
 METRIC_RETRAIN_FRONT_KEPT = "retrain.front_kept"  # retrain parent: study front members still on it
 METRIC_RETRAIN_BASELINE_MEAN = "retrain.baseline.val_acc_mean"  # retrain parent: the baseline's mean over seeds
 METRIC_RETRAIN_BASELINE_STD = "retrain.baseline.val_acc_std"  # retrain parent: and its standard deviation
+METRIC_RETRAIN_BASELINE_TEST_MEAN = "retrain.baseline.test_acc_mean"  # retrain parent: the baseline's test_acc mean
+METRIC_RETRAIN_BASELINE_TEST_STD = "retrain.baseline.test_acc_std"  # retrain parent: and its standard deviation
 # Which knobs matter (attnsearch.importance), on a study's parent run: metrics ``importance.<objective>.<knob>``,
 # the evaluator, whether an unreliability rule applies and which ("; "-separated).
 TAG_IMPORTANCE_EVALUATOR = "attnsearch.importance.evaluator"

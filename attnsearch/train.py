@@ -32,8 +32,17 @@ from torch import nn
 
 from .attention import nam_penalty
 from .config import DataConfig, Job, TrainConfig
-from .contract import COMPLETED, FAILED, INFEASIBLE, LATENCY_LOAD, REASON_KEY, STATE_KEY, TIME_ATTR
-from .data import build_datasets, build_loaders
+from .contract import (
+    COMPLETED,
+    FAILED,
+    INFEASIBLE,
+    LATENCY_LOAD,
+    PARAM_RETRAIN_SOURCE,
+    REASON_KEY,
+    STATE_KEY,
+    TIME_ATTR,
+)
+from .data import build_datasets, build_eval_loader, build_loaders, official_split
 from .latency import (
     DeviceClaim,
     amp_dtype,
@@ -77,6 +86,19 @@ def load_data(job: Job, image_size: int | None = None):
 @functools.lru_cache(maxsize=4)
 def _datasets(data_json: str):
     return build_datasets(DataConfig.model_validate_json(data_json))
+
+
+def load_test_data(job: Job, image_size: int | None = None):
+    """The split ``test_acc`` is measured on (``attnsearch.data.official_split``) for ``job.data`` at
+    ``image_size``: the official held-out split when the job validates on a split of the training images; None
+    when it validates on the official split itself or the dataset has none. Cached per process as ``load_data``."""
+    cfg = job.data if image_size is None else job.data.model_copy(update={"image_size": image_size})
+    return _test_dataset(cfg.model_dump_json()) if cfg.validation == "split" else None
+
+
+@functools.lru_cache(maxsize=2)
+def _test_dataset(data_json: str):
+    return official_split(DataConfig.model_validate_json(data_json))
 
 
 def build_for_job(job: Job, settings: TrialSettings, num_classes: int, image_size: int) -> nn.Module:
@@ -162,11 +184,13 @@ def fit(
     report: Report,
     checkpoint: Mapping[str, Any] | None = None,
     counts_out: dict | None = None,
+    test: bool = False,
 ) -> str:
     """Train one trial to ``settings.train.epochs``; call ``report(metrics, state)`` after every epoch.
 
     Returns the trial's own verdict: ``"completed"``, ``"infeasible"`` or ``"failed"`` (divergence). Early stops
-    are decided by the caller (ASHA), which simply stops calling back.
+    are decided by the caller (ASHA), which simply stops calling back. ``test`` (a retrain's runs): the last
+    epoch's report adds ``test_acc`` and ``test_loss`` on ``load_test_data``'s split when there is one.
     """
     cfg = settings.train
     torch.manual_seed(cfg.seed)
@@ -184,6 +208,8 @@ def fit(
         return INFEASIBLE
 
     loop = TrainLoop.build(job, settings, model, train_ds, val_ds, device)
+    if test:
+        loop.attach_test(job, load_test_data(job, settings.image_size))
     start_epoch = loop.restore(checkpoint)
     with DeviceClaim(device) as claim:
         counts = {**counts, **measure_cost(loop.model, job, cfg, device, info.image_size, claim)}
@@ -220,6 +246,7 @@ class TrainLoop:
         cfg = self.cfg = settings.train
         self.settings, self.model, self.device, self.channels_last = settings, model, device, channels_last
         self.train_loader, self.val_loader = train_loader, val_loader
+        self.test_loader: Any = None  # attach_test
         self.optimizer = make_optimizer(model, cfg)
         self.amp_ctx, self.scaler = _autocast(device, cfg)
         attention = settings.attention
@@ -256,6 +283,17 @@ class TrainLoop:
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         return cls(settings, model, train_loader, val_loader, device, channels_last)
+
+    def attach_test(self, job: Job, test_ds: Any) -> None:
+        """Evaluate on ``test_ds`` (when not None) after the last epoch too (``fit``'s ``test``).
+
+        Args:
+            job: the trial's job (its ``data`` settings choose the loader).
+            test_ds: the held-out split (``load_test_data``), or None for none.
+        """
+        if test_ds is not None:
+            self.test_loader = build_eval_loader(job.data, test_ds, pin_memory=self.device.type == "cuda",
+                                                 device=self.device, channels_last=self.channels_last)
 
     def restore(self, checkpoint: Mapping[str, Any] | None) -> int:
         """Load a checkpoint's model, optimizer and scaler state; the epoch to continue from (0 without one).
@@ -370,6 +408,9 @@ class TrainLoop:
             "epoch_time_s": time.perf_counter() - started,
             **counts,
         }
+        if self.test_loader is not None and epoch + 1 == self.cfg.epochs:
+            metrics["test_acc"], metrics["test_loss"] = evaluate(self.step_model, self.test_loader, self.device,
+                                                                 self.amp_ctx, self.channels_last)
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -420,4 +461,5 @@ def run_trial(config: dict, job_dict: dict) -> None:
             torch.save(state, os.path.join(tmp, CHECKPOINT_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    fit(job, settings, report, checkpoint_state)
+    # a retrain's runs (their config names the study run they retrain) are tested on the held-out split too
+    fit(job, settings, report, checkpoint_state, test=PARAM_RETRAIN_SOURCE in config)

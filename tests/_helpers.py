@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -15,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import yaml
 
 BIN = Path(sys.executable).parent  # the venv's `ray`, `attnsearch`, `mlflow` scripts
@@ -151,6 +153,8 @@ BAD_JOBS = {
     "reduction": bad("scheduler: {reduction_factor: 1}", "scheduler.reduction_factor", "greater than 1"),
     "dataset": bad("data: {dataset: cifar}", "data.dataset:", "did you mean 'cifar10'"),
     "root_needed": bad("data: {dataset: cifar100}", "data.root:", "needs data.root"),
+    "validation_official": bad("data: {dataset: digits, validation: official}", "data.validation: dataset 'digits' "
+                               "has no official held-out split", "set it to split"),
     "cpu": bad("resources: {cpu: 0}", "resources.cpu", "greater than 0"),
     "gpu": bad("resources: {gpu: -0.5}", "resources.gpu", "greater than or equal to 0"),
     "gpu_fraction": bad("resources: {gpu: 1.5}", "resources.gpu", "only below 1"),
@@ -350,3 +354,25 @@ def assert_optuna_record_matches_mlflow(job: Any, study_id: str) -> dict[str, in
     for tid, trial in by_id.items():
         assert trial.state == TrialState.FAIL and trial.user_attrs.get("attnsearch_reason", "").startswith("lost"), tid
     return counts
+
+
+def write_cifar(root: Path, name: str = "cifar10", per_batch: int = 3) -> dict[str, np.ndarray]:
+    """A tiny tree in the python-pickle format torchvision downloads; returns the images per file."""
+    rng = np.random.default_rng(1)
+    if name == "cifar10":
+        folder, train, test, n = "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], 10
+        meta, key, names_key = "batches.meta", "labels", "label_names"
+    else:
+        folder, train, test, n = "cifar-100-python", ["train"], ["test"], 100
+        meta, key, names_key = "meta", "fine_labels", "fine_label_names"
+    (root / folder).mkdir(parents=True)
+    written = {}
+    for i, fname in enumerate(train + test):
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        labels = [(i * per_batch + j) % n for j in range(per_batch)]
+        with open(root / folder / fname, "wb") as f:
+            pickle.dump({"data": data, key: labels, "batch_label": fname}, f)
+        written[fname] = data
+    with open(root / folder / meta, "wb") as f:
+        pickle.dump({names_key: [f"c{i}" for i in range(n)]}, f)
+    return written

@@ -61,8 +61,10 @@ def tree(tmp_path_factory) -> Path:
 
 
 def folder_cfg(root: Path, **data) -> DataConfig:
+    """DALI over ``root``, validated on ``root/val`` when it has one (``data.validation: official``)."""
+    official = "official" if (root / "val").is_dir() else "split"
     return DataConfig(**{"dataset": "folder", "root": str(root), "image_size": 32, "batch_size": 4, "loader": "dali",
-                         **data})
+                         "validation": official, **data})
 
 
 def read_all(loader) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,7 +173,8 @@ def test_fit_trains_with_the_dali_loader(dali, tree, monkeypatch):
 
     built = []
     original = _dali.DaliLoader._build
-    monkeypatch.setattr(_dali.DaliLoader, "_build", lambda self: built.append(self.shuffle) or original(self))
+    monkeypatch.setattr(_dali.DaliLoader, "_build",
+                        lambda self: built.append((self.shuffle, self.source.files)) or original(self))
     job = validate_job({
         "name": "dali",
         "backbone": {"name": "resnet20"},
@@ -180,10 +183,23 @@ def test_fit_trains_with_the_dali_loader(dali, tree, monkeypatch):
         "search": {"space": {"attention": {"type": ["none"]}}},
     })
     reports = []
-    assert fit(job, TrialSettings(attention=None, train=job.train), lambda m, s: reports.append(m)) == "completed"
+    plan = TrialSettings(attention=None, train=job.train)
+    assert fit(job, plan, lambda m, s: reports.append(m), test=True) == "completed"
     (metrics,) = reports
     assert 0.0 <= metrics["val_acc"] <= 1.0 and math.isfinite(metrics["train_loss"]) and metrics["epoch"] == 1
-    assert sorted(built) == [False, True]  # one training epoch and one evaluation, both through DALI
+    assert 0.0 <= metrics["test_acc"] <= 1.0 and math.isfinite(metrics["test_loss"])
+    # one training epoch, one evaluation and one test, all through DALI; data.validation: split (the default):
+    # training and validation read train/'s files (disjoint), the test reads val/'s, all 18 of them
+    (train_files,), evaluated = [f for shuffle, f in built if shuffle], [f for shuffle, f in built if not shuffle]
+    val_files, test_files = evaluated
+    assert {Path(f).parts[-3] for f in train_files + val_files} == {"train"} and not set(train_files) & set(val_files)
+    assert {Path(f).parts[-3] for f in test_files} == {"val"} and len(test_files) == 18
+    # official: validated on val/, no test
+    built.clear()
+    reports.clear()
+    official = job.model_copy(update={"data": job.data.model_copy(update={"validation": "official"})})
+    assert fit(official, plan, lambda m, s: reports.append(m), test=True) == "completed"
+    assert "test_acc" not in reports[0] and [len(f) for shuffle, f in built if not shuffle] == [18]
 
 
 # --------------------------------------------------------------------------------------------------- the choice

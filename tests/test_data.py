@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import gzip
-import pickle
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _helpers import write_cifar
 from PIL import Image
 
 from attnsearch.config import ConfigError, DataConfig
@@ -24,6 +24,8 @@ from attnsearch.data import (
     build_loaders,
     check_data,
     dataset_info,
+    image_files,
+    official_split,
     read_idx,
     stratified_split,
     stratified_subset,
@@ -96,7 +98,8 @@ def make_image_folder(root: Path, classes=("cat", "dog", "fox"), per_class=4, si
 def test_image_folder_with_train_and_val(tmp_path):
     make_image_folder(tmp_path / "train", per_class=4)
     make_image_folder(tmp_path / "val", per_class=2)
-    cfg = DataConfig(dataset="folder", root=str(tmp_path), image_size=32)
+    # official: validated on val/, as papers report (what every such tree did before data.validation)
+    cfg = DataConfig(dataset="folder", root=str(tmp_path), image_size=32, validation="official")
     check_data(cfg)
     train, val, info = build_datasets(cfg)
     assert (len(train), len(val), info.num_classes) == (12, 6, 3)
@@ -104,9 +107,36 @@ def test_image_folder_with_train_and_val(tmp_path):
     x, y = val[0]
     assert x.shape == (3, 32, 32) and y == 0
     assert dataset_info(cfg).num_classes == 3
+    assert {Path(f).parent.parent.name for f in image_files(val).files} == {"val"}
+    assert official_split(cfg).samples == val.samples  # the official split is the validation split
     # the same tree as an ImageNet root
-    train, val, info = build_datasets(DataConfig(dataset="imagenet", root=str(tmp_path), image_size=16))
+    train, val, info = build_datasets(DataConfig(dataset="imagenet", root=str(tmp_path), image_size=16,
+                                                 validation="official"))
     assert train[3][0].shape == (3, 16, 16) and len(val) == 6
+
+
+@pytest.mark.parametrize("dataset", ["folder", "imagenet"])
+def test_image_folder_split_validates_on_train_and_keeps_val_for_the_test(tmp_path, dataset):
+    make_image_folder(tmp_path / "train", per_class=5)
+    make_image_folder(tmp_path / "val", per_class=2)
+    cfg = DataConfig(dataset=dataset, root=str(tmp_path), image_size=16, val_fraction=0.4)  # validation: split
+    check_data(cfg)
+    train, val, info = build_datasets(cfg)
+    assert (len(train), len(val), info.num_classes) == (9, 6, 3)
+    # the files the torch and the DALI loaders read (image_files): train/ only for both; val/ is the test split
+    train_files, val_files = image_files(train), image_files(val)
+    test = official_split(cfg)
+    test_files = image_files(test)
+    assert {Path(f).parent.parent.name for f in train_files.files + val_files.files} == {"train"}
+    assert {Path(f).parent.parent.name for f in test_files.files} == {"val"} and len(test_files.files) == 6
+    assert not set(train_files.files) & set(val_files.files) and len(set(train_files.files + val_files.files)) == 15
+    assert sorted(val_files.labels) == [0, 0, 1, 1, 2, 2] and sorted(test_files.labels) == [0, 0, 1, 1, 2, 2]
+    assert not val_files.transform.random_crop and not test_files.transform.random_crop
+    assert test[0][0].shape == (3, 16, 16) and test.classes == train.classes
+    # seeded by data.split_seed
+    again = image_files(build_datasets(cfg)[1]).files
+    other = image_files(build_datasets(cfg.model_copy(update={"split_seed": 5}))[1]).files
+    assert again == val_files.files and other != val_files.files
 
 
 def test_image_folder_split_by_val_fraction(tmp_path):
@@ -117,6 +147,19 @@ def test_image_folder_split_by_val_fraction(tmp_path):
     assert (len(train), len(val), info.num_classes) == (9, 6, 3)
     assert sorted(set(train.indices) | set(val.indices)) == list(range(15))
     assert sorted(val[i][1] for i in range(len(val))) == [0, 0, 1, 1, 2, 2]
+    assert official_split(cfg) is None  # no val/: no official split to test on, none to validate on
+    with pytest.raises(ConfigError, match=r"data.validation: official .* has no train/ and val/ folders; set "
+                                          r"data.validation: split"):
+        check_data(cfg.model_copy(update={"validation": "official"}))
+
+
+def test_official_is_refused_for_datasets_without_an_official_split():
+    for dataset in ("digits", "fake"):
+        with pytest.raises(ValueError, match=rf"dataset .{dataset}. has no official held-out split.*"
+                                             r"set it to split"):
+            DataConfig(dataset=dataset, validation="official")
+    with pytest.raises(ValueError, match="validation"):
+        DataConfig(dataset="cifar10", root="x", validation="test")
 
 
 def test_check_data_folder_errors(tmp_path):
@@ -135,8 +178,10 @@ def test_check_data_folder_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"class folders without images .*\['b'\]"):
         check_data(DataConfig(dataset="folder", root=str(tmp_path / "partial")))
     make_image_folder(tmp_path / "inet" / "train", classes=("a", "b"))
-    with pytest.raises(ConfigError, match=r"validation folder .*val does not exist"):
+    with pytest.raises(ConfigError, match=r"held-out folder .*val does not exist"):
         check_data(DataConfig(dataset="imagenet", root=str(tmp_path / "inet")))
+    with pytest.raises(ConfigError, match=r"validation folder .*val does not exist"):
+        check_data(DataConfig(dataset="imagenet", root=str(tmp_path / "inet"), validation="official"))
     make_image_folder(tmp_path / "inet" / "val", classes=("a", "c"))
     with pytest.raises(ConfigError, match=r"same class folders; they differ in \['b', 'c'\]"):
         check_data(DataConfig(dataset="imagenet", root=str(tmp_path / "inet")))
@@ -145,36 +190,15 @@ def test_check_data_folder_errors(tmp_path):
 # --------------------------------------------------------------------------------------------------- CIFAR
 
 
-def write_cifar(root: Path, name: str = "cifar10", per_batch: int = 3) -> dict[str, np.ndarray]:
-    """A tiny tree in the python-pickle format torchvision downloads; returns the images per file."""
-    rng = np.random.default_rng(1)
-    if name == "cifar10":
-        folder, train, test, n = "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], 10
-        meta, key, names_key = "batches.meta", "labels", "label_names"
-    else:
-        folder, train, test, n = "cifar-100-python", ["train"], ["test"], 100
-        meta, key, names_key = "meta", "fine_labels", "fine_label_names"
-    (root / folder).mkdir(parents=True)
-    written = {}
-    for i, fname in enumerate(train + test):
-        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
-        labels = [(i * per_batch + j) % n for j in range(per_batch)]
-        with open(root / folder / fname, "wb") as f:
-            pickle.dump({"data": data, key: labels, "batch_label": fname}, f)
-        written[fname] = data
-    with open(root / folder / meta, "wb") as f:
-        pickle.dump({names_key: [f"c{i}" for i in range(n)]}, f)
-    return written
-
-
 def test_cifar10_pickle_tree(tmp_path):
     written = write_cifar(tmp_path, "cifar10", per_batch=3)
-    cfg = DataConfig(dataset="cifar10", root=str(tmp_path), augment=False)
+    cfg = DataConfig(dataset="cifar10", root=str(tmp_path), augment=False, validation="official")
     check_data(cfg)
     train, val, info = build_datasets(cfg)
     assert (len(train), len(val), info.num_classes, info.image_size) == (15, 3, 10, 32)
     assert train.classes[:2] == ["c0", "c1"]
     assert [train[i][1] for i in range(4)] == [0, 1, 2, 3] and val[0][1] == 5
+    assert torch.equal(official_split(cfg).images, val.images)  # official: the test batch is the validation
     # pixel values survive decoding + normalisation: first training image == first row of data_batch_1
     x, _ = train[0]
     original = torch.from_numpy(written["data_batch_1"][0].reshape(3, 32, 32)).float() / 255
@@ -187,9 +211,41 @@ def test_cifar10_pickle_tree(tmp_path):
     assert views.shape == (8, 3, 40, 40) and (views - views[0]).abs().amax() > 0.1
 
 
+def _rows(ds) -> list[bytes]:
+    """Each image of an in-memory split as bytes (its content, whatever its index)."""
+    return [bytes(ds.images[i].numpy().tobytes()) for i in range(len(ds))]
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_split_validates_on_training_batches_and_keeps_the_test_batch_unseen(tmp_path, name):
+    per_batch = 40 if name == "cifar10" else 200  # every class twice at least
+    written = write_cifar(tmp_path, name, per_batch=per_batch)
+    test_key = "test_batch" if name == "cifar10" else "test"
+    cfg = DataConfig(dataset=name, root=str(tmp_path), augment=False, val_fraction=0.25)  # validation: split
+    check_data(cfg)
+    train, val, info = build_datasets(cfg)
+    n_train = sum(len(v) for k, v in written.items() if k != test_key)
+    assert len(train) + len(val) == n_train and info.num_classes == (10 if name == "cifar10" else 100)
+    test_rows = {bytes(r) for r in written[test_key]}
+    train_rows, val_rows = _rows(train), _rows(val)
+    assert not set(val_rows) & test_rows and not set(train_rows) & test_rows  # the test batch stays out
+    assert not set(train_rows) & set(val_rows) and len(set(train_rows) | set(val_rows)) == n_train
+    test = official_split(cfg)
+    assert set(_rows(test)) == test_rows and len(test) == per_batch and test[0][0].shape == (3, 32, 32)
+    # stratified: a quarter of every class (CIFAR-10: 20 per class; CIFAR-100: 2 per class, rounded up to 1)
+    counts = torch.bincount(val.targets, minlength=info.num_classes)
+    per_class = torch.bincount(torch.cat([train.targets, val.targets]), minlength=info.num_classes)
+    assert counts.tolist() == [max(1, round(int(c) * 0.25)) if c >= 2 else 0 for c in per_class]
+    # seeded by data.split_seed; train_size cuts the training part only
+    assert _rows(build_datasets(cfg)[1]) == val_rows
+    assert _rows(build_datasets(cfg.model_copy(update={"split_seed": 1}))[1]) != val_rows
+    small_train, small_val, _ = build_datasets(cfg.model_copy(update={"train_size": 20}))
+    assert len(small_train) == 20 and _rows(small_val) == val_rows and set(_rows(small_train)) <= set(train_rows)
+
+
 def test_cifar100_pickle_tree(tmp_path):
     write_cifar(tmp_path, "cifar100", per_batch=4)
-    cfg = DataConfig(dataset="cifar100", root=str(tmp_path))
+    cfg = DataConfig(dataset="cifar100", root=str(tmp_path), validation="official")
     check_data(cfg)
     train, val, info = build_datasets(cfg)
     assert (len(train), len(val), info.num_classes) == (4, 4, 100)
@@ -294,6 +350,13 @@ def test_fashion_mnist_written_files_split_and_subset(tmp_path):
     # seeded: same config, same split; another split_seed, another split
     assert indices(build_datasets(cfg)[1]) == val_ids
     assert indices(build_datasets(cfg.model_copy(update={"split_seed": 1}))[1]) != val_ids
+    # the official split is the t10k images (retrain's test split); with validation: official it is the validation
+    test = official_split(cfg)
+    assert indices(test) == set(range(200, 230)) and test[0][0].shape == (3, 28, 28)
+    official = cfg.model_copy(update={"validation": "official", "train_size": None})
+    check_data(official)
+    train, val, _ = build_datasets(official)
+    assert indices(val) == set(range(200, 230)) and indices(train) == set(range(200))
 
 
 def test_fashion_mnist_torchvision_layout_and_resize(tmp_path):
@@ -365,6 +428,15 @@ def test_fashion_mnist_real_files():
     # no validation image is a test image (the raw files hold no duplicates between these)
     val_raw = {bytes(val.images[i, 0].numpy()) for i in range(0, 6_000, 7)}
     assert not val_raw & {bytes(t) for t in test}
+    # the held-out split retrain tests on is exactly the t10k file, in its order
+    held_out = official_split(cfg)
+    assert len(held_out) == 10_000 and torch.equal(held_out.images[:, 0], torch.from_numpy(test))
+    assert held_out.targets.tolist() == read_idx(SYSTEM_FASHION_MNIST / "t10k-labels-idx1-ubyte.gz").tolist()
+    train_raw = {bytes(train.images[i, 0].numpy()) for i in range(0, 54_000, 11)}
+    assert not train_raw & {bytes(t) for t in test}
+    # official: validated on the t10k images, trained on all 60,000
+    train, val, _ = build_datasets(cfg.model_copy(update={"validation": "official"}))
+    assert (len(train), len(val)) == (60_000, 10_000) and torch.equal(val.images, held_out.images)
     small = DataConfig(dataset="fashion_mnist", train_size=5_000, val_fraction=0.05, image_size=16)
     train, val, info = build_datasets(small)
     assert (len(train), len(val), train[0][0].shape) == (5_000, 3_000, (3, 16, 16))

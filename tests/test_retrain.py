@@ -14,21 +14,28 @@ pytest.importorskip("ray")
 mlflow = pytest.importorskip("mlflow")
 stats = pytest.importorskip("scipy.stats")
 
-from _helpers import SE_SPACE, write_job  # noqa: E402
+from _helpers import SE_SPACE, write_cifar, write_job  # noqa: E402
 
 from attnsearch import contract as C  # noqa: E402
 from attnsearch import tracking as T  # noqa: E402
 from attnsearch.cli import main  # noqa: E402
 from attnsearch.config import load_job  # noqa: E402
 from attnsearch.pareto import load_runs, mean_std, select_study, welch_interval  # noqa: E402
-from attnsearch.search import RetrainConfig, retrain_seeds, select_configs, summarize  # noqa: E402
+from attnsearch.search import (  # noqa: E402
+    RetrainConfig,
+    format_retrain,
+    retrain_seeds,
+    select_configs,
+    summarize,
+)
 from attnsearch.space import materialize  # noqa: E402
 
 SPACE = SE_SPACE
 
 
-def retrain_job(tmp_path, **sections):
-    return write_job(tmp_path, SPACE, name="rt", data={"image_size": 16, "batch_size": 128}, train={"epochs": 2},
+def retrain_job(tmp_path, data=None, **sections):
+    return write_job(tmp_path, SPACE, name="rt", data={"image_size": 16, "batch_size": 128, **(data or {})},
+                     train={"epochs": 2},
                      search={"num_samples": 4, "seed": 3, "max_concurrent": 2},
                      tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"},
                      ray={"storage_path": f"{tmp_path}/ray_results", "max_failures": 0}, **sections)
@@ -92,6 +99,21 @@ def test_summarize_means_intervals_and_the_front_of_the_means():
     assert math.isnan(table.iloc[0]["delta_val_acc"])  # the baseline is the reference
     # y (0.71 at 1.5 MFLOPs) is dominated by the baseline's mean (0.81 at 1 MFLOP): it leaves the front
     assert table["on_front"].tolist() == [True, True, False]
+    assert "test_acc_mean" not in table.columns and "test_acc" not in format_retrain(table)  # none reported
+
+
+def test_summarize_and_format_add_test_acc_when_the_runs_report_it():
+    base = RetrainConfig("none", {"attention": "none"}, "b", baseline=True)
+    x = RetrainConfig("se-r4", {"attention": "se"}, "x", study_front=True)
+    rows = [("b", True, 0.80, 0.75), ("b", True, 0.82, 0.77), ("x", False, 0.90, 0.70), ("x", False, 0.86, 0.74)]
+    runs = pd.DataFrame([{"source": s, "baseline": bl, "seed": i, "state": "completed", "val_acc": v,
+                          "test_acc": t, "flops": 1e6} for i, (s, bl, v, t) in enumerate(rows)])
+    table = summarize([base, x], runs, {"val_acc": "max", "flops": "min"})
+    assert table["test_acc_mean"].tolist() == pytest.approx([0.76, 0.72])
+    assert table["test_acc_std"].tolist() == pytest.approx([mean_std([0.75, 0.77])[1], mean_std([0.70, 0.74])[1]])
+    assert table["val_acc_mean"].tolist() == pytest.approx([0.81, 0.88])  # the selection figure is unchanged
+    text = format_retrain(table)
+    assert "test_acc mean +- std" in text and "0.7600 +- 0.0141" in text and "0.7200 +- 0.0283" in text
 
 
 # ------------------------------------------------------------------------------------------------ from a study
@@ -236,10 +258,15 @@ def test_study_and_retrain_assemble_their_tuner_alike(study, monkeypatch, capsys
 
 
 @pytest.mark.slow  # starts Ray: a 4-trial study, then the retrain of its front and baseline (2 seeds, 2 epochs)
-def test_retrain_on_digits_two_seeds(tmp_path, local_ray, capsys):
+def test_retrain_two_seeds_reports_test_acc_on_the_held_out_split(tmp_path, local_ray, capsys):
+    """A tiny CIFAR-10 the test writes (160 training, 40 validation images split from the training batches, the
+    test batch's 40 held out: data.validation: split, the default): the search never sees the test batch, the
+    retrain reports test_acc on it."""
     from attnsearch.search import existing_studies, run_study
 
-    path = retrain_job(tmp_path, scheduler={"type": "none"})
+    write_cifar(tmp_path / "cifar", per_batch=40)
+    path = retrain_job(tmp_path, data={"dataset": "cifar10", "root": str(tmp_path / "cifar")},
+                       scheduler={"type": "none"})
     job = load_job(path)
     study = run_study(job)
     capsys.readouterr()
@@ -260,6 +287,8 @@ def test_retrain_on_digits_two_seeds(tmp_path, local_ray, capsys):
     assert f"Re-evaluated front of study {study.study_id}" in out
     table = pd.read_csv(out_csv)
     assert list(table["source_run"]) == [c.source_run_id for c in expected]
+    assert table["test_acc_mean"].between(0, 1).all() and table["test_acc_std"].notna().all()
+    assert "test_acc mean +- std" in out
     assert table["baseline"].tolist() == [True] + [False] * (len(expected) - 1)
 
     # the retrain's parent run, linked to the study; one child run per configuration and seed
@@ -272,11 +301,13 @@ def test_retrain_on_digits_two_seeds(tmp_path, local_ray, capsys):
     seeds = retrain_seeds(job, 2)
     children = client.search_runs([exp.experiment_id], f"tags.`{C.TAG_PARENT}` = '{parent.info.run_id}'")
     assert len(children) == 2 * len(expected)
-    values = {}
+    values, tests = {}, {}
     for child in children:
         assert child.data.tags[C.TAG_STATE] == "completed" and child.data.tags[C.TAG_BUDGET] == "2"
         source_run = child.data.params[C.PARAM_RETRAIN_SOURCE]
         values.setdefault(source_run, {})[int(child.data.params["train.seed"])] = child.data.metrics["val_acc"]
+        tests.setdefault(source_run, []).append(child.data.metrics["test_acc"])
+        assert 0 <= child.data.metrics["test_acc"] <= 1 and child.data.metrics["test_loss"] > 0
     assert all(sorted(v) == seeds for v in values.values()) and len(values) == len(expected)
 
     # means, standard deviations and intervals are those of the child runs' val_acc
@@ -293,8 +324,15 @@ def test_retrain_on_digits_two_seeds(tmp_path, local_ray, capsys):
     art = mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/retrain.csv")
     assert pd.read_csv(io.StringIO(art))["source_run"].tolist() == table["source_run"].tolist()
     assert parent.info.status == "FINISHED" or client.get_run(parent.info.run_id).info.status == "FINISHED"
-    assert client.get_run(parent.info.run_id).data.metrics[C.METRIC_RETRAIN_BASELINE_MEAN] == pytest.approx(
-        float(np.mean(base)))
+    parent_metrics = client.get_run(parent.info.run_id).data.metrics
+    assert parent_metrics[C.METRIC_RETRAIN_BASELINE_MEAN] == pytest.approx(float(np.mean(base)))
+    assert parent_metrics[C.METRIC_RETRAIN_BASELINE_TEST_MEAN] == pytest.approx(
+        float(np.mean(tests[expected[0].source_run_id])))
+    for _, row in table.iterrows():  # the table's test_acc is the child runs'
+        assert row["test_acc_mean"] == pytest.approx(float(np.mean(tests[row["source_run"]])), abs=1e-12)
+    # the study recorded its protocol; its own trials were never tested (the test batch stays out of a search)
+    assert client.get_run(study.parent_run_id).data.params["data.validation"] == "split"
+    assert "test_acc" not in df.columns or df["test_acc"].isna().all()
 
     # the study is untouched and still the job's only study
     assert existing_studies(job) == [study.study_id]

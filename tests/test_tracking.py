@@ -738,6 +738,9 @@ def test_the_parent_run_logs_the_studys_definition_once(tmp_path, caplog):
     assert json.loads(params["search.objectives"]) == {"val_acc": "max", "flops": "min"}
     assert params["search.space"] == "quickstart.yaml" and params["search.space_digest"] == space_digest(space)
     assert params["backbone.name"] == "resnet20" and params["data.dataset"] == "digits"
+    assert params["data.validation"] == "split"  # the protocol: validated on a split of the training images
+    cifar = job.data.model_copy(update={"dataset": "cifar10", "root": str(tmp_path), "validation": "official"})
+    assert study_params(job.model_copy(update={"data": cifar}), space)["data.validation"] == "official"
     uri = T.resolve_tracking_uri("sqlite:///mlflow.db", tmp_path)
     parent = T.start_study(uri, "q", "s", "name: q\n", space_to_dict(space), False, params=params)
     client = MlflowClient(uri)

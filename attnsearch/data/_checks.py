@@ -70,7 +70,8 @@ def _check_fashion_mnist(cfg: DataConfig) -> None:
                           "or set data.download: true to download them there")
     arrays = fashion_mnist_arrays(cfg)  # reads and checks all four files (headers, lengths, labels)
     labels = arrays["train-labels"]
-    train_idx, _ = stratified_split(labels, cfg.val_fraction, seed=cfg.split_seed)
+    train_idx = (range(len(labels)) if cfg.validation == "official" else
+                 stratified_split(labels, cfg.val_fraction, seed=cfg.split_seed)[0])
     train_subset(train_idx, labels, cfg)  # data.train_size fits the training split
 
 
@@ -112,7 +113,8 @@ def check_data(cfg: DataConfig) -> None:
     train_dir, val_dir = _folder_layout(cfg)
     _check_image_folder(train_dir, "training folder" if train_dir != root else "folder")
     if val_dir is not None:
-        _check_image_folder(val_dir, "validation folder")
+        _check_image_folder(val_dir, "validation folder" if cfg.validation == "official" else
+                            "held-out folder (the official split retrain tests on)")
         train_classes = [c.name for c in _class_dirs(train_dir)]
         val_classes = [c.name for c in _class_dirs(val_dir)]
         if train_classes != val_classes:

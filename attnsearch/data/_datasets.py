@@ -214,24 +214,26 @@ def _resized(images: torch.Tensor, size: int) -> torch.Tensor:
     return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
+def _fashion_mnist_split(cfg: DataConfig, images: np.ndarray, labels: np.ndarray, train: bool) -> ImageTensorDataset:
+    size = cfg.resolved_image_size
+    info = dataset_info(cfg)
+    pad = max(1, size // 8) if train and cfg.augment else 0
+    return ImageTensorDataset(_resized(torch.from_numpy(images)[:, None], size),
+                              torch.from_numpy(labels.astype(np.int64)), info.mean, info.std, pad=pad,
+                              flip=train and cfg.augment, classes=list(FASHION_MNIST_CLASSES), channels=3)
+
+
 def _fashion_mnist(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
     arrays = fashion_mnist_arrays(cfg)
     images, labels = arrays["train-images"], arrays["train-labels"]
-    # the validation split comes out of the 60,000 training images; the 10,000 test images stay unseen
-    train_idx, val_idx = stratified_split(labels, cfg.val_fraction, seed=cfg.split_seed)
-    train_idx = train_subset(train_idx, labels, cfg)
-    size = cfg.resolved_image_size
-    info = dataset_info(cfg)
-    x = torch.from_numpy(images)
-    y = torch.from_numpy(labels.astype(np.int64))
-    classes = list(FASHION_MNIST_CLASSES)
-
-    def split(idx: list[int], train: bool) -> ImageTensorDataset:
-        pad = max(1, size // 8) if train and cfg.augment else 0
-        return ImageTensorDataset(_resized(x[idx][:, None], size), y[idx], info.mean, info.std, pad=pad,
-                                  flip=train and cfg.augment, classes=classes, channels=3)
-
-    return split(train_idx, True), split(val_idx, False), info
+    if cfg.validation == "official":  # validated on the 10,000 test images, as papers report
+        train_idx = train_subset(range(len(labels)), labels, cfg)
+        val = _fashion_mnist_split(cfg, arrays["test-images"], arrays["test-labels"], False)
+    else:  # the validation split comes out of the 60,000 training images; the 10,000 test images stay unseen
+        train_idx, val_idx = stratified_split(labels, cfg.val_fraction, seed=cfg.split_seed)
+        train_idx = train_subset(train_idx, labels, cfg)
+        val = _fashion_mnist_split(cfg, images[val_idx], labels[val_idx], False)
+    return _fashion_mnist_split(cfg, images[train_idx], labels[train_idx], True), val, dataset_info(cfg)
 
 
 def _digits_file() -> Path | None:
@@ -294,21 +296,40 @@ def _cifar_split(folder: str, files: tuple[str, ...], label_key: str) -> tuple[t
     return torch.from_numpy(np.concatenate(data)), torch.tensor(labels, dtype=torch.long)
 
 
+def _cifar_test(cfg: DataConfig) -> ImageTensorDataset:
+    meta = _CIFAR[cfg.dataset]
+    folder = str(Path(cfg.root) / meta["folder"])
+    x, y = _cifar_split(folder, tuple(meta["test"]), meta["labels"])
+    info = dataset_info(cfg)
+    return ImageTensorDataset(x, y, info.mean, info.std, size=info.image_size, classes=_cifar_classes(cfg))
+
+
+def _cifar_classes(cfg: DataConfig) -> list[str]:
+    meta = _CIFAR[cfg.dataset]
+    return list(_unpickle(Path(cfg.root) / meta["folder"] / meta["meta"][0])[meta["meta"][1]])
+
+
 def _cifar(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
     meta = _CIFAR[cfg.dataset]
     folder = str(Path(cfg.root) / meta["folder"])
-    classes = list(_unpickle(Path(folder) / meta["meta"][0])[meta["meta"][1]])
-    size = cfg.resolved_image_size
-    info = DatasetInfo(meta["num_classes"], size, 3, meta["mean"], meta["std"])
+    classes = _cifar_classes(cfg)
+    info = dataset_info(cfg)
     x_train, y_train = _cifar_split(folder, tuple(meta["train"]), meta["labels"])
-    x_val, y_val = _cifar_split(folder, tuple(meta["test"]), meta["labels"])
-    if cfg.train_size is not None:
-        keep = torch.tensor(train_subset(range(len(y_train)), y_train.numpy(), cfg))
-        x_train, y_train = x_train[keep], y_train[keep]
+    if cfg.validation == "official":  # the test batch, as papers report
+        val = _cifar_test(cfg)
+        keep = train_subset(range(len(y_train)), y_train.numpy(), cfg)
+    else:  # a split of the training batches; the test batch stays unseen
+        keep, val_idx = stratified_split(y_train.numpy(), cfg.val_fraction, seed=cfg.split_seed)
+        keep = train_subset(keep, y_train.numpy(), cfg)
+        val_keep = torch.tensor(val_idx, dtype=torch.long)
+        val = ImageTensorDataset(x_train[val_keep], y_train[val_keep], info.mean, info.std, size=info.image_size,
+                                 classes=classes)
+    if len(keep) != len(y_train):
+        keep_t = torch.tensor(keep, dtype=torch.long)
+        x_train, y_train = x_train[keep_t], y_train[keep_t]
     # the standard CIFAR recipe: RandomCrop(32, padding=4) + horizontal flip
     train = ImageTensorDataset(x_train, y_train, info.mean, info.std, pad=4 if cfg.augment else 0,
-                               flip=cfg.augment, size=size, classes=classes)
-    val = ImageTensorDataset(x_val, y_val, info.mean, info.std, size=size, classes=classes)
+                               flip=cfg.augment, size=info.image_size, classes=classes)
     return train, val, info
 
 
@@ -347,11 +368,32 @@ def image_files(dataset: Dataset) -> ImageFiles | None:
 
 
 def _folder_layout(cfg: DataConfig) -> tuple[Path, Path | None]:
-    """(train dir, val dir or None when the train dir is to be split)."""
+    """(train dir, the official held-out dir ``root/val`` or None when there is none). ``ConfigError`` naming
+    ``data.validation`` when it is ``official`` and the tree has no ``val/`` to validate on."""
     root = Path(cfg.root)
     if cfg.dataset == "imagenet" or ((root / "train").is_dir() and (root / "val").is_dir()):
         return root / "train", root / "val"
+    if cfg.validation == "official":
+        raise ConfigError(f"data.validation: official validates on the official held-out split {root / 'val'}, "
+                          f"and {root} has no train/ and val/ folders; set data.validation: split (validation from "
+                          "the training images) or add the val/ folder beside train/")
     return (root / "train" if (root / "train").is_dir() else root), None
+
+
+def _folder_test(cfg: DataConfig) -> Dataset | None:
+    from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import find_classes
+
+    train_dir, val_dir = _folder_layout(cfg)
+    if val_dir is None:
+        return None
+    size = cfg.resolved_image_size
+    test = ImageFolder(str(val_dir), transform=_image_transforms(size, False, IMAGENET_MEAN, IMAGENET_STD))
+    train_classes, _ = find_classes(str(train_dir))
+    if test.classes != train_classes:
+        raise ConfigError(f"data.root: {val_dir} has classes {test.classes[:5]}... but {train_dir} has "
+                          f"{train_classes[:5]}...; both need the same class folders")
+    return _with_transform(test, size, False)
 
 
 def _folder(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
@@ -360,18 +402,15 @@ def _folder(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
     size = cfg.resolved_image_size
     train_tf = _image_transforms(size, cfg.augment, IMAGENET_MEAN, IMAGENET_STD)
     val_tf = _image_transforms(size, False, IMAGENET_MEAN, IMAGENET_STD)
-    train_dir, val_dir = _folder_layout(cfg)
-    if val_dir is not None:
-        train, val = ImageFolder(str(train_dir), transform=train_tf), ImageFolder(str(val_dir), transform=val_tf)
-        if val.classes != train.classes:
-            raise ConfigError(f"data.root: {val_dir} has classes {val.classes[:5]}... but {train_dir} has "
-                              f"{train.classes[:5]}...; both need the same class folders")
+    train_dir, _ = _folder_layout(cfg)
+    if cfg.validation == "official":  # root/val, as papers report (the layout refuses a tree without one)
+        train, val = ImageFolder(str(train_dir), transform=train_tf), _folder_test(cfg)
         num_classes = len(train.classes)
         if cfg.train_size is not None:
             classes = train.classes
             train = Subset(train, train_subset(range(len(train.targets)), train.targets, cfg))
             train.classes = classes  # type: ignore[attr-defined]
-    else:
+    else:  # the validation split comes out of the training folder; root/val (if any) stays unseen
         base_train = ImageFolder(str(train_dir), transform=train_tf)
         base_val = ImageFolder(str(train_dir), transform=val_tf)
         train_idx, val_idx = stratified_split(base_train.targets, cfg.val_fraction, seed=cfg.split_seed)
@@ -398,6 +437,21 @@ _BUILDERS = {"digits": _digits, "fashion_mnist": _fashion_mnist, "cifar10": _cif
 def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
     """(train dataset, val dataset, info) for ``cfg``; items are (float tensor (3, S, S) normalised, label)."""
     return _BUILDERS[cfg.dataset](cfg)
+
+
+def official_split(cfg: DataConfig) -> Dataset | None:
+    """The dataset's official held-out split, evaluated as the validation split is (no augmentation): CIFAR's test
+    batch, an ImageFolder tree's ``root/val``, Fashion-MNIST's t10k images; None for a dataset without one
+    (digits, fake, a folder without ``val/``). With ``data.validation: split`` no search sees it: it is the test
+    split ``attnsearch retrain`` reports ``test_acc`` on; with ``official`` it is the validation split itself."""
+    if cfg.dataset in _CIFAR:
+        return _cifar_test(cfg)
+    if cfg.dataset == "fashion_mnist":
+        arrays = fashion_mnist_arrays(cfg)
+        return _fashion_mnist_split(cfg, arrays["test-images"], arrays["test-labels"], False)
+    if cfg.dataset in ("imagenet", "folder"):
+        return _folder_test(cfg)
+    return None
 
 
 def dataset_info(cfg: DataConfig) -> DatasetInfo:

@@ -37,16 +37,12 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def _dali_loaders(cfg: DataConfig, train_ds: Dataset, val_ds: Dataset, seed: int, device: torch.device,
-                  channels_last: bool, shard_id: int, num_shards: int) -> tuple[DaliLoader, DaliLoader]:
-    train_files, val_files = image_files(train_ds), image_files(val_ds)
-    if train_files is None or val_files is None:
-        raise ConfigError(f"data.loader: dali reads ImageFolder splits (data.dataset imagenet or folder) and was "
-                          f"given {type(train_ds).__name__}/{type(val_ds).__name__}; set data.loader: torch")
+def _dali_common(cfg: DataConfig, device: torch.device, channels_last: bool, shard_id: int,
+                 num_shards: int) -> dict[str, Any]:
     device_id = None
     if device.type == "cuda":
         device_id = device.index if device.index is not None else torch.cuda.current_device()
-    common: dict[str, Any] = {
+    return {
         "device_id": device_id,
         # the trial's CPUs: torch's threads (train.threads = resources.cpu) unless data.num_workers says otherwise
         "num_threads": cfg.num_workers or torch.get_num_threads(),
@@ -55,9 +51,59 @@ def _dali_loaders(cfg: DataConfig, train_ds: Dataset, val_ds: Dataset, seed: int
         "shard_id": shard_id,
         "num_shards": num_shards,
     }
+
+
+def _dali_refusal(*datasets: Dataset) -> ConfigError:
+    names = "/".join(type(d).__name__ for d in datasets)
+    return ConfigError(f"data.loader: dali reads ImageFolder splits (data.dataset imagenet or folder) and was "
+                       f"given {names}; set data.loader: torch")
+
+
+def _dali_loaders(cfg: DataConfig, train_ds: Dataset, val_ds: Dataset, seed: int, device: torch.device,
+                  channels_last: bool, shard_id: int, num_shards: int) -> tuple[DaliLoader, DaliLoader]:
+    train_files, val_files = image_files(train_ds), image_files(val_ds)
+    if train_files is None or val_files is None:
+        raise _dali_refusal(train_ds, val_ds)
+    common = _dali_common(cfg, device, channels_last, shard_id, num_shards)
     train = DaliLoader(train_files, cfg.batch_size, shuffle=True, drop_last=True, seed=seed, **common)
     val = DaliLoader(val_files, cfg.eval_batch_size or cfg.batch_size, shuffle=False, **common)
     return train, val
+
+
+def _torch_common(cfg: DataConfig, pin_memory: bool) -> dict[str, Any]:
+    common: dict[str, Any] = {
+        "num_workers": cfg.num_workers,
+        "pin_memory": pin_memory,
+        "persistent_workers": cfg.num_workers > 0,
+    }
+    if cfg.num_workers > 0:
+        common["worker_init_fn"] = _seed_worker
+        common["prefetch_factor"] = cfg.prefetch_factor
+    return common
+
+
+def build_eval_loader(cfg: DataConfig, dataset: Dataset, pin_memory: bool = False,
+                      device: torch.device | str | None = None,
+                      channels_last: bool = False) -> DataLoader | DaliLoader:
+    """An evaluation loader (in order, ``eval_batch_size``) over ``dataset`` of the kind ``build_loaders`` gives
+    its validation loader (``loader_kind``): what ``attnsearch retrain`` reads the official held-out split with.
+
+    Args:
+        cfg: the job's data settings.
+        dataset: a split of ``build_datasets``' kind (for DALI an ImageFolder split, ``image_files``).
+        pin_memory: page-locked batches (torch's DataLoader), for asynchronous copies to CUDA.
+        device: where the batches go (DALI decodes there on CUDA); default CPU.
+        channels_last: DALI's batches in channels_last memory format.
+    """
+    device = torch.device(device or "cpu")
+    batch_size = cfg.eval_batch_size or cfg.batch_size
+    if loader_kind(cfg, device) == "dali":
+        files = image_files(dataset)
+        if files is not None:
+            return DaliLoader(files, batch_size, shuffle=False, **_dali_common(cfg, device, channels_last, 0, 1))
+        if cfg.loader == "dali":
+            raise _dali_refusal(dataset)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **_torch_common(cfg, pin_memory))
 
 
 def build_loaders(
@@ -85,14 +131,7 @@ def build_loaders(
             if cfg.loader == "dali":
                 raise
             warnings.warn(f"data.loader: auto falls back to torch's DataLoader: {exc}", stacklevel=2)
-    common: dict[str, Any] = {
-        "num_workers": cfg.num_workers,
-        "pin_memory": pin_memory,
-        "persistent_workers": cfg.num_workers > 0,
-    }
-    if cfg.num_workers > 0:
-        common["worker_init_fn"] = _seed_worker
-        common["prefetch_factor"] = cfg.prefetch_factor
+    common = _torch_common(cfg, pin_memory)
     generator = torch.Generator().manual_seed(seed)
     train = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=generator,
                        drop_last=len(train_ds) > cfg.batch_size, **common)

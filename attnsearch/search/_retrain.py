@@ -5,7 +5,12 @@ members are partly there by luck. A retrain trains every front member (or the ru
 baseline again, ``len(seeds)`` times each, as one Ray Tune run over that fixed list (no searcher, FIFO, no early
 stopping, ``search.budget_epochs`` ignored), and reports per configuration the mean and standard deviation of
 ``val_acc`` over the seeds, the difference to the baseline's mean with a 95 % Welch t interval, and whether the
-configuration is still on the front of the means (the study's own objectives).
+configuration is still on the front of the means (the study's own objectives). When the job validates on a split
+of the training images (``data.validation: split``) and its dataset has an official held-out split (CIFAR's test
+batch, ``root/val``, Fashion-MNIST's t10k), every run is also evaluated on that split after its last epoch
+(``test_acc``, ``test_loss``; no search saw it) and the table adds the mean and standard deviation of
+``test_acc``: the unbiased figure. With ``official`` the validation split is the official one, so there is no
+``test_acc``.
 
 Seeds: ``train.seed + 1`` to ``train.seed + N``. The search trained with ``train.seed``; fresh seeds keep the
 luck that put a configuration on the front out of its re-evaluation.
@@ -43,6 +48,8 @@ from ..contract import (
     LOGGED_EPOCH_METRICS,
     METRIC_RETRAIN_BASELINE_MEAN,
     METRIC_RETRAIN_BASELINE_STD,
+    METRIC_RETRAIN_BASELINE_TEST_MEAN,
+    METRIC_RETRAIN_BASELINE_TEST_STD,
     METRIC_RETRAIN_FRONT_KEPT,
     METRIC_RETRAIN_FRONT_SIZE,
     METRICS,
@@ -50,6 +57,7 @@ from ..contract import (
     PARAM_RETRAIN_SOURCE,
     STATIC_METRICS,
     TAG_NOTE,
+    TEST_METRICS,
     TIME_ATTR,
     ConfigError,
     UsageError,
@@ -79,7 +87,7 @@ if TYPE_CHECKING:
 __all__ = ["RetrainConfig", "RetrainOutcome", "retrain", "select_configs", "summarize",
            "format_retrain", "retrain_seeds"]
 
-_RUN_METRICS = tuple(dict.fromkeys([TIME_ATTR, *METRICS, *LOGGED_EPOCH_METRICS]))
+_RUN_METRICS = tuple(dict.fromkeys([TIME_ATTR, *METRICS, *LOGGED_EPOCH_METRICS, *TEST_METRICS]))
 
 
 # --------------------------------------------------------------------------------------------------- what to retrain
@@ -166,11 +174,14 @@ def summarize(configs: Sequence[RetrainConfig], runs: pd.DataFrame, objectives: 
     ``baseline``, ``seed``, ``state`` and the metrics). Completed runs only. Columns: ``run_name``,
     ``source_run``, ``baseline``, ``study_front``, ``n``, ``failed``, ``val_acc_mean``, ``val_acc_std``,
     ``delta_val_acc`` (minus the baseline's mean), ``delta_low``/``delta_high`` (95 % Welch t interval),
-    ``study_val_acc`` (the search's one run), the counts (``flops``, ``params``...), ``<objective>_mean`` for
-    any other objective measured per run, and ``on_front``: on the front of the means, the study's objectives."""
+    ``study_val_acc`` (the search's one run), ``test_acc_mean``/``test_acc_std`` when the runs reported
+    ``test_acc`` (the official held-out split, ``data.validation: split``), the counts (``flops``, ``params``...),
+    ``<objective>_mean`` for any other objective measured per run, and ``on_front``: on the front of the means,
+    the study's objectives."""
     done = runs[runs["state"] == COMPLETED] if len(runs) else runs
     base = configs[0]
     base_acc = _values(done, base, "val_acc")
+    tested = "test_acc" in done.columns and done["test_acc"].notna().any()
     rows = []
     for config in configs:
         mine = _of(done, config)
@@ -181,6 +192,8 @@ def summarize(configs: Sequence[RetrainConfig], runs: pd.DataFrame, objectives: 
                "study_front": config.study_front, "n": len(acc), "failed": len(_of(runs, config)) - len(acc),
                "val_acc_mean": mean, "val_acc_std": std, "delta_val_acc": diff, "delta_low": low,
                "delta_high": high, "study_val_acc": config.study_metrics.get("val_acc", math.nan)}
+        if tested:
+            row["test_acc_mean"], row["test_acc_std"] = mean_std(_values(done, config, "test_acc"))
         for metric in dict.fromkeys([*STATIC_METRICS[:3], *objectives]):
             if metric == "val_acc" or metric not in mine.columns:
                 continue
@@ -218,11 +231,13 @@ def _values(runs: pd.DataFrame, config: RetrainConfig, metric: str) -> list[floa
 
 def format_retrain(table: pd.DataFrame) -> str:
     """The terminal table: per configuration n, mean +- std, the difference to the baseline with its interval,
-    FLOPs, and the front: ``kept`` / ``dropped`` (a study front member on or off the front of the means), ``new``
-    (on it, but not on the study's), ``yes`` / ``no`` for the baseline."""
+    the mean +- std of ``test_acc`` when the table has it, FLOPs, and the front: ``kept`` / ``dropped`` (a study
+    front member on or off the front of the means), ``new`` (on it, but not on the study's), ``yes`` / ``no`` for
+    the baseline."""
     def num(v: Any, fmt: str) -> str:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
+    tested = "test_acc_mean" in table.columns
     rows = []
     for _, r in table.iterrows():
         if r["baseline"]:
@@ -231,11 +246,12 @@ def format_retrain(table: pd.DataFrame) -> str:
             delta = f"{num(r['delta_val_acc'], '+.4f')} [{num(r['delta_low'], '+.4f')}, {num(r['delta_high'], '+.4f')}]"
             front = ("kept" if r["on_front"] else "dropped") if r["study_front"] else ("new" if r["on_front"] else "-")
         flops = r.get("flops", math.nan)
+        test = [f"{num(r['test_acc_mean'], '.4f')} +- {num(r['test_acc_std'], '.4f')}"] if tested else []
         rows.append([r["run_name"], f"{r['n']}" + (f" ({r['failed']} failed)" if r["failed"] else ""),
                      f"{num(r['val_acc_mean'], '.4f')} +- {num(r['val_acc_std'], '.4f')}", delta,
-                     num(r["study_val_acc"], ".4f"), _count(flops), front])
+                     num(r["study_val_acc"], ".4f"), *test, _count(flops), front])
     header = ["configuration", "n", "val_acc mean +- std", f"vs baseline [{CONFIDENCE:.0%} CI]", "search val_acc",
-              "flops", "front"]
+              *(["test_acc mean +- std"] if tested else []), "flops", "front"]
     return format_table(header, rows)
 
 
@@ -354,6 +370,9 @@ def _record(client: MlflowClient, parent_run_id: str, table: pd.DataFrame, out: 
     metrics = {METRIC_RETRAIN_FRONT_SIZE: int(table["on_front"].sum()),
                METRIC_RETRAIN_FRONT_KEPT: int(members["on_front"].sum()),
                METRIC_RETRAIN_BASELINE_MEAN: base["val_acc_mean"], METRIC_RETRAIN_BASELINE_STD: base["val_acc_std"]}
+    if "test_acc_mean" in table.columns:
+        metrics[METRIC_RETRAIN_BASELINE_TEST_MEAN] = base["test_acc_mean"]
+        metrics[METRIC_RETRAIN_BASELINE_TEST_STD] = base["test_acc_std"]
     try:
         with tracking.fast_http():
             client.log_text(parent_run_id, table.to_csv(index=False), "retrain.csv")

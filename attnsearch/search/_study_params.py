@@ -23,7 +23,8 @@ def study_params(job: Job, space: SearchSpace) -> dict[str, str]:
     ``reduction_factor`` and ``rungs`` (the epochs it decides at), ``search.num_samples``, ``search.max_concurrent``,
     ``search.seed``, ``search.baseline``, ``train.epochs``, ``search.objectives`` (JSON, the job's order),
     ``search.budget_epochs`` (``none`` without one), ``backbone.name``, ``backbone.width_mult``, ``data.dataset``,
-    ``data.image_size``, ``search.space`` (the space file's name, ``inline`` for a space in the job) and
+    ``data.image_size``, ``data.validation`` (what the study validates on: a split of the training images or the
+    dataset's official held-out split), ``search.space`` (the space file's name, ``inline`` for a space in the job) and
     ``search.space_digest`` (``space_digest``).
     """
     kind = job.scheduler_type
@@ -41,6 +42,7 @@ def study_params(job: Job, space: SearchSpace) -> dict[str, str]:
         "backbone.width_mult": job.backbone.width_mult,
         "data.dataset": job.data.dataset,
         "data.image_size": job.data.image_size if job.data.image_size is not None else "native",
+        "data.validation": job.data.validation,
         "search.space": PurePath(job.search.space).name if isinstance(job.search.space, str) else "inline",
         "search.space_digest": space_digest(space),
     }
