@@ -254,6 +254,22 @@ def test_study_and_retrain_assemble_their_tuner_alike(study, monkeypatch, capsys
     assert retrain_run.storage_path.endswith("/retrain") and study_run.storage_path == job.ray.storage_path
 
 
+def test_retrain_warns_when_the_study_was_searched_under_another_validation_protocol(study, capsys):
+    from attnsearch.search import protocol_mismatch
+
+    job, parent, _ = study
+    client = mlflow.MlflowClient(job.tracking.uri)
+    source = select_study(client, "rt", "latest", job=job)
+    assert protocol_mismatch(client, source, job) is None  # a study from before the param: not judged
+    client.log_param(parent, "data.validation", "split")
+    assert protocol_mismatch(client, source, job) is None  # the same protocol
+    other = job.model_copy(update={"data": job.data.model_copy(update={"dataset": "cifar10", "root": "c",
+                                                                        "validation": "official"})})
+    note = protocol_mismatch(client, source, other)
+    assert "searched with data.validation: split, this job has official" in note
+    assert "--set data.validation=split" in note
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 
 

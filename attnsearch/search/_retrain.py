@@ -85,7 +85,7 @@ if TYPE_CHECKING:
     from ..config import Job
 
 __all__ = ["RetrainConfig", "RetrainOutcome", "retrain", "select_configs", "summarize",
-           "format_retrain", "retrain_seeds"]
+           "format_retrain", "retrain_seeds", "protocol_mismatch"]
 
 _RUN_METRICS = tuple(dict.fromkeys([TIME_ATTR, *METRICS, *LOGGED_EPOCH_METRICS, *TEST_METRICS]))
 
@@ -318,6 +318,10 @@ def retrain(job: Job, *, study: str | None = None, front: bool = True, runs: Seq
         source = select_study(client, experiment, study, job=job)
     except ValueError as exc:
         raise UsageError(f"--study {study or 'latest'}: {exc}; run the study first (`attnsearch run JOB`)") from None
+    out = stream or sys.stdout
+    note = protocol_mismatch(client, source, job)
+    if note:
+        print(note, file=out, flush=True)
     objectives = dict(source.objectives or job.search.objectives)
     df = load_runs(experiment, tracking_uri=uri, parent_run_id=source.parent_run_id)
     space = load_space(job)
@@ -340,7 +344,6 @@ def retrain(job: Job, *, study: str | None = None, front: bool = True, runs: Seq
                                  datasets=tracking.dataset_inputs(job.data)),
                    ProgressPrinter(progress, stream=stream)],
     )
-    out = stream or sys.stdout
     print(f"retrain {retrain_id} of study {source.study}: {len(configs)} configurations (baseline "
           f"{configs[0].name} and {len(configs) - 1} more) x seeds {seed_list} = {len(points)} runs of {epochs} "
           f"epochs, results in {storage}/{retrain_id}", file=out, flush=True)
@@ -353,6 +356,24 @@ def retrain(job: Job, *, study: str | None = None, front: bool = True, runs: Seq
     _record(client, parent_run_id, table, out)
     return RetrainOutcome(retrain_id, parent_run_id, source, configs, seed_list, epochs, table, run_frame,
                           f"{storage}/{retrain_id}", progress)
+
+
+def protocol_mismatch(client: MlflowClient, source: Study, job: Job) -> str | None:
+    """A warning when the study was searched under another ``data.validation`` than the job's (its parent run's
+    param; a study that predates the param is not judged): the retrain's ``val_acc`` is then not measured on the
+    split the study selected its front on. None when they agree."""
+    if source.parent_run_id is None:
+        return None
+    try:
+        with tracking.fast_http():
+            searched = client.get_run(source.parent_run_id).data.params.get("data.validation")
+    except Exception:  # noqa: BLE001 - only a warning depends on it
+        return None
+    if searched is None or searched == job.data.validation:
+        return None
+    return (f"retrain: warning: study {source.study} was searched with data.validation: {searched}, this job has "
+            f"{job.data.validation}; its val_acc is measured on another split than the front was selected on "
+            f"(--set data.validation={searched} retrains it as it was searched)")
 
 
 def _run_row(result: Any, epochs: int) -> dict[str, Any]:
