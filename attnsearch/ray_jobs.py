@@ -201,6 +201,42 @@ def _cluster_path_warnings(raw: dict[str, Any]) -> list[str]:
     return out
 
 
+def _keys_with_credentials(node: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of ``node`` (a parsed job) whose string values hold a URI with userinfo."""
+    if isinstance(node, dict):
+        return [k for key, value in node.items() for k in _keys_with_credentials(value, f"{prefix}{key}.")]
+    if isinstance(node, list):
+        return [k for i, value in enumerate(node) for k in _keys_with_credentials(value, f"{prefix}{i}.")]
+    return [prefix.rstrip(".")] if isinstance(node, str) and uris.has_credentials(node) else []
+
+
+_CREDENTIALS_FIX = {
+    "tracking.uri": "give the URI without them and set MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (or "
+                    "MLFLOW_TRACKING_TOKEN) on the head, where the driver runs: docker/.env (compose), "
+                    "docker/cluster.env (ray up) or the attnsearch-mlflow Secret (KubeRay)",
+    "ray.storage_path": "give the URI without them and give every node the store's own credentials (an instance "
+                        "role, or the store's environment variables such as AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+                        "on each node)",
+}
+
+
+def refuse_credentials(job: dict[str, Any], job_path: str | Path) -> None:
+    """Raise ``ConfigError`` when a value of ``job`` (the job file with its ``--set`` overrides) holds a URI with
+    credentials: a Ray Job's entrypoint, its metadata and its runtime_env are shown to every user of the cluster's
+    dashboard and Jobs API, and its uploaded working_dir can be read back from the cluster, so ``submit`` sends no
+    credentials at all (the cluster's nodes hold them, in the environment variables their clients read)."""
+    keys = _keys_with_credentials(job)
+    if not keys:
+        return
+    fixes = [f"{key}: {_CREDENTIALS_FIX.get(key, 'give the URI without them; the cluster must hold them')}"
+             for key in keys]
+    raise ConfigError(
+        f"submit {job_path}: {', '.join(keys)} holds credentials (user:password@ in a URI); a Ray Job's command "
+        f"line and its uploaded files are shown to every user of the cluster's dashboard, so submit sends none. "
+        + "; ".join(fixes)
+    )
+
+
 def build_working_dir(
     job_path: str | Path,
     overrides: Sequence[str] = (),
@@ -215,7 +251,8 @@ def build_working_dir(
     ``attnsearch status`` shows them), except two keys: ``search.space`` points at the copy of the space file
     inside the working_dir (a ``--set search.space...`` override is applied here and not passed on, its path
     being the submitter's), and a missing ``ray.address`` becomes ``auto``, because a Ray Job's driver must join
-    the cluster it runs on instead of starting a private one.
+    the cluster it runs on instead of starting a private one. A job or override holding a URI with credentials is
+    refused (``refuse_credentials``) before anything is written.
     """
     job_path = Path(job_path)
     job = load_job(job_path, overrides)  # the whole job and its space are checked before anything is sent
@@ -223,6 +260,8 @@ def build_working_dir(
     raw = read_yaml(job_path, "job file")
     if not isinstance(raw, dict):  # load_job already refused this; keeps the type checker honest
         raise ConfigError(f"{job_path}: expected a mapping")
+    effective = apply_overrides(copy.deepcopy(raw), overrides, str(job_path))
+    refuse_credentials(effective, job_path)
     if dest is not None and Path(dest).exists() and (not Path(dest).is_dir() or any(Path(dest).iterdir())):
         raise ConfigError(f"--dry-run {dest}: not an empty folder; the working_dir is written into a new or empty "
                           "folder only (nothing there is overwritten: the job's own folder would lose its job file)")
@@ -230,7 +269,6 @@ def build_working_dir(
     dest.mkdir(parents=True, exist_ok=True)
 
     passed = [o for o in overrides if not _touches_space(o)]
-    effective = apply_overrides(copy.deepcopy(raw), overrides, str(job_path))
     warnings = _cluster_path_warnings(effective)
 
     search = raw.setdefault("search", {})

@@ -12,7 +12,8 @@ import urllib.parse
 from pathlib import Path
 
 __all__ = [
-    "REDACTED", "redact_uri", "redact_text", "split_credentials", "has_credentials", "resolve_tracking_uri",
+    "REDACTED", "redact_uri", "redact_text", "split_credentials", "without_credentials", "has_credentials",
+    "resolve_tracking_uri",
     "sqlite_path", "resolve_path", "resolve_storage", "RAY_CONNECT_TIMEOUT_S", "RAY_DASHBOARD_ADDRESS",
     "split_scheme", "split_host_port",
 ]
@@ -82,6 +83,13 @@ def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
     user, sep, password = userinfo.partition(":")
     bare = urllib.parse.urlunsplit(parts._replace(netloc=hostport))
     return bare, urllib.parse.unquote(user), urllib.parse.unquote(password) if sep else None
+
+
+def without_credentials(uri: str) -> str:
+    """``uri`` with no userinfo: ``split_credentials``'s bare URI, or ``redact_text``'s form where the userinfo is
+    not a valid authority (a password holding a ``/``), so that no part of a password survives either way."""
+    bare = split_credentials(uri)[0]
+    return redact_text(bare) if has_credentials(bare) else bare
 
 
 def has_credentials(text: str) -> bool:

@@ -215,6 +215,41 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+class Server:
+    """A real process (``mlflow server`` / ``mlflow ui``) in its own process group, stopped cleanly."""
+
+    def __init__(self, cmd: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> None:
+        self.cmd, self.port, self.log, self.env = cmd, port, log, env
+        self.proc = None
+
+    def start(self, timeout_s: float = 90.0) -> Server:
+        from attnsearch.tracking._connection import _http_get
+
+        self.proc = subprocess.Popen(self.cmd, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
+                                     start_new_session=True, env=self.env)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            try:
+                if _http_get(f"http://127.0.0.1:{self.port}/health", 1.0) == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise AssertionError(f"server did not come up in {timeout_s} s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)  # the group holds the uvicorn workers this server started
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
 def processes() -> list[tuple[int, str, int, int]]:
     """(pid, state, parent pid, process group) of every process (/proc/PID/stat)."""
     out = []

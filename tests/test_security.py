@@ -145,3 +145,190 @@ def test_submit_dry_run_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
     assert "not an empty folder" in capsys.readouterr().err and job.read_text() == before
     assert cli.main(["submit", str(job), "--dry-run", str(tmp_path / "new")]) == 0
     assert (tmp_path / "new").is_dir() and any((tmp_path / "new").iterdir())
+
+
+# ------------------------------------------------------------------------------- credentials never leave the process
+
+def _secret_uri(port: int | None = None) -> str:
+    return f"http://user:{SECRET}@127.0.0.1:{port or free_port()}"
+
+
+def test_submit_sends_no_credentials_anywhere(tmp_path, capsys):
+    """A Ray Job's entrypoint and uploaded job file are shown to every dashboard user: submit refuses a URI with
+    credentials in a --set value or in the job file, naming the key and where the credentials go instead."""
+    job = write_job(tmp_path, SPACE, ray={"storage_path": "/shared/results"},
+                    tracking={"uri": "http://mlflow:5000"})
+    cases = [
+        (["--set", f"tracking.uri={_secret_uri()}"], "tracking.uri", "MLFLOW_TRACKING_USERNAME"),
+        (["--set", f"ray.storage_path=s3://KEY:{SECRET}@bucket/results"], "ray.storage_path", "AWS_ACCESS_KEY_ID"),
+        (["--set", f"search.optuna_storage=postgresql://u:{SECRET}@db/optuna"], "search.optuna_storage",
+         "without them"),
+    ]
+    for extra, key, fix in cases:
+        out_dir = tmp_path / "wd"
+        for argv in (["submit", str(job), *extra, "--dry-run", str(out_dir)],
+                     ["submit", str(job), *extra, "--address", "http://127.0.0.1:1"]):  # refused before connecting
+            assert cli.main(argv) == 2, argv
+            out, err = capsys.readouterr()
+            assert f"{key} holds credentials" in err and fix in err, err
+            assert SECRET not in out + err and not out_dir.exists()
+    in_file = write_job(tmp_path / "f", SPACE, tracking={"uri": _secret_uri(5000)})  # the file itself is uploaded
+    assert cli.main(["submit", str(in_file), "--dry-run", str(tmp_path / "wd")]) == 2
+    assert "tracking.uri holds credentials" in capsys.readouterr().err and not (tmp_path / "wd").exists()
+    # without credentials the same job is sent as before
+    assert cli.main(["submit", str(job), "--set", "tracking.uri=http://mlflow:5000", "--dry-run",
+                     str(tmp_path / "wd")]) == 0
+    assert "entrypoint  attnsearch run job.yaml --set tracking.uri=http://mlflow:5000" in capsys.readouterr().out
+
+
+def test_trials_get_the_job_without_the_driver_s_credentials(tmp_path):
+    """What Ray stores for every trial (its object store, the study's state) holds no credential of the URIs only
+    the driver uses, and is still a job the trial validates."""
+    import pickle
+
+    from attnsearch.config import Job, load_job
+    from attnsearch.search import trial_job
+    from attnsearch.space import load_space
+
+    job = load_job(write_job(tmp_path, SPACE, tracking={"uri": _secret_uri(5000)},
+                             search={"optuna_storage": f"postgresql://u:{SECRET}@db:5432/optuna"}))
+    job.ray.storage_path = f"s3://KEY:{SECRET}@bucket/results"
+    given = trial_job(job, load_space(job))
+    assert SECRET.encode() not in pickle.dumps(given)
+    assert given["tracking"]["uri"] == "http://127.0.0.1:5000"
+    assert given["search"]["optuna_storage"] == "postgresql://db:5432/optuna"
+    assert given["ray"]["storage_path"] == "s3://bucket/results"
+    assert Job.model_validate(given).search.space == given["search"]["space"]  # what run_trial does with it
+    assert job.tracking.uri == _secret_uri(5000)  # the driver keeps them
+    job.tracking.uri = f"http://user:pa/{SECRET}@127.0.0.1:5000"  # not an authority: urlsplit sees no userinfo
+    assert SECRET not in trial_job(job, load_space(job))["tracking"]["uri"]
+
+
+def test_storage_path_credentials_are_redacted_in_messages(tmp_path, capsys):
+    from attnsearch.config import load_job
+    from attnsearch.search import optuna_storage_url
+
+    job = load_job(write_job(tmp_path, SPACE))
+    job.ray.storage_path = f"s3://KEY:{SECRET}@bucket/results"
+    with pytest.raises(Exception, match=r"s3://\*\*\*@bucket/results") as err:
+        optuna_storage_url(job, "tiny-1")
+    assert SECRET not in str(err.value)
+
+
+# Every command that reads a study's MLflow records, as a user runs it after the study; then the two that read only
+# its Optuna record (`importance` ranks offline, `dashboard` serves it: both only without a study).
+MLFLOW_COMMANDS = [
+    ["pareto", "JOB"], ["export", "JOB", "--front", "--out", "OUT"], ["sync", "JOB"], ["retrain", "JOB", "--front"],
+    ["ui", "JOB"], ["prune", "JOB", "--front"], ["run", "JOB"],
+]
+OPTUNA_COMMANDS = [["importance", "JOB"], ["dashboard", "JOB"]]
+
+
+def _run_commands(job, uri: str, out_dir, commands) -> dict[str, tuple[int, str]]:
+    """Each of ``commands`` with ``--set tracking.uri=URI``: its exit status and everything it printed."""
+    import contextlib
+    import io
+
+    results = {}
+    for command in commands:
+        argv = [str(job) if a == "JOB" else str(out_dir) if a == "OUT" else a for a in command]
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main([*argv, "--set", f"tracking.uri={uri}"])
+        results[command[0]] = code, out.getvalue() + err.getvalue()
+    return results
+
+
+def test_every_study_command_against_a_dead_server_with_credentials(tmp_path):
+    job = write_job(tmp_path, SPACE)
+    for name, (code, text) in _run_commands(job, _secret_uri(), tmp_path / "out",
+                                            MLFLOW_COMMANDS + OPTUNA_COMMANDS).items():
+        assert code == 2, (name, text)
+        assert SECRET not in text and "Traceback" not in text, (name, text)
+    assert not (tmp_path / "out").exists()
+
+
+def _files_holding(root, secret: bytes) -> list[str]:
+    """The files under ``root`` whose bytes hold ``secret`` (binary-safe: pickles, SQLite pages, logs)."""
+    from pathlib import Path
+
+    return [str(p) for p in Path(root).rglob("*") if p.is_file() and not p.is_symlink()
+            and secret in p.read_bytes()]
+
+
+@pytest.mark.slow
+def test_a_study_through_an_outage_leaves_its_credentials_nowhere(tmp_path):
+    """`attnsearch run` against an MLflow server reached as http://user:SECRET@..., killed once the first trial's
+    run exists: the study ends on its own, and no byte of the secret is in its output, in any file under its
+    ray.storage_path, in Ray's session folder, in the server's store, or in what every study command prints
+    afterwards against the dead server."""
+    import contextlib
+    import os
+    import signal
+    import sqlite3
+    import tempfile
+    import threading
+    import time
+    from pathlib import Path
+
+    from _helpers import BIN, SE_SPACE, Server, ray_env, remove_dir
+
+    port = free_port()
+    server = Server([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                     f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "artifacts"),
+                     "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                    port, tmp_path / "server.log").start()
+    uri = _secret_uri(port)
+    job = write_job(tmp_path / "job", SE_SPACE, tracking={"uri": uri}, train={"epochs": 2},
+                    search={"num_samples": 2, "max_concurrent": 1, "seed": 0},
+                    ray={"storage_path": str(tmp_path / "ray_results"), "num_cpus": 1})
+    killed = threading.Event()
+
+    def kill_at_first_trial_run() -> None:  # the outage: once MLflow holds the first trial's run
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and server.proc.poll() is None:
+            with contextlib.suppress(sqlite3.Error), sqlite3.connect(tmp_path / "server.db") as db:
+                if db.execute("select count(*) from tags where key = 'attnsearch.role' and value = 'trial'"
+                              ).fetchone()[0]:
+                    server.stop()
+                    killed.set()
+                    return
+            time.sleep(0.1)
+
+    temp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))  # this study's Ray session, grepped too
+    env = ray_env(RAY_TMPDIR=str(temp), MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+    killer = threading.Thread(target=kill_at_first_trial_run, daemon=True)
+    killer.start()
+    t0 = time.monotonic()
+    proc = subprocess.Popen([str(BIN / "attnsearch"), "run", str(job)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver's group: its local Ray
+        proc.wait()
+        server.stop()
+        killer.join(timeout=5)
+    seconds = time.monotonic() - t0
+    try:
+        text = output.decode(errors="replace")
+        assert killed.is_set(), text[-3000:]  # the server did go down in the middle of the study
+        assert proc.returncode == 0 and "2 trials" in text, text[-3000:]
+        assert "http://***@127.0.0.1" in text, text[-3000:]  # the outage was reported, redacted
+        assert SECRET.encode() not in output
+        studies = [p for p in (tmp_path / "ray_results").iterdir() if p.is_dir()]
+        assert len(studies) == 1 and any(studies[0].glob("trial_*/result.json"))
+        for root in (tmp_path / "ray_results", tmp_path / "artifacts", temp):
+            assert _files_holding(root, SECRET.encode()) == [], root
+        assert _files_holding(tmp_path, SECRET.encode()) == [str(job)]  # the user's own file, nothing else
+        # every study command, the study there, the server dead (`importance` needs no MLflow: it ranks the
+        # study's Optuna record)
+        for name, (code, printed) in _run_commands(job, uri, tmp_path / "out",
+                                                   [*MLFLOW_COMMANDS, ["importance", "JOB"]]).items():
+            assert SECRET not in printed and "Traceback" not in printed, (name, printed)
+            assert code != 0 or name == "importance", (name, printed)
+        assert not (tmp_path / "out").exists()
+    finally:
+        remove_dir(temp)
+    print(f"study through the outage: {seconds:.0f} s")

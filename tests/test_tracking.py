@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ray = pytest.importorskip("ray")
-from _helpers import free_port  # noqa: E402
+from _helpers import Server, free_port  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler  # noqa: E402
@@ -561,45 +561,6 @@ def test_dead_server_does_not_stop_the_search_and_sync_recovers(ray_session, tmp
 
 
 # ------------------------------------------------------------------------------------------------ real server
-
-
-class Server:
-    """A real process (``mlflow server`` / ``mlflow ui``) in its own process group, stopped cleanly."""
-
-    def __init__(self, cmd: list[str], port: int, log: Path, env: dict[str, str] | None = None) -> None:
-        self.cmd, self.port, self.log, self.env = cmd, port, log, env
-        self.proc = None
-
-    def start(self, timeout_s: float = 90.0) -> Server:
-        import subprocess
-
-        self.proc = subprocess.Popen(self.cmd, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
-                                     start_new_session=True, env=self.env)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if _http_get(f"http://127.0.0.1:{self.port}/health", 1.0) == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise AssertionError(f"server did not come up in {timeout_s} s:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        import os
-        import signal
-        import subprocess
-
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)  # the group holds the uvicorn workers this server started
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
 
 
 class KillServerOnFirstResult(tune.Callback):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..contract import ConfigError, UsageError
+from ..uris import redact_uri
 from ._common import add_job_argument, load_checked_job
 
 if TYPE_CHECKING:
@@ -28,12 +29,13 @@ def resolve_study_id(job: Job, study: str | None, command: str) -> str:
     if study in (None, "latest"):
         if not known:
             raise ConfigError(f"{command}: job {job.name!r} has no study under ray.storage_path="
-                              f"{job.ray.storage_path}; run it first (attnsearch run JOB)")
+                              f"{redact_uri(job.ray.storage_path)}; run it first (attnsearch run JOB)")
         return known[-1]
     if study not in known:
         check_own_study(job, study, f"{command} --study")  # another job's study is refused, naming both
         raise ConfigError(f"{command} --study {study}: no study of that name under ray.storage_path="
-                          f"{job.ray.storage_path}; studies of job {job.name!r}: {', '.join(known) or 'none'}")
+                          f"{redact_uri(job.ray.storage_path)}; studies of job {job.name!r}: "
+                          f"{', '.join(known) or 'none'}")
     return study
 
 

@@ -28,7 +28,7 @@ def cmd_run(args) -> int:
     untrained = outcome.progress.nothing_trained()
     if untrained:  # nothing to analyse: a failure of the study, not of its analysis
         print(f"attnsearch run: {untrained}; the reasons are in MLflow (tag attnsearch.reason) and in the trial "
-              f"folders under {outcome.experiment_path}", file=sys.stderr)
+              f"folders under {redact_uri(outcome.experiment_path)}", file=sys.stderr)
         return 1
     if args.no_pareto:
         return 0
@@ -81,9 +81,10 @@ def cmd_sync(args) -> int:
     else:
         check_own_study(job, args.study, "sync --study")  # another job's study is refused, naming both
         raise ConfigError(f"sync --study {args.study}: no study of that name under ray.storage_path="
-                          f"{job.ray.storage_path}; studies of job {job.name!r}: {', '.join(known) or 'none'}")
+                          f"{redact_uri(job.ray.storage_path)}; studies of job {job.name!r}: "
+                          f"{', '.join(known) or 'none'}")
     if not studies:
-        raise ConfigError(f"sync: job {job.name!r} has no study under {job.ray.storage_path}")
+        raise ConfigError(f"sync: job {job.name!r} has no study under {redact_uri(job.ray.storage_path)}")
     from .. import pareto
 
     experiment, objectives = job.experiment, dict(job.search.objectives)

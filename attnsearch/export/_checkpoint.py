@@ -17,6 +17,7 @@ import pyarrow.fs
 import torch
 
 from ..train import CHECKPOINT_FILE
+from ..uris import redact_uri
 
 __all__ = ["TrialWeights", "final_weights", "trial_dir"]
 
@@ -54,14 +55,14 @@ def final_weights(experiment_path: str, trial_id: str, budget: int | None = None
     kept = sorted((i for i in infos if i.type == pyarrow.fs.FileType.Directory
                    and i.base_name.startswith(CHECKPOINT_PREFIX)), key=lambda i: i.base_name)
     if not kept:
-        raise FileNotFoundError(f"trial {trial_id}: no checkpoint in {folder} (its study's ray.storage_path moved or "
-                                "was cleaned?)")
+        raise FileNotFoundError(f"trial {trial_id}: no checkpoint in {redact_uri(folder)} (its study's "
+                                "ray.storage_path moved or was cleaned?)")
     path = f"{kept[-1].path}/{CHECKPOINT_FILE}"
     with fs.open_input_file(path) as f:
         data = f.read()
     saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     epoch = int(saved["epoch"])
     if budget is not None and epoch != int(budget):
-        raise ValueError(f"trial {trial_id}: the checkpoint kept in {folder} is of epoch {epoch}, not of its last "
-                         f"epoch {budget}: not its final weights")
+        raise ValueError(f"trial {trial_id}: the checkpoint kept in {redact_uri(folder)} is of epoch {epoch}, "
+                         f"not of its last epoch {budget}: not its final weights")
     return TrialWeights(dict(saved["model"]), epoch, path if "://" in folder else str(path))

@@ -6,8 +6,9 @@ One private module per component; the public names are the ones below:
 * ``_progress``: ``StudyProgress``, the progress line the driver prints;
 * ``_schedulers``: ``MOASHAScheduler``, early stopping on every objective at once;
 * ``_budget``: ``EpochBudget``, a study's budget in total training epochs;
-* ``_driver``: one driver for every Tune run: ``prepare_driver``, ``trainable_for``, ``build_tuner``,
-  ``searcher_and_scheduler`` (the searcher and scheduler a job asks for; also what a replay benchmark drives);
+* ``_driver``: one driver for every Tune run: ``prepare_driver``, ``trainable_for`` (``trial_job``: the job a
+  trial gets), ``build_tuner``, ``searcher_and_scheduler`` (the searcher and scheduler a job asks for; also what a
+  replay benchmark drives);
 * ``_ray_connection``: ``ray.address`` resolution and check, ``init_ray``, the per-trial resource check;
 * ``_optuna_record``: the study's Optuna record (its storage, reconciled with the Ray record);
 * ``_study_dirs``: study ids and their Ray experiment directories (claimed exclusively, with the job's identity),
@@ -24,6 +25,7 @@ from ._driver import (
     prepare_driver,
     searcher_and_scheduler,
     trainable_for,
+    trial_job,
 )
 from ._optuna_record import (
     JOURNAL_FILE,
@@ -114,4 +116,5 @@ __all__ = [
     "study_path",
     "summarize",
     "trainable_for",
+    "trial_job",
 ]

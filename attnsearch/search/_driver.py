@@ -16,6 +16,7 @@ from ..contract import EPOCH_METRICS, TIME_ATTR
 from ..data import check_data
 from ..space import baseline_point, define_by_run, space_to_dict
 from ..train import run_trial
+from ..uris import without_credentials
 from ._ray_connection import check_cluster_resources, init_ray, resolve_ray_address
 from ._schedulers import BaselineASHAScheduler, MOASHAScheduler
 from ._searcher import StudySearcher, make_sampler
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from ..config import Job
     from ..space import SearchSpace
 
-__all__ = ["prepare_driver", "trainable_for", "build_tuner", "searcher_and_scheduler", "baseline_points",
+__all__ = ["prepare_driver", "trainable_for", "trial_job", "build_tuner", "searcher_and_scheduler", "baseline_points",
            "protect_baseline", "asha_metric", "trial_dirname"]
 
 
@@ -55,14 +56,28 @@ def prepare_driver(job: Job) -> None:
 
 
 def trainable_for(job: Job, space: SearchSpace) -> Any:
-    """``train.run_trial`` with the job (its search space inline: workers on other nodes cannot read the driver's
-    search-space file) and one trial's resources (``resources.cpu``/``resources.gpu``)."""
-    job_dict = job.model_dump(mode="json")
-    job_dict["search"]["space"] = space_to_dict(space)
+    """``train.run_trial`` with the job (``trial_job``) and one trial's resources (``resources.cpu``/``gpu``)."""
     return tune.with_resources(
-        tune.with_parameters(run_trial, job_dict=job_dict),
+        tune.with_parameters(run_trial, job_dict=trial_job(job, space)),
         {"cpu": job.resources.cpu, "gpu": job.resources.gpu},
     )
+
+
+# The job's URIs a trial never reads (the driver alone talks to MLflow, the Optuna record and Ray's storage).
+_DRIVER_URIS = (("tracking", "uri"), ("search", "optuna_storage"), ("ray", "storage_path"))
+
+
+def trial_job(job: Job, space: SearchSpace) -> dict[str, Any]:
+    """The job as every trial gets it: its search space inline (workers on other nodes cannot read the driver's
+    search-space file), and no credentials in the URIs only the driver uses (``uris.without_credentials``), since
+    Ray keeps what a trainable is given in its object store, which spills to the nodes' disks under memory
+    pressure."""
+    job_dict = job.model_dump(mode="json")
+    job_dict["search"]["space"] = space_to_dict(space)
+    for section, key in _DRIVER_URIS:
+        if isinstance(job_dict[section].get(key), str):
+            job_dict[section][key] = without_credentials(job_dict[section][key])
+    return job_dict
 
 
 def trial_dirname(trial: Trial) -> str:

@@ -60,9 +60,9 @@ def optuna_storage_url(job: Job, study_id: str) -> str:
     folder = study_path(job, study_id)
     if "://" in folder and not folder.startswith("file://"):
         raise ConfigError(
-            f"search.optuna_storage: ray.storage_path={job.ray.storage_path} is not a local folder, so the study's "
-            "Optuna record cannot be a journal file next to its results; set search.optuna_storage to an RDB URL "
-            "the driver reaches, e.g. postgresql://user@host/optuna or sqlite:////shared/optuna.db")
+            f"search.optuna_storage: ray.storage_path={redact_uri(job.ray.storage_path)} is not a local folder, so "
+            "the study's Optuna record cannot be a journal file next to its results; set search.optuna_storage to an "
+            "RDB URL the driver reaches, e.g. postgresql://user@host/optuna or sqlite:////shared/optuna.db")
     return str(Path(folder.removeprefix("file://")).resolve() / JOURNAL_FILE)
 
 

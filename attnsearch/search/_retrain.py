@@ -76,7 +76,7 @@ from ..pareto import (
 )
 from ..space import baseline_point, feasible, load_space
 from ..tracking.callback import MLflowTracker
-from ..uris import sqlite_path
+from ..uris import redact_uri, sqlite_path
 from ._driver import build_tuner, prepare_driver, trainable_for
 from ._progress import ProgressPrinter, StudyProgress
 from ._searcher import FixedConfigs
@@ -346,7 +346,7 @@ def retrain(job: Job, *, study: str | None = None, front: bool = True, runs: Seq
     )
     print(f"retrain {retrain_id} of study {source.study}: {len(configs)} configurations (baseline "
           f"{configs[0].name} and {len(configs) - 1} more) x seeds {seed_list} = {len(points)} runs of {epochs} "
-          f"epochs, results in {storage}/{retrain_id}", file=out, flush=True)
+          f"epochs, results in {redact_uri(storage)}/{retrain_id}", file=out, flush=True)
     results = tuner.fit()
     run_rows = [_run_row(r, epochs) for r in results]
     run_frame = pd.DataFrame(run_rows, columns=list(dict.fromkeys(

@@ -14,6 +14,7 @@ from ..contract import ConfigError
 from ..space import check_space, job_identity, load_space, space_to_dict
 from ..tracking.callback import MLflowTracker
 from ..tracking.sync import read_ray_trials
+from ..uris import redact_uri
 from ._budget import EpochBudget
 from ._driver import (
     baseline_points,
@@ -148,7 +149,7 @@ def run_study(job: Job, *, resume: bool | str = False, job_text: str | None = No
             stop=EpochBudget(job.search.budget_epochs) if job.search.budget_epochs else None,
         )
     print(f"study {study_id}: {job.search.num_samples} trials, {job.search.sampler} sampler, "
-          f"{job.scheduler_type} scheduler, results in {path}", file=stream or sys.stdout, flush=True)
+          f"{job.scheduler_type} scheduler, results in {redact_uri(path)}", file=stream or sys.stdout, flush=True)
     tuner.fit()
     _reconcile_optuna(job, space, study_id, path, optuna_url, stream)
     return StudyOutcome(study_id, path, parent_run_id, progress, searcher, optuna_url)

@@ -13,6 +13,7 @@ from ray import tune
 
 from ..contract import LATEST, ConfigError, split_study_id, study_conflict, study_id_at
 from ..space import job_identity
+from ..uris import redact_uri
 
 if TYPE_CHECKING:
     from ..config import Job
@@ -126,8 +127,8 @@ def claim_study(job: Job, study_id: str) -> str:
         with fs.open_output_stream(f"{folder}/{IDENTITY_FILE}") as f:
             f.write(json.dumps({"study": candidate, "job": job_identity(job)}, indent=1).encode())
         return candidate
-    raise ConfigError(f"ray.storage_path={job.ray.storage_path}: no free study folder for {study_id} and the "
-                      f"{_CLAIM_TRIES - 1} ids after it; start the study again")
+    raise ConfigError(f"ray.storage_path={redact_uri(job.ray.storage_path)}: no free study folder for {study_id} "
+                      f"and the {_CLAIM_TRIES - 1} ids after it; start the study again")
 
 
 def resolve_study(job: Job, resume: bool | str) -> tuple[str, bool]:
@@ -140,13 +141,13 @@ def resolve_study(job: Job, resume: bool | str) -> tuple[str, bool]:
         if resume not in studies:
             check_own_study(job, resume, "--resume", same_space=True)
             raise ConfigError(
-                f"--resume {resume}: no study of that name under ray.storage_path={job.ray.storage_path}; "
+                f"--resume {resume}: no study of that name under ray.storage_path={redact_uri(job.ray.storage_path)}; "
                 f"studies of job {job.name!r}: {studies or 'none'}"
             )
         return resume, True
     if not studies:
         raise ConfigError(
-            f"--resume: job {job.name!r} has no study under ray.storage_path={job.ray.storage_path} to resume; "
-            "run it without --resume first"
+            f"--resume: job {job.name!r} has no study under ray.storage_path={redact_uri(job.ray.storage_path)} "
+            "to resume; run it without --resume first"
         )
     return studies[-1], True

@@ -17,7 +17,7 @@ from ray.tune import Callback
 from ray.tune.utils import flatten_dict
 
 from ..contract import RUNNING
-from ..uris import redact_uri, resolve_tracking_uri, split_credentials
+from ..uris import redact_uri, resolve_tracking_uri, without_credentials
 from ._connection import fast_http, first_line
 from ._parent_run import open_or_create_parent
 from ._records import TrialRecord
@@ -64,7 +64,7 @@ class MLflowTracker(Callback):
         datasets: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         uri = resolve_tracking_uri(tracking_uri, os.getcwd())  # pin a relative store (driver cwd)
-        self.tracking_uri = split_credentials(uri)[0]  # what may be written anywhere (pickled, logged)
+        self.tracking_uri = without_credentials(uri)  # what may be written anywhere (pickled, logged)
         self._uri = uri  # what this process connects with: never pickled
         self.experiment = experiment
         self.parent_run_id = parent_run_id

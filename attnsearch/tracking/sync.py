@@ -49,7 +49,7 @@ def trial_results(trial: Any) -> list[dict[str, Any]]:
         try:
             results.append(json.loads(line))
         except ValueError:
-            logger.warning("%s line %d is not JSON (interrupted write?); skipped", path, n)
+            logger.warning("%s line %d is not JSON (interrupted write?); skipped", redact_uri(str(path)), n)
     return results
 
 
@@ -62,7 +62,8 @@ def read_ray_trials(experiment_dir: str | os.PathLike, max_t: int) -> list[Trial
     try:
         analysis = ExperimentAnalysis(str(experiment_dir))
     except (ValueError, FileNotFoundError) as e:
-        raise FileNotFoundError(f"{experiment_dir} is not a Ray experiment directory: {first_line(e)}") from None
+        raise FileNotFoundError(f"{redact_uri(str(experiment_dir))} is not a Ray experiment directory: "
+                                f"{first_line(e)}") from None
     records = []
     for trial in sorted(analysis.trials, key=lambda t: str(t.trial_id)):
         meta = trial.run_metadata
