@@ -37,7 +37,7 @@ from pydantic import (
 from ._yaml import parse_yaml, read_yaml, short_repr
 from .contract import DEFAULT_OBJECTIVES, EPOCH_METRICS, METRICS, ConfigError
 from .models import BACKBONES
-from .uris import redact_text, resolve_path, resolve_storage, resolve_tracking_uri
+from .uris import has_credentials, redact_text, resolve_path, resolve_storage, resolve_tracking_uri
 
 DATASETS_WITH_ROOT = ("cifar10", "cifar100", "imagenet", "folder")
 # data.validation: official needs an official held-out split; these have none (a folder without val/ is refused
@@ -304,6 +304,17 @@ class RayConfig(StrictModel):
     address: str | None = None
     storage_path: str = Field("ray_results", min_length=1)
     num_cpus: int | None = Field(None, ge=1)
+
+    @field_validator("storage_path")
+    @classmethod
+    def _storage_path(cls, value: str) -> str:
+        if has_credentials(value):  # Ray pickles the storage path into the study's tuner.pkl, on that storage
+            raise ValueError(
+                "credentials in the URI would be written by Ray into the study's own state (tuner.pkl) on that "
+                "storage; drop user:password@ and give the nodes the store's credentials through its environment "
+                "(an instance role, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS...)")
+        return value
+
     num_gpus: float | None = Field(None, ge=0)
     max_failures: int = Field(1, ge=0)
     # true: nodes that can serve a trial may still be starting (Ray autoscaler); no up-front resource refusal

@@ -214,9 +214,6 @@ _CREDENTIALS_FIX = {
     "tracking.uri": "give the URI without them and set MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (or "
                     "MLFLOW_TRACKING_TOKEN) on the head, where the driver runs: docker/.env (compose), "
                     "docker/cluster.env (ray up) or the attnsearch-mlflow Secret (KubeRay)",
-    "ray.storage_path": "give the URI without them and give every node the store's own credentials (an instance "
-                        "role, or the store's environment variables such as AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
-                        "on each node)",
 }
 
 

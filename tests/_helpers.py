@@ -138,6 +138,8 @@ BAD_JOBS = {
     "backbone_not_mapping": bad("backbone: resnet20", "backbone: expected a mapping", "'resnet20'"),
     "backbone": bad("backbone: {name: resnet21}", "backbone.name: unknown backbone 'resnet21'", "'resnet20'"),
     "sampler": bad("search: {space: space.yaml, sampler: tpee}", "search.sampler:", "did you mean 'tpe'"),
+    "storage_path_credentials": bad("ray: {storage_path: 's3://KEY:S3CR3T@bucket/x'}", "ray.storage_path:",
+                                    "credentials in the URI", "tuner.pkl", "AWS_ACCESS_KEY_ID"),
     "scheduler": bad("scheduler: {type: hyperband}", "scheduler.type:", "'auto', 'asha', 'moasha' or 'none'"),
     "num_samples": bad("search: {space: space.yaml, num_samples: 0}", "search.num_samples:",
                        "greater than or equal to 1"),

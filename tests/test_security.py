@@ -159,10 +159,12 @@ def test_submit_sends_no_credentials_anywhere(tmp_path, capsys):
     job = write_job(tmp_path, SPACE, ray={"storage_path": "/shared/results"},
                     tracking={"uri": "http://mlflow:5000"})
     cases = [
-        (["--set", f"tracking.uri={_secret_uri()}"], "tracking.uri", "MLFLOW_TRACKING_USERNAME"),
-        (["--set", f"ray.storage_path=s3://KEY:{SECRET}@bucket/results"], "ray.storage_path", "AWS_ACCESS_KEY_ID"),
-        (["--set", f"search.optuna_storage=postgresql://u:{SECRET}@db/optuna"], "search.optuna_storage",
-         "without them"),
+        (["--set", f"tracking.uri={_secret_uri()}"], "tracking.uri holds credentials", "MLFLOW_TRACKING_USERNAME"),
+        # refused for every command, by the job's own check (Ray would pickle it into the study's tuner.pkl)
+        (["--set", f"ray.storage_path=s3://KEY:{SECRET}@bucket/results"], "ray.storage_path: credentials in the URI",
+         "AWS_ACCESS_KEY_ID"),
+        (["--set", f"search.optuna_storage=postgresql://u:{SECRET}@db/optuna"],
+         "search.optuna_storage holds credentials", "without them"),
     ]
     for extra, key, fix in cases:
         out_dir = tmp_path / "wd"
@@ -170,7 +172,7 @@ def test_submit_sends_no_credentials_anywhere(tmp_path, capsys):
                      ["submit", str(job), *extra, "--address", "http://127.0.0.1:1"]):  # refused before connecting
             assert cli.main(argv) == 2, argv
             out, err = capsys.readouterr()
-            assert f"{key} holds credentials" in err and fix in err, err
+            assert key in err and fix in err, err
             assert SECRET not in out + err and not out_dir.exists()
     in_file = write_job(tmp_path / "f", SPACE, tracking={"uri": _secret_uri(5000)})  # the file itself is uploaded
     assert cli.main(["submit", str(in_file), "--dry-run", str(tmp_path / "wd")]) == 2
@@ -192,8 +194,10 @@ def test_trials_get_the_job_without_the_driver_s_credentials(tmp_path):
 
     job = load_job(write_job(tmp_path, SPACE, tracking={"uri": _secret_uri(5000)},
                              search={"optuna_storage": f"postgresql://u:{SECRET}@db:5432/optuna"}))
-    job.ray.storage_path = f"s3://KEY:{SECRET}@bucket/results"
-    given = trial_job(job, load_space(job))
+    space = load_space(job)
+    # a job refuses such a storage path (test below); were one to get through anyway, trials would not see it
+    job = job.model_copy(update={"ray": job.ray.model_copy(update={"storage_path": f"s3://KEY:{SECRET}@bucket/results"})})
+    given = trial_job(job, space)
     assert SECRET.encode() not in pickle.dumps(given)
     assert given["tracking"]["uri"] == "http://127.0.0.1:5000"
     assert given["search"]["optuna_storage"] == "postgresql://db:5432/optuna"
@@ -201,7 +205,7 @@ def test_trials_get_the_job_without_the_driver_s_credentials(tmp_path):
     assert Job.model_validate(given).search.space == given["search"]["space"]  # what run_trial does with it
     assert job.tracking.uri == _secret_uri(5000)  # the driver keeps them
     job.tracking.uri = f"http://user:pa/{SECRET}@127.0.0.1:5000"  # not an authority: urlsplit sees no userinfo
-    assert SECRET not in trial_job(job, load_space(job))["tracking"]["uri"]
+    assert SECRET not in trial_job(job, space)["tracking"]["uri"]
 
 
 def test_storage_path_credentials_are_redacted_in_messages(tmp_path, capsys):
@@ -209,7 +213,7 @@ def test_storage_path_credentials_are_redacted_in_messages(tmp_path, capsys):
     from attnsearch.search import optuna_storage_url
 
     job = load_job(write_job(tmp_path, SPACE))
-    job.ray.storage_path = f"s3://KEY:{SECRET}@bucket/results"
+    job = job.model_copy(update={"ray": job.ray.model_copy(update={"storage_path": f"s3://KEY:{SECRET}@bucket/results"})})
     with pytest.raises(Exception, match=r"s3://\*\*\*@bucket/results") as err:
         optuna_storage_url(job, "tiny-1")
     assert SECRET not in str(err.value)
@@ -332,3 +336,16 @@ def test_a_study_through_an_outage_leaves_its_credentials_nowhere(tmp_path):
     finally:
         remove_dir(temp)
     print(f"study through the outage: {seconds:.0f} s")
+
+
+def test_a_storage_path_with_credentials_is_refused_by_every_command(tmp_path, capsys):
+    """Ray pickles the storage path it is given into the study's tuner.pkl on that very storage: refused at load."""
+    job = write_job(tmp_path, SPACE)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for command in (["run"], ["pareto"], ["sync"], ["submit", "--dry-run", str(tmp_path / "wd")]):
+        argv = [command[0], str(job), "--set", f"ray.storage_path=s3://KEY:{SECRET}@bucket/results", *command[1:]]
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "ray.storage_path: credentials in the URI" in err and "AWS_ACCESS_KEY_ID" in err, err
+        assert SECRET not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing created
