@@ -7,10 +7,12 @@ Reported (markdown): the number of configurations; the final (``train.epochs``) 
 quartiles, max); the validation split's standard error at the median accuracy, ``sqrt(p (1 - p) / n)`` with ``n``
 the job's validation images (the binomial error of one accuracy measurement; the split is read from the job's
 data, not assumed); Spearman's rho between val_acc after each epoch and the final val_acc (how well a rung at
-that epoch ranks configurations: what early stopping can use); per attention type, the count and the final
+that epoch ranks configurations: what early stopping can use), and of the epoch's training loss (lower first)
+against the final val_acc; per attention type, the count and the final
 val_acc's median and best; and the table's true Pareto front (``attnsearch.pareto.pareto_front`` over the job's
 objectives, every configuration at the full budget). Configurations recorded twice with the same knobs (another
-``config_id``) give the seed noise: the median absolute difference of their final val_acc.
+``config_id``) give the seed noise (or, trained with the same seed, a determinism check): the largest minus
+the smallest final val_acc of each, its median over them.
 ``--table`` takes what ``benchmarks/replay.py --table`` takes (repeatable).
 """
 
@@ -46,6 +48,8 @@ def headroom(table: _replay.Table, job, n_val: int | None) -> dict:
     acc = final["val_acc"]
     curves = pd.DataFrame(table.curves["val_acc"], columns=range(1, table.max_t + 1))
     rho = {e: float(curves[e].rank().corr(curves[table.max_t].rank())) for e in curves.columns}
+    losses = pd.DataFrame(-table.curves["train_loss"], columns=curves.columns)  # lower loss ranks higher
+    rho_train = {e: float(losses[e].rank().corr(curves[table.max_t].rank())) for e in curves.columns}
     p = float(acc.median())
     se = math.sqrt(p * (1 - p) / n_val) if n_val else None
     types = _replay.CONFIG_ID if "attention" not in final.columns else "attention"
@@ -54,7 +58,7 @@ def headroom(table: _replay.Table, job, n_val: int | None) -> dict:
     twins = final.assign(key=final[table.knobs].map(_replay.canonical).agg("|".join, axis=1)).groupby("key")
     diffs = [float(g["val_acc"].max() - g["val_acc"].min()) for _, g in twins if len(g) > 1]
     return {"configs": len(table), "max_t": table.max_t, "acc": acc.describe(), "n_val": n_val, "se": se,
-            "rho": rho, "by_type": by_type, "front": front, "twins": diffs,
+            "rho": rho, "rho_train_loss": rho_train, "by_type": by_type, "front": front, "twins": diffs,
             "seconds": final["seconds"].describe()}
 
 
@@ -68,16 +72,18 @@ def markdown(h: dict, table: _replay.Table, job, command: str) -> str:
         lines.append(f"Validation split: {h['n_val']} images; standard error of one accuracy at the median "
                      f"{100 * h['se']:.2f} points.")
     if h["twins"]:
-        lines.append(f"Seed noise: {len(h['twins'])} knob combinations recorded twice; final val_acc differs by "
+        lines.append(f"Repeats: {len(h['twins'])} knob combinations recorded twice (with another training seed: "
+                     "the seed noise; with the same: a determinism check); final val_acc differs by "
                      f"{100 * float(np.median(h['twins'])):.2f} points at the median "
                      f"(max {100 * max(h['twins']):.2f}).")
     secs = h["seconds"]
     lines.append(f"Seconds per full-budget configuration: median {secs['50%']:.1f} (min {secs['min']:.1f}, "
                  f"max {secs['max']:.1f}).")
-    lines += ["", "Spearman's rho of val_acc after each epoch against the final val_acc:", "",
+    lines += ["", "Spearman's rho against the final val_acc of each epoch's val_acc and training loss:", "",
               "| epoch | " + " | ".join(str(e) for e in h["rho"]) + " |",
               "|---|" + "---:|" * len(h["rho"]),
-              "| rho | " + " | ".join(f"{r:.2f}" for r in h["rho"].values()) + " |", "",
+              "| val_acc | " + " | ".join(f"{r:.2f}" for r in h["rho"].values()) + " |",
+              "| train_loss (lower first) | " + " | ".join(f"{r:.2f}" for r in h["rho_train_loss"].values()) + " |", "",
               "| attention | configurations | median final val_acc | best |", "|---|---:|---:|---:|"]
     for name, row in h["by_type"].iterrows():
         lines.append(f"| {name} | {int(row['count'])} | {row['median']:.4f} | {row['max']:.4f} |")

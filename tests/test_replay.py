@@ -303,6 +303,8 @@ def test_headroom_reports_the_spread_the_rank_correlations_the_front_and_the_see
     final = table.final()
     assert h["configs"] == 31 and h["rho"][table.max_t] == pytest.approx(1.0)
     assert h["rho"][1] == pytest.approx(final["val_acc"].rank().corr(pd.Series(table.curves["val_acc"][:, 0]).rank()))
+    loss_rank = pd.Series(-table.curves["train_loss"][:, 1]).rank()
+    assert h["rho_train_loss"][2] == pytest.approx(loss_rank.corr(final["val_acc"].rank()))
     p = final["val_acc"].median()
     assert h["se"] == pytest.approx(math.sqrt(p * (1 - p) / 2500))
     assert h["twins"] == [pytest.approx(0.01)]
@@ -313,4 +315,4 @@ def test_headroom_reports_the_spread_the_rank_correlations_the_front_and_the_see
         assert not (better & strictly).any()
     assert final["val_acc"].idxmax() in front.index or final["val_acc"].max() in front["val_acc"].values
     text = H.markdown(h, table, job, "cmd")
-    assert "Seed noise: 1 knob combinations" in text and f"{len(front)} of 31" in text
+    assert "Repeats: 1 knob combinations" in text and f"{len(front)} of 31" in text
