@@ -44,7 +44,7 @@ def _job(args, seed: int) -> Job:
         "name": "prune-bench",
         "backbone": {"name": args.backbone},
         "data": {"dataset": args.dataset, "image_size": args.image_size, "batch_size": args.batch_size,
-                 "root": args.root},
+                 "root": args.root, "train_size": args.train_size},
         "train": {"epochs": args.epochs, "lr": args.lr, "threads": args.threads, "seed": seed, "device": "cpu"},
         "search": {"space": {"attention": {"type": ["nam"]}}},
         "resources": {"cpu": args.threads},
@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="digits")
     p.add_argument("--root", default=None)
+    p.add_argument("--train-size", type=int, default=None, help="a seeded, stratified subset of the training split "
+                   "(data.train_size; default: all of it)")
     p.add_argument("--backbone", default="resnet20")
     p.add_argument("--image-size", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=64)
