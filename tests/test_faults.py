@@ -363,7 +363,11 @@ def test_fractional_gpu_trials_survive_losing_a_node(cluster, tmp_path):
                     seen["min_cpu"] = min(seen["min_cpu"], free.get("CPU", 0.0))
             for tid, lines in trial_results(tmp_path / "ray_results", "*").items():
                 if any(r["node_ip"] == WORKER_IP and 1 <= r["epoch"] < epochs for r in lines):
-                    seen["trial"], seen["epoch"] = tid, max(r["epoch"] for r in lines)
+                    # result.json gets the line as Ray processes the result, just before it registers the
+                    # result's checkpoint: a kill in between restarts the trial from scratch, so let it finish
+                    time.sleep(1.0)
+                    seen["trial"], seen["epoch"] = tid, max(r["epoch"] for r in trial_results(
+                        tmp_path / "ray_results", "*")[tid])
                     blocker.release()
                     kill_tree(worker.proc)
                     seen["killed"] = time.monotonic()
