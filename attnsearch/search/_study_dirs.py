@@ -79,7 +79,7 @@ def check_own_study(job: Job, study_id: str, command: str, *, same_space: bool =
     reason = study_conflict(identity, study_id, recorded, same_space=same_space)
     if reason is not None:
         own = ", ".join(existing_studies(job, same_space=same_space)) or "none"
-        if "another definition" in reason:
+        if study_conflict(identity, study_id, recorded) is None:  # the job's own study, under another space
             raise ConfigError(
                 f"{command} {study_id}: {reason}; a resumed search keeps the space it started with: put that space "
                 f"back in {job.label} (the study's parent run logs it as params), or run without --resume to start "
@@ -111,11 +111,12 @@ def claim_study(job: Job, study_id: str) -> str:
     local = isinstance(fs, pyarrow.fs.LocalFileSystem)
     name, stamp = split_study_id(study_id) or (job.name, None)
     when = datetime.strptime(stamp, "%Y%m%d-%H%M%S-%f") if stamp and stamp.count("-") == 2 else datetime.now()
+    if local:
+        os.makedirs(root, exist_ok=True)
     for step in range(_CLAIM_TRIES):
         candidate = study_id if step == 0 else study_id_at(name, when + timedelta(microseconds=step))
         folder = f"{root.rstrip('/')}/{candidate}"
         if local:
-            os.makedirs(root, exist_ok=True)
             try:
                 os.mkdir(folder)
             except FileExistsError:
