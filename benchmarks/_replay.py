@@ -27,7 +27,7 @@ import logging
 import math
 import numbers
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -277,9 +277,12 @@ class NearestConfig:
     1. the number of categorical parameters (the space's categorical choices) whose values differ, a parameter
        present on one side only counting as different: 0 whenever the table recorded the proposed categorical
        combination, so categorical knobs match exactly when they can;
-    2. the Euclidean distance over the numeric ranges of the space, each normalised to [0, 1] by the space's
+    2. a configuration the replay has not trained yet (``used``) before one it has: a live study that proposes
+       a configuration near one it trained gets a new result, not the recorded one again, so the replay gives it
+       the nearest configuration it has not seen while the table has one in that categorical combination;
+    3. the Euclidean distance over the numeric ranges of the space, each normalised to [0, 1] by the space's
        ``low``/``high`` (on ``log`` of both for a log range); a range present on one side only adds 1;
-    3. ties: the configuration first in the table (its row order).
+    4. ties: the configuration first in the table (its row order).
     Constants of the space are not compared. ``exact`` counts proposals whose categorical values all matched.
 
     Args:
@@ -325,10 +328,13 @@ class NearestConfig:
                 sq += np.where(np.isnan(t), 1.0, (t - p) ** 2)
         return mismatches, np.sqrt(sq)
 
-    def __call__(self, config: Mapping[str, Any]) -> int:
-        """The table row of the nearest recorded configuration."""
+    def __call__(self, config: Mapping[str, Any], used: Collection[int] = ()) -> int:
+        """The table row of the nearest recorded configuration; among those with the fewest categorical
+        mismatches, one not in ``used`` (the rows a replay has already trained) comes first."""
         mismatches, dist = self.distances(config)
-        row = int(np.lexsort((np.arange(self.rows), dist, mismatches))[0])
+        taken = np.zeros(self.rows, dtype=int)
+        taken[list(used)] = 1
+        row = int(np.lexsort((np.arange(self.rows), dist, taken, mismatches))[0])
         self.calls += 1
         self.exact += int(mismatches[row] == 0)
         return row
@@ -437,6 +443,7 @@ def replay(table: Table, job: Job, space: SearchSpace, *, method: str, seed: int
     trials: dict[str, Any] = {}
     info: dict[str, dict[str, Any]] = {}
     busy = 0
+    used: set[int] = set()  # the rows this run has trained: a new proposal maps to another while it can
 
     def finish(trial: Any, result: dict[str, Any], now: float, state: str) -> None:
         nonlocal busy
@@ -453,7 +460,8 @@ def replay(table: Table, job: Job, space: SearchSpace, *, method: str, seed: int
         config = search_alg.suggest(trial_id)
         if config is None or config == "FINISHED":
             return False
-        row = mapper(config)
+        row = mapper(config, used=used)
+        used.add(row)
         trial = Trial("replay", config=config, trial_id=trial_id, stub=True)
         trials[trial_id] = trial
         controller.trials.append(trial)

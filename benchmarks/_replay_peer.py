@@ -169,7 +169,7 @@ def peer_replay(table: Table, job: Job, space: SearchSpace, *, method: str, seed
     else:
         scheduler = _baseline_first_moasha()(
             baseline, config_space=cs, metrics=metrics, do_minimize=True, time_attr="epoch", max_t=table.max_t,
-            grace_period=job.scheduler.grace_period, reduction_factor=job.scheduler.reduction_factor,
+            grace_period=job.grace_period, reduction_factor=job.scheduler.reduction_factor,
             brackets=1, random_seed=seed)
     horizon = budget_s / workers
     # The Tuner polls: while every worker is busy it "sleeps", and the simulated clock moves by the backend's

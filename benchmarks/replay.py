@@ -1,7 +1,7 @@
 """Search quality in simulated time: replay each method over a recorded learning-curve table, many seeds.
 
 Every method runs attnsearch's own searcher and scheduler (``benchmarks/_replay.py``): ``random`` (no early
-stopping), ``tpe`` (no early stopping), ``tpe+asha``, ``tpe+moasha`` (the default), ``random+moasha``,
+stopping), ``tpe`` (no early stopping), ``tpe+asha``, ``tpe+moasha``, ``random+moasha`` (the default),
 ``nsga2+moasha``; the peer runs Syne Tune 0.16's own ``MOASHA`` (``st-moasha``) and random search
 (``st-random``) in Syne Tune's own simulator backend over the same table (``benchmarks/_replay_peer.py``).
 
@@ -14,9 +14,9 @@ its seeds), one-sided paired Wilcoxon signed-rank p-values (same seed numbers) t
 lower than random search's and than the peer's, and whether random search agrees between the two simulators
 (two-sided Mann-Whitney U and two-sample Kolmogorov-Smirnov tests on the final hypervolumes).
 
-    python benchmarks/replay.py --table benchmarks/fashion_mnist_curves.parquet --job jobs/fashion_mnist.yaml \\
-        --seeds 30 --workers 4 --budget 40x --json benchmarks/results/replay.json \\
-        --out benchmarks/results/replay.md --plot benchmarks/results/replay.png
+    python benchmarks/replay.py --table benchmarks/results/fashion_curves.csv \\
+        --job benchmarks/jobs/fashion_curves.yaml --seeds 30 --workers 4 --budget 40x \\
+        --json benchmarks/results/replay.json --out benchmarks/results/replay.md --plot benchmarks/results/replay.png
 
 ``--table synthetic[:CONFIGS[:SEED]]`` replays a synthetic table drawn from the job's space instead (a dry run).
 """

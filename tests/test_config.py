@@ -60,7 +60,9 @@ def test_good_job_loads_with_defaults(jobdir):
     assert job.name == "quick" and job.backbone.name == "resnet20"
     assert job.train.epochs == 4 and job.train.lr == 0.1 and job.train.optimizer == "sgd"
     assert job.data.batch_size == 128 and job.data.val_fraction == 0.2 and job.data.augment is True
-    assert job.search.sampler == "tpe" and job.search.num_samples == 20
+    assert job.search.sampler == "random" and job.search.num_samples == 20
+    # the first rung at 3 epochs (at most train.epochs), ranked by the training loss
+    assert job.scheduler.grace_period is None and job.grace_period == 3 and job.scheduler.rung_metric == "train_loss"
     assert list(job.search.objectives.items()) == [("val_acc", "max"), ("flops", "min")]
     assert job.scheduler.type == "auto" and job.scheduler_type == "moasha" and job.max_t == 4  # two objectives
     assert job.resources.cpu == 1 and job.resources.gpu == 0
@@ -230,3 +232,17 @@ def test_contract_objectives_check_and_is_number():
         check_objectives({"val_acc": "max", "flops": "low"})
     assert is_number(3) and is_number(0.5) and is_number(float("nan"))
     assert not is_number(True) and not is_number("3") and not is_number(None)
+
+
+SHIPPED_JOBS = sorted((Path(__file__).resolve().parents[1] / "jobs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_JOBS, ids=[p.name for p in SHIPPED_JOBS])
+def test_every_shipped_job_loads_with_its_space(path):
+    from attnsearch.data import SYSTEM_FASHION_MNIST
+
+    if path.name == "fashion_mnist.yaml" and not (SYSTEM_FASHION_MNIST / "train-labels-idx1-ubyte.gz").is_file():
+        pytest.skip("the Debian package dataset-fashion-mnist is not installed")
+    job = load_job(path)
+    space = load_space(job)
+    assert space.type_names() and job.max_t >= job.grace_period

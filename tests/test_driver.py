@@ -19,6 +19,7 @@ from attnsearch.search import (  # noqa: E402
     FixedConfigs,
     MOASHAScheduler,
     StudySearcher,
+    asha_metric,
     build_tuner,
     searcher_and_scheduler,
 )
@@ -97,3 +98,50 @@ def test_the_tuner_is_assembled_only_in_the_driver():
                 if name in names:
                     found.append((path.relative_to(PACKAGE).as_posix(), name))
     assert found and {where for where, _ in found} == {"search/_driver.py"}, found
+
+
+@pytest.mark.parametrize("epochs, given, expected", [(9, None, 3), (2, None, 2), (9, 1, 1), (9, 5, 5)])
+def test_grace_period_defaults_to_three_epochs_or_the_budget(tmp_path, epochs, given, expected):
+    job, _ = _job(tmp_path, train={"epochs": epochs}, scheduler={"type": "moasha", "grace_period": given})
+    assert job.grace_period == expected
+    _, scheduler = searcher_and_scheduler(job, load_space(job))
+    assert scheduler.grace_period == expected
+
+
+@pytest.mark.parametrize("rung_metric, objectives, expected", [
+    ("train_loss", {"val_acc": "max", "flops": "min"}, {"train_loss": "min", "flops": "min"}),
+    ("train_loss", {"flops": "min", "val_acc": "max", "val_loss": "min"}, {"flops": "min", "train_loss": "min"}),
+    ("objectives", {"val_acc": "max", "flops": "min"}, {"val_acc": "max", "flops": "min"}),
+])
+def test_rungs_rank_by_the_training_loss_in_place_of_per_epoch_objectives(tmp_path, rung_metric, objectives,
+                                                                          expected):
+    job, space = _job(tmp_path, scheduler={"type": "moasha", "rung_metric": rung_metric},
+                      search={"objectives": objectives, "seed": 1})
+    assert job.rung_objectives == expected
+    searcher, scheduler = searcher_and_scheduler(job, space)
+    assert scheduler.objectives == expected
+    assert searcher.metric == list(objectives)  # the sampler still learns the study's own objectives
+
+
+@pytest.mark.parametrize("rung_metric, kept", [("train_loss", "CONTINUE"), ("objectives", "STOP")])
+def test_moasha_keeps_the_trials_with_the_lower_training_loss(tmp_path, rung_metric, kept):
+    job, space = _job(tmp_path, train={"epochs": 9}, scheduler={"type": "moasha", "rung_metric": rung_metric},
+                      search={"objectives": {"val_acc": "max", "flops": "min"}, "seed": 1, "baseline": False})
+    _, scheduler = searcher_and_scheduler(job, space)
+    same = {"epoch": 3, "flops": 1e6}
+    # a and b arrive last at the rung with the lowest training losses and the lowest accuracies
+    records = [("c", 0.70, 1.4), ("d", 0.72, 1.5), ("e", 0.71, 1.45), ("f", 0.69, 1.3), ("a", 0.60, 0.9),
+               ("b", 0.61, 0.95)]
+    decisions = {tid: scheduler.decide(tid, {**same, "val_acc": acc, "train_loss": loss})
+                 for tid, acc, loss in records}
+    assert decisions["a"] == decisions["b"] == kept
+
+
+@pytest.mark.parametrize("rung_metric, metric", [("train_loss", ("train_loss", "min")),
+                                                 ("objectives", ("val_acc", "max"))])
+def test_asha_ranks_by_the_rung_metric(tmp_path, rung_metric, metric):
+    job, space = _job(tmp_path, scheduler={"type": "asha", "rung_metric": rung_metric},
+                      search={"objectives": {"val_acc": "max"}, "seed": 1})
+    assert asha_metric(job) == metric
+    _, scheduler = searcher_and_scheduler(job, space)
+    assert (scheduler.metric, scheduler._mode) == metric  # Ray's ASHA keeps its mode private

@@ -99,6 +99,36 @@ def test_nearest_config_exact_on_categorical_nearest_on_log_numeric_ties_first(s
     assert again({**se8, "train.lr": 0.25}) == 3 and again({**common, "attention": "se", "se.reduction": 4}) == 1
 
 
+def test_nearest_config_prefers_a_configuration_the_run_has_not_trained(setup):
+    job, space, _ = setup
+    common = {"backbone.width_mult": 1.0, "stages": "3", "blocks": "all", "position": "default", "attention": "se"}
+    rows = [{**common, "se.reduction": 8, "train.lr": lr} for lr in (0.1, 0.12, 0.5)]
+    rows.append({**common, "se.reduction": 4, "train.lr": 0.1})
+    near = R.NearestConfig(R.read_table(_crafted(rows), space), space)
+    proposal = {**common, "se.reduction": 8, "train.lr": 0.1}
+    assert near(proposal) == 0
+    assert near(proposal, used={0}) == 1  # the next nearest of the same categorical combination
+    assert near(proposal, used={0, 1}) == 2  # even far in lr: unused first within the combination
+    # every row of the combination used: the nearest of them again, never another combination
+    assert near(proposal, used={0, 1, 2}) == 0
+
+
+@pytest.mark.parametrize("method", ["random", "tpe"])
+def test_a_replay_trains_each_recorded_configuration_once_while_it_can(setup, method):
+    job, space, _ = setup
+    table = _table(job, space, configs=30)
+    run = R.replay(table, job, space, method=method, seed=0, workers=2,
+                   budget_s=0.6 * table.curves["epoch_time_s"].sum())  # time for about 18 of the 30
+    near = R.NearestConfig(table, space)
+    seen: set[int] = set()
+    for trial in run.trials:  # in start order
+        if trial["row"] in seen:  # a repeat only once its categorical combination has no untrained row left
+            mismatches, _ = near.distances(trial["config"])
+            assert set(np.flatnonzero(mismatches == mismatches.min())) <= seen
+        seen.add(trial["row"])
+    assert len(run.trials) > 10 and len(seen) > 10
+
+
 def test_read_table_refuses_a_table_without_the_space_columns(setup):
     job, space, _ = setup
     df = R.synthetic_table(job, space, configs=5).drop(columns=["train.lr"])
@@ -289,6 +319,23 @@ def test_a_finished_study_reads_back_as_the_same_table_from_ray_and_from_mlflow(
     assert sorted(joined.configs["config_id"]) == sorted(order)
     with pytest.raises(R.ConfigError, match="no-such-study"):
         benchmark.load_table(["mlflow:no-such-study"], job, job_space)
+    # live_regret.py scores a live study against a table: against its own recording, its front is the true front
+    out = tmp_path / "live.md"
+    assert load_benchmark("live_regret").main(["--table", str(half), "--table", str(rest), "--job", str(path),
+                                               "--live", "random", outcome.study_id, "--out", str(out)]) == 0
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| random |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == outcome.study_id and cells[2:5] == ["3", "3", "6"] and float(cells[5]) == 0.0
+    # scored against only part of its own recording, the live study's front is better: a negative regret
+    assert load_benchmark("live_regret").main(["--table", str(rest), "--job", str(path), "--live", "random",
+                                               outcome.study_id, "--out", str(out)]) == 0
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| random |"))
+    assert float(row.strip("|").split("|")[5]) <= 0.0
+    # a study in another store is named with its URI; a --live without its study is refused (exit 2)
+    assert load_benchmark("live_regret").main(["--table", str(rest), "--job", str(path), "--live", "random",
+                                               outcome.study_id, job.tracking.uri, "--uri", "sqlite:///nowhere.db",
+                                               "--out", str(out)]) == 0
+    assert load_benchmark("live_regret").main(["--table", str(rest), "--job", str(path), "--live", "random"]) == 2
 
 
 def test_headroom_reports_the_spread_the_rank_correlations_the_front_and_the_seed_noise(setup):

@@ -109,6 +109,69 @@ def test_searcher_tells_optuna_what_each_trial_was():
     assert restored._ot_study.get_trials(deepcopy=False)[-1].values == [0.5, 7.0]
 
 
+def _seen_sampler():
+    """A RandomSampler that records, at each proposal, the states and values of the study it was handed."""
+    import optuna
+
+    class Seen(optuna.samplers.RandomSampler):
+        seen: list = []
+
+        def sample_independent(self, study, trial, name, distribution):
+            self.seen.append([(t.state, t.values) for t in study.get_trials(deepcopy=False)])
+            return super().sample_independent(study, trial, name, distribution)
+
+    return Seen(seed=0)
+
+
+@pytest.mark.parametrize("directions", [["maximize", "minimize"], ["maximize"]])
+def test_the_sampler_learns_from_finished_trials_only_in_a_multi_objective_study(directions):
+    """Optuna's TPE ranks PRUNED trials by intermediate values a multi-objective trial cannot report: there the
+    sampler sees only the COMPLETE trials (full budget, or infeasible); the study keeps every state it was told."""
+    import optuna
+
+    from attnsearch.search import FinishedTrialsSampler
+
+    seen = _seen_sampler()
+    study = optuna.create_study(directions=directions, sampler=FinishedTrialsSampler(seen))
+    values = [0.9, 100.0][: len(directions)]
+    for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.COMPLETE, TrialState.PRUNED):
+        trial = study.ask()
+        trial.suggest_float("x", 0, 1)
+        study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
+    running = study.ask()
+    running.suggest_float("x", 0, 1)
+    last = seen.seen[-1]
+    if len(directions) > 1:
+        assert last == [(TrialState.COMPLETE, values)] * 2
+    else:  # single-objective: the study itself (its pruned trials carry intermediate values)
+        assert [s for s, _ in last] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
+                                         TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING]
+    assert [t.state for t in study.get_trials(deepcopy=False)].count(TrialState.PRUNED) == 2
+
+
+def test_the_tpe_sampler_is_tpe_behind_the_finished_trials_view():
+    import pickle
+
+    import optuna
+
+    from attnsearch.search import FinishedTrialsSampler
+
+    sampler = make_sampler("tpe", seed=3)
+    assert type(sampler) is FinishedTrialsSampler and type(sampler.sampler) is optuna.samplers.TPESampler
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    for _ in range(14):  # past TPE's random start-up: its model proposes (the constant liar would raise here)
+        trial = study.ask()
+        x = trial.suggest_float("x", 0, 1)
+        if trial.number % 3 == 2:
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, [x, x * x])
+    study.sampler = pickle.loads(pickle.dumps(sampler))  # Ray pickles the searcher, its sampler in use with it
+    trial = study.ask()
+    study.tell(trial, [trial.suggest_float("x", 0, 1), 0.5])
+    assert [t.state for t in study.trials].count(TrialState.PRUNED) == 4 and len(study.trials) == 15
+
+
 def test_the_searcher_marks_the_enqueued_baseline_and_never_a_sampled_twin(tmp_path):
     from attnsearch.contract import BASELINE_KEY
     from attnsearch.space import baseline_point, define_by_run, load_space
@@ -273,7 +336,8 @@ def test_resource_check_refuses_missing_gpus_unless_autoscaling(monkeypatch, tmp
 
 @pytest.mark.slow  # starts Ray: MOASHA through the real Ray Tune, Optuna and MLflow path
 def test_moasha_study_stops_on_every_objective(tmp_path, local_ray):
-    path = e2e_job(tmp_path, num_samples=6, scheduler={"type": "moasha", "grace_period": 1, "reduction_factor": 2},
+    path = e2e_job(tmp_path, num_samples=6, scheduler={"type": "moasha", "grace_period": 1, "reduction_factor": 2,
+                                                       "rung_metric": "objectives"},
                    search={"num_samples": 6, "seed": 10, "baseline": True})
     job = load_job(path)
     outcome = run_study(job)

@@ -55,7 +55,14 @@ from ._schedulers import (
     rung_order,
     rung_position,
 )
-from ._searcher import INFEASIBLE_CONSTRAINT, TRIAL_ID_ATTR, FixedConfigs, StudySearcher, make_sampler
+from ._searcher import (
+    INFEASIBLE_CONSTRAINT,
+    TRIAL_ID_ATTR,
+    FinishedTrialsSampler,
+    FixedConfigs,
+    StudySearcher,
+    make_sampler,
+)
 from ._study_dirs import (
     IDENTITY_FILE,
     check_own_study,
@@ -77,6 +84,7 @@ __all__ = [
     "optuna_storage_url",
     "reconcile_optuna_record",
     "EpochBudget",
+    "FinishedTrialsSampler",
     "FixedConfigs",
     "INFEASIBLE_CONSTRAINT",
     "MOASHAScheduler",

@@ -124,8 +124,8 @@ def final_checkpoint_config() -> tune.CheckpointConfig:
 
 
 def asha_metric(job: Job) -> tuple[str, str]:
-    """ASHA gets one metric of its own: the first per-epoch objective, else val_acc."""
-    for metric, mode in job.search.objectives.items():
+    """ASHA gets one metric of its own: the first per-epoch metric of ``job.rung_objectives``, else val_acc."""
+    for metric, mode in job.rung_objectives.items():
         if metric in EPOCH_METRICS:
             return metric, mode
     return "val_acc", "max"
@@ -151,9 +151,9 @@ def searcher_and_scheduler(job: Job, space: SearchSpace, *, storage: optuna.stor
     The searcher is a ``StudySearcher`` over ``space`` (define-by-run) for every objective of
     ``search.objectives``, with ``search.sampler`` seeded by ``search.seed``, and the baseline enqueued first
     (``points_to_evaluate``) when ``search.baseline`` is true; it is not wrapped in a ``ConcurrencyLimiter``
-    (``build_tuner`` does that). The scheduler is the one ``scheduler.type`` names (``moasha``: every objective;
-    ``asha``: ``asha_metric``; ``fifo``), on the time attribute ``epoch`` up to ``train.epochs``, with the
-    baseline protected from early stopping.
+    (``build_tuner`` does that). The scheduler is the one ``scheduler.type`` names (``moasha``: every metric of
+    ``job.rung_objectives``; ``asha``: ``asha_metric``; ``fifo``), its first rung at ``job.grace_period``, on the
+    time attribute ``epoch`` up to ``train.epochs``, with the baseline protected from early stopping.
 
     Args:
         job: the validated job.
@@ -181,12 +181,11 @@ def _scheduler(job: Job, protected: list[dict[str, Any]]) -> TrialScheduler:
         metric, mode = asha_metric(job)
         return BaselineASHAScheduler(
             time_attr=TIME_ATTR, metric=metric, mode=mode, max_t=job.max_t,
-            grace_period=job.scheduler.grace_period, reduction_factor=job.scheduler.reduction_factor,
-            protected=protected,
+            grace_period=job.grace_period, reduction_factor=job.scheduler.reduction_factor, protected=protected,
         )
     if job.scheduler_type == "moasha":
         return MOASHAScheduler(
-            dict(job.search.objectives), max_t=job.max_t, grace_period=job.scheduler.grace_period,
+            job.rung_objectives, max_t=job.max_t, grace_period=job.grace_period,
             reduction_factor=job.scheduler.reduction_factor, time_attr=TIME_ATTR, protected=protected,
         )
     return FIFOScheduler()

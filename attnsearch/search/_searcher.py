@@ -3,6 +3,7 @@ really was), and a fixed list of configs (a retrain)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import pickle
 import warnings
@@ -41,7 +42,8 @@ def make_sampler(sampler: str, seed: int | None) -> optuna.samplers.BaseSampler:
         # sampling's cost per trial; group is experimental in Optuna 5, and says so once
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+            tpe = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=False)
+            return FinishedTrialsSampler(tpe)
     if sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
     if sampler == "gp":
@@ -49,6 +51,78 @@ def make_sampler(sampler: str, seed: int | None) -> optuna.samplers.BaseSampler:
     if sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ConfigError(f"search.sampler: unknown sampler {sampler!r}; valid: tpe, nsga2, gp, random")
+
+
+_COPY_NAME = "finished-trials"
+
+
+class FinishedTrialsSampler(optuna.samplers.BaseSampler):
+    """A sampler that, in a multi-objective study, learns from the finished trials only: not the early-stopped.
+
+    Optuna's TPE ranks a PRUNED trial by its last intermediate value, which a multi-objective trial cannot
+    report (``Trial.report`` is single-objective), so all of them tie; while fewer trials have completed than
+    TPE's share of good trials (``gamma``), the earliest pruned ones fill that share, whatever they scored, and
+    TPE proposes near them. Here the wrapped sampler sees, in a multi-objective study, an in-memory copy holding
+    only the study's COMPLETE trials (trained to the full budget, or infeasible with their constraint), as BOHB
+    models only the budget it has results on (Falkner et al. 2018, "BOHB: Robust and Efficient Hyperparameter
+    Optimization at Scale"); the study itself keeps every trial as it was told (PRUNED stays PRUNED, for
+    optuna-dashboard and ``attnsearch importance``). A single-objective study, whose pruned trials carry
+    intermediate values, goes to the sampler unchanged.
+
+    Args:
+        sampler: the sampler that proposes. A ``TPESampler`` needs ``constant_liar=False`` (Optuna 5's default is
+            True): the constant liar writes into the storage of the study it is given, about a trial the copy
+            does not hold.
+    """
+
+    def __init__(self, sampler: optuna.samplers.BaseSampler) -> None:
+        self.sampler = sampler
+        self._storage: optuna.storages.InMemoryStorage | None = None
+        self._copy: optuna.Study | None = None
+        self._copied: set[int] = set()
+
+    def _view(self, study: optuna.Study) -> optuna.Study:
+        if len(study.directions) < 2:
+            return study
+        if self._copy is None or self._copy.directions != study.directions:
+            self._storage = optuna.storages.InMemoryStorage()
+            quiet, level = logging.getLogger("optuna"), logging.getLogger("optuna").level
+            quiet.setLevel(logging.WARNING)  # the storage logs every study it creates: this one is internal
+            try:
+                self._storage.create_new_study(study.directions, _COPY_NAME)
+            finally:
+                quiet.setLevel(level)
+            self._copy, self._copied = optuna.load_study(study_name=_COPY_NAME, storage=self._storage), set()
+        new = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+               if t.number not in self._copied]
+        if new:
+            for trial in new:
+                self._copy.add_trial(trial)
+                self._copied.add(trial.number)
+            # a Study object caches its trials until its own next ask/tell: a fresh one reads the added trials
+            self._copy = optuna.load_study(study_name=_COPY_NAME, storage=self._storage)
+        return self._copy
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        return self.sampler.infer_relative_search_space(self._view(study), trial)
+
+    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                        search_space: dict[str, Any]) -> dict[str, Any]:
+        return self.sampler.sample_relative(self._view(study), trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
+                           param_distribution: Any) -> Any:
+        return self.sampler.sample_independent(self._view(study), trial, param_name, param_distribution)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.sampler.before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: Any,
+                    values: Sequence[float] | None) -> None:
+        self.sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.sampler.reseed_rng()
 
 
 class StudySearcher(OptunaSearch):

@@ -19,13 +19,13 @@ __all__ = ["space_digest", "study_params"]  # space_digest: attnsearch.space's, 
 def study_params(job: Job, space: SearchSpace) -> dict[str, str]:
     """The parent run's params: what the study searches and how, under the job's own key names.
 
-    ``search.sampler``, ``scheduler.type`` (``auto`` resolved), for ASHA/MOASHA its ``grace_period``,
-    ``reduction_factor`` and ``rungs`` (the epochs it decides at), ``search.num_samples``, ``search.max_concurrent``,
-    ``search.seed``, ``search.baseline``, ``train.epochs``, ``search.objectives`` (JSON, the job's order),
-    ``search.budget_epochs`` (``none`` without one), ``backbone.name``, ``backbone.width_mult``, ``data.dataset``,
-    ``data.image_size``, ``data.validation`` (what the study validates on: a split of the training images or the
-    dataset's official held-out split), ``search.space`` (the space file's name, ``inline`` for a space in the job) and
-    ``search.space_digest`` (``space_digest``).
+    ``search.sampler``, ``scheduler.type`` (``auto`` resolved), for ASHA/MOASHA its ``grace_period`` (resolved),
+    ``reduction_factor``, ``rung_metric`` and ``rungs`` (the epochs it decides at), ``search.num_samples``,
+    ``search.max_concurrent``, ``search.seed``, ``search.baseline``, ``train.epochs``, ``search.objectives`` (JSON,
+    the job's order), ``search.budget_epochs`` (``none`` without one), ``backbone.name``, ``backbone.width_mult``,
+    ``data.dataset``, ``data.image_size``, ``data.validation`` (what the study validates on: a split of the training
+    images or the dataset's official held-out split), ``search.space`` (the space file's name, ``inline`` for a
+    space in the job) and ``search.space_digest`` (``space_digest``).
     """
     kind = job.scheduler_type
     params = {
@@ -48,8 +48,9 @@ def study_params(job: Job, space: SearchSpace) -> dict[str, str]:
     }
     if kind in ("asha", "moasha"):
         sched = job.scheduler
-        params["scheduler.grace_period"] = sched.grace_period
+        params["scheduler.grace_period"] = job.grace_period
         params["scheduler.reduction_factor"] = sched.reduction_factor
-        rungs = rung_milestones(job.train.epochs, sched.grace_period, sched.reduction_factor)
+        params["scheduler.rung_metric"] = sched.rung_metric
+        rungs = rung_milestones(job.max_t, job.grace_period, sched.reduction_factor)
         params["scheduler.rungs"] = json.dumps([int(r) if float(r).is_integer() else r for r in rungs])
     return {key: str(value) for key, value in params.items()}
