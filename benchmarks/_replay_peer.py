@@ -142,7 +142,8 @@ def peer_replay(table: Table, job: Job, space: SearchSpace, *, method: str, seed
                 budget_s: float, mapper: NearestConfig | None = None) -> ReplayRun:
     """Run Syne Tune's ``method`` (``PEER_METHODS``) in its simulator backend for ``budget_s`` worker-seconds.
 
-    Args: as ``_replay.replay``'s. The job's ``scheduler.grace_period`` and ``reduction_factor`` are MOASHA's.
+    Args: as ``_replay.replay``'s. The job's first rung (``Job.grace_period``) and ``scheduler.reduction_factor``
+    are MOASHA's.
     """
     from syne_tune import StoppingCriterion, Tuner
     from syne_tune.backend.simulator_backend.simulator_backend import SimulatorConfig

@@ -19,8 +19,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
@@ -41,7 +39,7 @@ def live_row(uri: str, job, study: str, reference: dict[str, float], hv_star: fl
 
 def main(argv: list[str] | None = None) -> int:
     import _replay
-    from replay import load_table
+    from replay import _quartiles, load_table
 
     from attnsearch.config import load_job
     from attnsearch.contract import ConfigError, InputError
@@ -84,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         row = live_row(uri[0] if uri else args.uri or job.tracking.uri, job, study, reference, hv_star)
         seeds = replayed.get(method, [])
         if seeds:
-            q1, q2, q3 = np.percentile(100 * np.array(seeds), [25, 50, 75])
+            q2, q1, q3 = _quartiles([100 * r for r in seeds])
             dist = f"{q2:.2f} [{q1:.2f}, {q3:.2f}]"
             below = f"{sum(r < row['regret'] for r in seeds)}/{len(seeds)}"
         else:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import pytest
 import yaml
 
 BIN = Path(sys.executable).parent  # the venv's `ray`, `attnsearch`, `mlflow` scripts
@@ -391,6 +392,16 @@ def assert_optuna_record_matches_mlflow(job: Any, study_id: str) -> dict[str, in
     for tid, trial in by_id.items():
         assert trial.state == TrialState.FAIL and trial.user_attrs.get("attnsearch_reason", "").startswith("lost"), tid
     return counts
+
+
+def _fashion_mnist_installed() -> bool:
+    from attnsearch.data import SYSTEM_FASHION_MNIST
+
+    return (SYSTEM_FASHION_MNIST / "train-labels-idx1-ubyte.gz").is_file()
+
+
+needs_fashion_mnist = pytest.mark.skipif(not _fashion_mnist_installed(),
+                                         reason="the Debian package dataset-fashion-mnist is not installed")
 
 
 def write_cifar(root: Path, name: str = "cifar10", per_batch: int = 3) -> dict[str, np.ndarray]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _helpers import BAD_JOBS, with_sections
+from _helpers import BAD_JOBS, needs_fashion_mnist, with_sections
 
 from attnsearch.config import NATIVE_IMAGE_SIZE, ConfigError, DataConfig, Job, TrainConfig, load_job
 from attnsearch.space import load_space
@@ -234,15 +234,12 @@ def test_contract_objectives_check_and_is_number():
     assert not is_number(True) and not is_number("3") and not is_number(None)
 
 
-SHIPPED_JOBS = sorted((Path(__file__).resolve().parents[1] / "jobs").glob("*.yaml"))
+SHIPPED_JOBS = [pytest.param(p, id=p.name, marks=[needs_fashion_mnist] if p.name == "fashion_mnist.yaml" else [])
+                for p in sorted((Path(__file__).resolve().parents[1] / "jobs").glob("*.yaml"))]
 
 
-@pytest.mark.parametrize("path", SHIPPED_JOBS, ids=[p.name for p in SHIPPED_JOBS])
+@pytest.mark.parametrize("path", SHIPPED_JOBS)
 def test_every_shipped_job_loads_with_its_space(path):
-    from attnsearch.data import SYSTEM_FASHION_MNIST
-
-    if path.name == "fashion_mnist.yaml" and not (SYSTEM_FASHION_MNIST / "train-labels-idx1-ubyte.gz").is_file():
-        pytest.skip("the Debian package dataset-fashion-mnist is not installed")
     job = load_job(path)
     space = load_space(job)
     assert space.type_names() and job.max_t >= job.grace_period

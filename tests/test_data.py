@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _helpers import write_cifar
+from _helpers import needs_fashion_mnist, write_cifar
 from PIL import Image
 
 from attnsearch.config import ConfigError, DataConfig
@@ -266,8 +266,6 @@ def test_check_data_cifar_errors(tmp_path):
 
 # --------------------------------------------------------------------------------------------------- Fashion-MNIST
 
-needs_fashion_mnist = pytest.mark.skipif(not (SYSTEM_FASHION_MNIST / "train-labels-idx1-ubyte.gz").is_file(),
-                                         reason="the Debian package dataset-fashion-mnist is not installed")
 IDX_STEMS = {"train-images": "train-images-idx3-ubyte", "train-labels": "train-labels-idx1-ubyte",
              "test-images": "t10k-images-idx3-ubyte", "test-labels": "t10k-labels-idx1-ubyte"}
 

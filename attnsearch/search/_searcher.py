@@ -3,7 +3,6 @@ really was), and a fixed list of configs (a retrain)."""
 
 from __future__ import annotations
 
-import logging
 import math
 import pickle
 import warnings
@@ -81,26 +80,31 @@ class FinishedTrialsSampler(optuna.samplers.BaseSampler):
         self._copy: optuna.Study | None = None
         self._copied: set[int] = set()
 
-    def _view(self, study: optuna.Study) -> optuna.Study:
-        if len(study.directions) < 2:
-            return study
+    def _sync(self, study: optuna.Study) -> None:
+        """Bring the copy up to the study's COMPLETE trials: once per asked trial (``before_trial``), so the
+        sampler's several calls for that trial read no storage."""
         if self._copy is None or self._copy.directions != study.directions:
             self._storage = optuna.storages.InMemoryStorage()
-            quiet, level = logging.getLogger("optuna"), logging.getLogger("optuna").level
-            quiet.setLevel(logging.WARNING)  # the storage logs every study it creates: this one is internal
+            verbosity = optuna.logging.get_verbosity()
+            optuna.logging.set_verbosity(optuna.logging.WARNING)  # the storage logs every study it creates
             try:
                 self._storage.create_new_study(study.directions, _COPY_NAME)
             finally:
-                quiet.setLevel(level)
+                optuna.logging.set_verbosity(verbosity)
             self._copy, self._copied = optuna.load_study(study_name=_COPY_NAME, storage=self._storage), set()
         new = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
                if t.number not in self._copied]
-        if new:
-            for trial in new:
-                self._copy.add_trial(trial)
-                self._copied.add(trial.number)
-            # a Study object caches its trials until its own next ask/tell: a fresh one reads the added trials
+        for trial in new:
+            self._copy.add_trial(trial)
+            self._copied.add(trial.number)
+        if new:  # a Study object caches its trials until its own next ask/tell: a fresh one reads the added trials
             self._copy = optuna.load_study(study_name=_COPY_NAME, storage=self._storage)
+
+    def _view(self, study: optuna.Study) -> optuna.Study:
+        if len(study.directions) < 2:
+            return study
+        if self._copy is None:  # a call outside Study.ask, which calls before_trial first
+            self._sync(study)
         return self._copy
 
     def infer_relative_search_space(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
@@ -115,6 +119,8 @@ class FinishedTrialsSampler(optuna.samplers.BaseSampler):
         return self.sampler.sample_independent(self._view(study), trial, param_name, param_distribution)
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if len(study.directions) > 1:
+            self._sync(study)
         self.sampler.before_trial(study, trial)
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: Any,
