@@ -48,6 +48,7 @@ __all__ = [
     "ReplayRun",
     "Table",
     "job_for_method",
+    "read_frame",
     "read_table",
     "replay",
     "synthetic_table",
@@ -136,6 +137,20 @@ class Table:
         return out
 
 
+def read_frame(path: str | Path) -> pd.DataFrame:
+    """A table file as written (CSV or Parquet, by suffix), its id columns as strings: a CSV reader would turn an
+    all-digit trial id into an integer and a hex one like ``1234e567`` into a float."""
+    path = Path(path)
+    if path.suffix in (".parquet", ".pq"):
+        df = pd.read_parquet(path)
+    else:
+        df = pd.read_csv(path, dtype={name: str for name in (CONFIG_ID, *ID_ALIASES)})
+    for name in (CONFIG_ID, *ID_ALIASES):
+        if name in df.columns:
+            df[name] = df[name].astype(str)
+    return df
+
+
 def read_table(source: str | Path | pd.DataFrame, space: SearchSpace, *, max_t: int | None = None) -> Table:
     """Read a long-format learning-curve table (CSV or Parquet, or a DataFrame) for the parameters of ``space``.
 
@@ -149,11 +164,13 @@ def read_table(source: str | Path | pd.DataFrame, space: SearchSpace, *, max_t: 
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"--table {path}: no such file; give a CSV or Parquet learning-curve table")
-        df = pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path)
+        df = read_frame(path)
     if CONFIG_ID not in df.columns:  # a table read back from MLflow/Ray names its configurations by run or trial
         alias = next((c for c in ID_ALIASES if c in df.columns), None)
         if alias is not None:
             df = df.rename(columns={alias: CONFIG_ID})
+    if CONFIG_ID in df.columns:
+        df[CONFIG_ID] = df[CONFIG_ID].astype(str)
     needed = [CONFIG_ID, "epoch", *CURVE_COLUMNS]
     missing = [c for c in needed if c not in df.columns]
     if missing:

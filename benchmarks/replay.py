@@ -100,7 +100,7 @@ def load_table(specs: list[str], job, space) -> _replay.Table:
             path = Path(spec)
             if not path.is_file():
                 raise _replay.ConfigError(f"--table {spec}: no such file, directory or source")
-            frames.append(pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path))
+            frames.append(_replay.read_frame(path))
     if len(frames) > 1:
         counts = Counter(i for f in frames for i in _id_column(f))
         repeated = {i for i, n in counts.items() if n > 1}

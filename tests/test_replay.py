@@ -146,6 +146,24 @@ def test_read_table_refuses_a_table_without_the_space_columns(setup):
         R.read_table(R.synthetic_table(job, space, configs=5).drop(columns=["epoch_time_s"]), space)
 
 
+def test_ids_that_look_like_numbers_read_back_as_the_same_strings(setup, tmp_path):
+    """A table file whose every trial id is all digits, or hex with an ``e`` (``1234e567``), as a recording split
+    in two files can hold: the ids stay strings, and the two files join as one table."""
+    job, space, path = setup
+    df = R.synthetic_table(job, space, configs=3)
+    ids = ("00012345", "1234e567", "abc_00001")
+    df["config_id"] = df["config_id"].map(dict(zip(df["config_id"].unique(), ids, strict=True)))
+    parts = []
+    for i, cid in enumerate(ids):
+        parts.append(str(tmp_path / f"part{i}.csv"))
+        df[df["config_id"] == cid].to_csv(parts[-1], index=False)
+    assert R.read_frame(parts[1])["config_id"].tolist()[0] == "1234e567"
+    one = R.read_table(parts[0], space)
+    assert one.configs["config_id"].tolist() == ["00012345"]
+    joined = load_benchmark("replay").load_table(parts, job, space)
+    assert sorted(joined.configs["config_id"]) == sorted(ids)
+
+
 # ------------------------------------------------------------------------------------------------ the replay
 
 
