@@ -15,9 +15,7 @@ when obvious, the fix (``jobs/x.yaml: train.lr: Input should be greater than 0 (
 
 from __future__ import annotations
 
-import difflib
 import re
-import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -34,10 +32,16 @@ from pydantic import (
     model_validator,
 )
 
-from ._yaml import parse_yaml, read_yaml, short_repr
+from ._schema_messages import (
+    apply_schema_overrides,
+    did_you_mean,
+    format_validation_error,
+    shown_override,
+)
+from ._yaml import read_yaml, short_repr
 from .contract import DEFAULT_OBJECTIVES, EPOCH_METRICS, METRICS, ConfigError
 from .models import BACKBONES
-from .uris import has_credentials, redact_text, resolve_path, resolve_storage, resolve_tracking_uri
+from .uris import has_credentials, resolve_path, resolve_storage, resolve_tracking_uri
 
 DATASETS_WITH_ROOT = ("cifar10", "cifar100", "imagenet", "folder")
 # data.validation: official needs an official held-out split; these have none (a folder without val/ is refused
@@ -48,6 +52,8 @@ NATIVE_IMAGE_SIZE = {"digits": 16, "fashion_mnist": 28, "cifar10": 32, "cifar100
                      "fake": 32}
 
 DEFAULT_GRACE_PERIOD = 3  # the first rung when scheduler.grace_period is null (README, "Early stopping")
+DEFAULT_REDUCTION_FACTOR = 3  # when scheduler.reduction_factor is null
+DEFAULT_FIRST_RUNG = (1, 1.5)  # MOASHA's default rung before that one: (epoch, reduction factor); Job.rungs
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -67,14 +73,6 @@ def _known(value: str, valid: Iterable[str], what: str) -> str:
     if value in valid:
         return value
     raise ValueError(f"unknown {what} {short_repr(value)}{did_you_mean(value, valid)}; valid: {sorted(valid)}")
-
-
-def did_you_mean(value: Any, valid: Iterable[str]) -> str:
-    """``" (did you mean 'x'?)"`` when one of ``valid`` is close to ``value``, else ``""``."""
-    if not isinstance(value, (str, int, float)) or len(str(value)) > 200:  # a list or a long text: no suggestion
-        return ""
-    close = difflib.get_close_matches(str(value), [str(v) for v in valid], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class BackboneConfig(StrictModel):
@@ -261,11 +259,23 @@ class SchedulerConfig(StrictModel):
     type: Literal["auto", "asha", "moasha", "none"] = "auto"
     # the first rung, in epochs; null: DEFAULT_GRACE_PERIOD, or train.epochs when fewer (Job.grace_period)
     grace_period: int | None = Field(None, ge=1)
-    reduction_factor: float = Field(3, gt=1)
+    reduction_factor: float | None = Field(None, gt=1)  # null: DEFAULT_REDUCTION_FACTOR (Job.reduction_factor)
+    # MOASHA's rungs as {epoch: reduction factor}, each keeping the top 1/factor of the trials reaching it, in
+    # place of grace_period and reduction_factor's ladder; null: Job.rungs' default
+    rungs: dict[int, float] | None = Field(None, min_length=1)
     # what a rung ranks trials by in place of the search's per-epoch objectives (Job.rung_objectives): the
     # epoch's mean training loss (Ru et al. 2021, "Speedy Performance Estimation for Neural Architecture
     # Search"), or the objectives themselves
     rung_metric: Literal["train_loss", "objectives"] = "train_loss"
+
+    @field_validator("rungs")
+    @classmethod
+    def _rungs(cls, value: dict[int, float] | None) -> dict[int, float] | None:
+        for epoch, factor in (value or {}).items():
+            if epoch < 1 or not factor > 1:
+                raise ValueError(f"{{{epoch}: {factor}}}: each rung is epoch (>= 1): reduction factor (> 1), "
+                                 "e.g. {1: 1.5, 3: 3}")
+        return value
 
 
 class ResourcesConfig(StrictModel):
@@ -360,6 +370,15 @@ class Job(StrictModel):
                     f"scheduler.grace_period ({self.scheduler.grace_period}); raise train.epochs or lower "
                     "scheduler.grace_period"
                 )
+            rungs, given = self.scheduler.rungs, self._ladder_given
+            if rungs is not None:
+                problem = (f"needs scheduler.type moasha, not {kind!r} (Ray's ASHA takes one reduction factor)"
+                           if kind != "moasha" else
+                           f"replaces scheduler.{' and scheduler.'.join(given)}: give one or the other" if given else
+                           f"has epoch {max(rungs)}, not below train.epochs ({self.train.epochs}), the full budget"
+                           if max(rungs) >= self.train.epochs else None)
+                if problem:
+                    raise ValueError(f"scheduler.rungs {rungs} {problem}")
             if not any(m in EPOCH_METRICS for m in self.search.objectives):
                 raise ValueError(
                     f"scheduler.type {kind!r} stops trials on a per-epoch metric, but search.objectives "
@@ -386,6 +405,31 @@ class Job(StrictModel):
         ``train.epochs``)."""
         given = self.scheduler.grace_period
         return given if given is not None else min(DEFAULT_GRACE_PERIOD, self.max_t)
+
+    @property
+    def reduction_factor(self) -> float:
+        """``scheduler.reduction_factor``, else ``DEFAULT_REDUCTION_FACTOR``."""
+        given = self.scheduler.reduction_factor
+        return float(given) if given is not None else float(DEFAULT_REDUCTION_FACTOR)
+
+    @property
+    def _ladder_given(self) -> list[str]:
+        return [key for key in ("grace_period", "reduction_factor") if getattr(self.scheduler, key) is not None]
+
+    @property
+    def rungs(self) -> dict[float, float]:
+        """MOASHA's rungs, ``{epoch: reduction factor}`` below ``train.epochs``: ``scheduler.rungs``; else the ladder
+        ``grace_period * reduction_factor**k``; with neither of those two given, ``DEFAULT_FIRST_RUNG`` first."""
+        sched = self.scheduler
+        if sched.rungs is not None:
+            return {float(epoch): float(sched.rungs[epoch]) for epoch in sorted(sched.rungs)}
+        out, t = {}, float(self.grace_period)
+        while t < self.max_t:
+            out[t], t = self.reduction_factor, t * self.reduction_factor
+        first, factor = DEFAULT_FIRST_RUNG
+        if not self._ladder_given and first < min(out, default=self.max_t):
+            out = {float(first): factor, **out}
+        return out
 
     @property
     def rung_objectives(self) -> dict[str, str]:
@@ -420,121 +464,9 @@ class Job(StrictModel):
         return yaml.safe_dump(self.job_dict(), sort_keys=False)
 
 
-# --------------------------------------------------------------------------------------------------- errors
-
-
-def format_loc(loc: Sequence[Any]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _model_at(model: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | None:
-    """The pydantic model class reached by following ``loc`` from ``model`` (None when it leaves the models)."""
-    for part in loc:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        annotation = getattr(field, "annotation", None) if field else None
-        # unwrap Optional[Model]
-        candidates = [annotation, *typing.get_args(annotation)]
-        models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
-        if not models:
-            return None
-        model = models[0]
-    return model
-
-
-def format_validation_error(exc: ValidationError, source: str, model: type[BaseModel], prefix: str = "") -> str:
-    """One message for all errors of ``exc``: one line per error, each naming ``source`` and the key path."""
-    lines = []
-    for err in exc.errors():
-        loc = [p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("function-after",)))]
-        path = format_loc(loc)
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            parent = _model_at(model, loc[:-1])
-            valid = sorted(parent.model_fields) if parent else []
-            key = loc[-1]
-            level = f" under {format_loc(loc[:-1])!r}" if loc[:-1] else ""
-            msg = f"unknown key {short_repr(key)}{did_you_mean(key, valid)}; valid keys{level}: {valid}"
-        elif kind == "missing":
-            msg = "required key is missing"
-        elif kind in ("model_type", "model_attributes_type", "dict_type"):
-            msg = f"expected a mapping (got {short_repr(err.get('input'))})"
-        elif kind == "value_error":
-            msg = str(err["ctx"]["error"]) if "ctx" in err else err["msg"].removeprefix("Value error, ")
-            # model validators report at their model's level and name their own key: keep the path short
-            if msg.startswith("root: "):
-                path, msg = format_loc([*loc, "root"]), msg.removeprefix("root: ")
-        elif kind == "literal_error":
-            expected = err.get("ctx", {}).get("expected", "")
-            valid = re.findall(r"'([^']*)'", expected)
-            msg = f"{err['msg']} (got {short_repr(err['input'])}){did_you_mean(err['input'], valid)}"
-        else:
-            msg = err["msg"]
-            if not isinstance(err.get("input"), (dict, list)):
-                msg += f" (got {short_repr(err.get('input'))})"
-        full = f"{prefix}{path}" if path else prefix.rstrip(".")
-        lines.append(f"{source}: {full}: {msg}" if full else f"{source}: {msg}")
-    return "\n".join(dict.fromkeys(lines))
-
-
-# --------------------------------------------------------------------------------------------------- overrides
-
-
-def shown_override(text: str, limit: int = 120) -> str:
-    """How a message quotes one ``--set`` override: credentials redacted (``redact_text``), then cut."""
-    text = redact_text(str(text))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"train.lr=0.05"`` -> ``(["train", "lr"], 0.05)``; the value is parsed as YAML."""
-    key, sep, value = text.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {shown_override(text)!r}: expected dotted.key=value, e.g. --set train.lr=0.05")
-    return key.split("."), parse_yaml(value, f"--set {key}")
-
-
-def _is_mapping_field(model: type[BaseModel], key: str) -> bool:
-    annotation = model.model_fields[key].annotation
-    return _model_at(model, [key]) is not None or "dict" in str(annotation)
-
-
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str], source: str) -> dict[str, Any]:
-    """Apply ``--set`` overrides to the raw job mapping; a key the schema does not have is an error."""
-    for text in overrides:
-        keys, value = parse_override(text)
-        model: type[BaseModel] | None = Job
-        node = raw
-        for depth, key in enumerate(keys):
-            here = ".".join(keys[: depth + 1])
-            if model is not None and key not in model.model_fields:
-                valid = sorted(model.model_fields)
-                level = f" under {'.'.join(keys[:depth])!r}" if depth else ""
-                raise ConfigError(
-                    f"{source}: --set {shown_override(text)}: unknown key {here!r}{did_you_mean(key, valid)}; "
-                    f"valid keys{level}: {valid}"
-                )
-            if depth == len(keys) - 1:
-                node[key] = value
-                break
-            if model is not None and not _is_mapping_field(model, key):
-                raise ConfigError(
-                    f"{source}: --set {shown_override(text)}: {here} is a value, not a mapping; use --set {here}=VALUE"
-                )
-            child = node.get(key)
-            if child is None:
-                child = node[key] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(
-                    f"{source}: --set {shown_override(text)}: {here} is {short_repr(child)}, not a mapping; "
-                    f"set {here}=... instead"
-                )
-            node = child
-            model = _model_at(model, [key]) if model is not None else None
-    return raw
+    """Apply ``--set`` overrides to the raw job mapping; a key the job's schema does not have is an error."""
+    return apply_schema_overrides(raw, overrides, source, Job)
 
 
 # --------------------------------------------------------------------------------------------------- loading

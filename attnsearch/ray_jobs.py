@@ -32,8 +32,10 @@ from urllib.parse import urlsplit
 import yaml
 
 from . import uris
+from ._schema_messages import parse_override
 from ._table import format_table
-from .config import ConfigError, apply_overrides, load_job, parse_override, read_yaml
+from ._yaml import read_yaml
+from .config import ConfigError, apply_overrides, load_job
 from .space import load_space
 from .uris import RAY_DASHBOARD_ADDRESS, split_scheme, sqlite_path
 

@@ -48,6 +48,7 @@ __all__ = [
     "ReplayRun",
     "Table",
     "job_for_method",
+    "oracle_rungs",
     "read_frame",
     "read_table",
     "replay",
@@ -135,6 +136,14 @@ class Table:
             if name in cfg.index and _is_number(cfg[name]) and not math.isnan(cfg[name]):
                 out[name] = float(cfg[name])
         return out
+
+
+def oracle_rungs(table: Table) -> Table:
+    """A copy of ``table`` whose every epoch's ``train_loss`` is ``1 -`` the configuration's final ``val_acc``: rungs
+    that rank by the training loss then rank by the answer itself (the ceiling of any rung rule)."""
+    curves = dict(table.curves)
+    curves["train_loss"] = np.repeat(1.0 - table.curves["val_acc"][:, -1:], table.max_t, axis=1)
+    return Table(table.configs.copy(), curves, table.max_t, list(table.knobs), table.source)
 
 
 def read_frame(path: str | Path) -> pd.DataFrame:

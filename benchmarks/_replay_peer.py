@@ -142,8 +142,8 @@ def peer_replay(table: Table, job: Job, space: SearchSpace, *, method: str, seed
                 budget_s: float, mapper: NearestConfig | None = None) -> ReplayRun:
     """Run Syne Tune's ``method`` (``PEER_METHODS``) in its simulator backend for ``budget_s`` worker-seconds.
 
-    Args: as ``_replay.replay``'s. The job's first rung (``Job.grace_period``) and ``scheduler.reduction_factor``
-    are MOASHA's.
+    Args: as ``_replay.replay``'s. Syne Tune's MOASHA takes one ladder: from ``Job.grace_period`` by
+    ``Job.reduction_factor`` (not ``Job.rungs``' factor per rung).
     """
     from syne_tune import StoppingCriterion, Tuner
     from syne_tune.backend.simulator_backend.simulator_backend import SimulatorConfig
@@ -170,7 +170,7 @@ def peer_replay(table: Table, job: Job, space: SearchSpace, *, method: str, seed
     else:
         scheduler = _baseline_first_moasha()(
             baseline, config_space=cs, metrics=metrics, do_minimize=True, time_attr="epoch", max_t=table.max_t,
-            grace_period=job.grace_period, reduction_factor=job.scheduler.reduction_factor,
+            grace_period=job.grace_period, reduction_factor=job.reduction_factor,
             brackets=1, random_seed=seed)
     horizon = budget_s / workers
     # The Tuner polls: while every worker is busy it "sleeps", and the simulated clock moves by the backend's

@@ -154,6 +154,13 @@ BAD_JOBS = {
                  "scheduler.grace_period (5)"),
     "asha_metric": bad("search: {space: space.yaml, objectives: {flops: min}}", "scheduler.type 'asha'", "val_acc"),
     "reduction": bad("scheduler: {reduction_factor: 1}", "scheduler.reduction_factor", "greater than 1"),
+    "rungs_factor": bad("scheduler: {type: moasha, rungs: {1: 1}}", "scheduler.rungs", "{1: 1.0}",
+                        "reduction factor (> 1)"),
+    "rungs_with_ladder": bad("scheduler: {type: moasha, grace_period: 1, rungs: {1: 2}}", "scheduler.rungs {1: 2.0}",
+                             "replaces scheduler.grace_period: give one or the other"),
+    "rungs_asha": bad("scheduler: {type: asha, rungs: {1: 2}}", "scheduler.rungs", "needs scheduler.type moasha"),
+    "rungs_epoch": bad("train: {epochs: 4}\nscheduler: {type: moasha, rungs: {4: 2}}", "scheduler.rungs",
+                       "has epoch 4, not below train.epochs (4)"),
     "dataset": bad("data: {dataset: cifar}", "data.dataset:", "did you mean 'cifar10'"),
     "root_needed": bad("data: {dataset: cifar100}", "data.root:", "needs data.root"),
     "validation_official": bad("data: {dataset: digits, validation: official}", "data.validation: dataset 'digits' "

@@ -4,6 +4,7 @@ for, the Tuner's shared settings, and the study and the retrain assembling their
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from attnsearch.search import (  # noqa: E402
     asha_metric,
     build_tuner,
     searcher_and_scheduler,
+    study_params,
 )
 from attnsearch.search._schedulers import BaselineASHAScheduler  # noqa: E402
 from attnsearch.space import baseline_point, is_point, load_space  # noqa: E402
@@ -102,10 +104,38 @@ def test_the_tuner_is_assembled_only_in_the_driver():
 
 @pytest.mark.parametrize("epochs, given, expected", [(9, None, 3), (2, None, 2), (9, 1, 1), (9, 5, 5)])
 def test_grace_period_defaults_to_three_epochs_or_the_budget(tmp_path, epochs, given, expected):
-    job, _ = _job(tmp_path, train={"epochs": epochs}, scheduler={"type": "moasha", "grace_period": given})
-    assert job.grace_period == expected
-    _, scheduler = searcher_and_scheduler(job, load_space(job))
-    assert scheduler.grace_period == expected
+    job, _ = _job(tmp_path, train={"epochs": epochs}, scheduler={"type": "asha", "grace_period": given})
+    assert job.grace_period == expected  # what ASHA and the Syne Tune peer start their ladder at
+    params = study_params(job, load_space(job))
+    assert params["scheduler.grace_period"] == str(expected)
+    assert min(json.loads(params["scheduler.rungs"]), key=float, default=str(expected)) == str(expected)
+
+
+@pytest.mark.parametrize("epochs, scheduler, expected", [
+    (9, {}, {1: 1.5, 3: 3}),  # the default: a lenient rung at epoch 1 before the ladder from 3 by 3
+    (30, {}, {1: 1.5, 3: 3, 9: 3, 27: 3}),
+    (2, {}, {1: 1.5}),
+    (1, {}, {}),
+    (9, {"grace_period": 1}, {1: 3, 3: 3}),  # a ladder given: only the ladder
+    (9, {"reduction_factor": 2}, {3: 2, 6: 2}),
+    (9, {"rungs": {2: 4, 1: 1.2}}, {1: 1.2, 2: 4}),
+])
+def test_moasha_decides_at_the_jobs_rungs_with_their_factors(tmp_path, epochs, scheduler, expected):
+    job, _ = _job(tmp_path, train={"epochs": epochs}, scheduler={"type": "moasha", **scheduler})
+    assert job.rungs == expected
+    _, sched = searcher_and_scheduler(job, load_space(job))
+    assert sched.factors == expected and sorted(sched.rungs) == sorted(expected)
+
+
+def test_a_rung_keeps_the_share_its_own_factor_says():
+    """Rung 1 with factor 1.5 lets the second-best of three through; rung 3 with factor 3 does not."""
+    sched = MOASHAScheduler({"val_acc": "max"}, max_t=9, rungs={1: 1.5, 3: 3})
+    decide = [sched.decide(f"t{i}", {"epoch": 1, "val_acc": acc}) for i, acc in enumerate((0.9, 0.8, 0.7))]
+    assert decide == ["CONTINUE", "CONTINUE", "STOP"]  # positions 0 < 1/1.5, 1 < 2/1.5, not 2 < 3/1.5
+    later = [sched.decide(f"t{i}", {"epoch": 3, "val_acc": acc}) for i, acc in enumerate((0.9, 0.8, 0.7))]
+    assert later == ["CONTINUE", "STOP", "STOP"]  # positions 0 < 1/3, not 1 < 2/3, not 2 < 3/3
+    with pytest.raises(ValueError, match=r"\{9: 2\} is not a rung"):
+        MOASHAScheduler({"val_acc": "max"}, max_t=9, rungs={9: 2})
 
 
 @pytest.mark.parametrize("rung_metric, objectives, expected", [

@@ -31,9 +31,10 @@ import yaml
 
 ray = pytest.importorskip("ray")
 
+from attnsearch._yaml import parse_yaml  # noqa: E402
 from attnsearch.attention import ATTENTION_TYPES, Knob, build_attention, get_spec  # noqa: E402
 from attnsearch.cli import main  # noqa: E402
-from attnsearch.config import ConfigError, load_job, parse_yaml  # noqa: E402
+from attnsearch.config import ConfigError, load_job  # noqa: E402
 from attnsearch.models import list_sites  # noqa: E402
 from attnsearch.models.slots import POSITIONS  # noqa: E402
 from attnsearch.space import check_space, load_space  # noqa: E402

@@ -294,6 +294,24 @@ def test_cli_writes_the_report_json_and_plot_and_refuses_bad_input(setup, tmp_pa
         assert not (tmp_path / "x.json").exists()
 
 
+def test_oracle_rungs_rank_by_the_final_answer_and_need_training_loss_rungs(setup, tmp_path, capsys):
+    job, space, job_path = setup
+    table = _table(job, space, configs=12)
+    oracle = R.oracle_rungs(table)
+    final = table.curves["val_acc"][:, -1]
+    assert np.allclose(oracle.curves["train_loss"], (1 - final)[:, None] * np.ones((1, table.max_t)))
+    assert not np.allclose(table.curves["train_loss"], oracle.curves["train_loss"])  # the original is kept
+    assert np.array_equal(oracle.curves["val_acc"], table.curves["val_acc"])
+    cli, path = load_benchmark("replay"), tmp_path / "t.csv"
+    R.synthetic_table(job, space, configs=12).to_csv(path, index=False)
+    common = ["--table", str(path), "--job", str(job_path), "--seeds", "1", "--methods", "random+moasha",
+              "--budget", "6x", "--oracle-rungs"]
+    assert cli.main([*common, "--json", str(tmp_path / "o.json")]) == 0
+    assert json.loads((tmp_path / "o.json").read_text())["meta"]["oracle_rungs"] is True
+    assert cli.main([*common, "--set", "scheduler.rung_metric=objectives"]) == 2
+    assert "--oracle-rungs" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------- tables from a study
 
 

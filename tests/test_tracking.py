@@ -695,8 +695,8 @@ def test_the_parent_run_logs_the_studys_definition_once(tmp_path, caplog):
     space = load_space(job)
     params = study_params(job, space)
     assert params["search.sampler"] == "tpe" and params["scheduler.type"] == "moasha"
-    assert params["scheduler.rungs"] == "[2]" and params["train.epochs"] == "6"  # grace 2, factor 3, 6 epochs
-    assert params["scheduler.grace_period"] == "2" and params["scheduler.rung_metric"] == "train_loss"
+    assert json.loads(params["scheduler.rungs"]) == {"2": 3} and params["train.epochs"] == "6"  # grace 2, factor 3
+    assert "scheduler.grace_period" not in params and params["scheduler.rung_metric"] == "train_loss"  # in rungs
     assert json.loads(params["search.objectives"]) == {"val_acc": "max", "flops": "min"}
     assert params["search.space"] == "quickstart.yaml" and params["search.space_digest"] == space_digest(space)
     assert params["backbone.name"] == "resnet20" and params["data.dataset"] == "digits"

@@ -36,7 +36,7 @@ def cmd_sites(args) -> int:
 
 
 def cmd_flops(args) -> int:
-    from ..config import parse_yaml
+    from .._yaml import parse_yaml
     from ..data import dataset_info
     from ..flops import count
     from ..models import build_model

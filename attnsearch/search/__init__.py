@@ -51,6 +51,7 @@ from ._run_study import StudyOutcome, run_study
 from ._schedulers import (
     MOASHAScheduler,
     check_rung_arguments,
+    check_rungs,
     rung_milestones,
     rung_order,
     rung_position,
@@ -98,6 +99,7 @@ __all__ = [
     "build_tuner",
     "check_cluster_resources",
     "check_rung_arguments",
+    "check_rungs",
     "existing_studies",
     "check_own_study",
     "claim_study",

@@ -152,8 +152,9 @@ def searcher_and_scheduler(job: Job, space: SearchSpace, *, storage: optuna.stor
     ``search.objectives``, with ``search.sampler`` seeded by ``search.seed``, and the baseline enqueued first
     (``points_to_evaluate``) when ``search.baseline`` is true; it is not wrapped in a ``ConcurrencyLimiter``
     (``build_tuner`` does that). The scheduler is the one ``scheduler.type`` names (``moasha``: every metric of
-    ``job.rung_objectives``; ``asha``: ``asha_metric``; ``fifo``), its first rung at ``job.grace_period``, on the
-    time attribute ``epoch`` up to ``train.epochs``, with the baseline protected from early stopping.
+    ``job.rung_objectives`` at ``job.rungs``; ``asha``: ``asha_metric`` from ``job.grace_period`` by
+    ``job.reduction_factor``; ``fifo``), on the time attribute ``epoch`` up to ``train.epochs``, with the baseline
+    protected from early stopping.
 
     Args:
         job: the validated job.
@@ -181,11 +182,10 @@ def _scheduler(job: Job, protected: list[dict[str, Any]]) -> TrialScheduler:
         metric, mode = asha_metric(job)
         return BaselineASHAScheduler(
             time_attr=TIME_ATTR, metric=metric, mode=mode, max_t=job.max_t,
-            grace_period=job.grace_period, reduction_factor=job.scheduler.reduction_factor, protected=protected,
+            grace_period=job.grace_period, reduction_factor=job.reduction_factor, protected=protected,
         )
     if job.scheduler_type == "moasha":
         return MOASHAScheduler(
-            job.rung_objectives, max_t=job.max_t, grace_period=job.grace_period,
-            reduction_factor=job.scheduler.reduction_factor, time_attr=TIME_ATTR, protected=protected,
+            job.rung_objectives, max_t=job.max_t, rungs=job.rungs, time_attr=TIME_ATTR, protected=protected,
         )
     return FIFOScheduler()

@@ -39,8 +39,9 @@ from pydantic import ValidationError
 from ray.tune.schedulers import FIFOScheduler
 
 from .. import tracking
+from .._schema_messages import format_validation_error
 from .._table import format_table
-from ..config import TrainConfig, format_validation_error
+from ..config import TrainConfig
 from ..contract import (
     ALL_STUDIES,
     COMPLETED,

@@ -3,7 +3,9 @@
 MOASHA (Schmucker et al. 2021, "Multi-objective Asynchronous Successive Halving", arXiv:2106.12639): rungs at
 ``grace_period * reduction_factor**k`` epochs (below ``max_t``); when a trial reaches a rung, the rung's records
 and the new one are ordered, and the new trial continues iff its own position, counting itself, lies in the
-top ``1 / reduction_factor``.
+top ``1 / reduction_factor``. ``rungs`` gives the rungs and their factors one by one instead (``{1: 1.5, 3: 3}``:
+at epoch 1 the top two thirds continue, at epoch 3 the top third), as Syne Tune's ``rung_levels`` gives the
+epochs.
 
 The order, in ``rung_order``:
 1. every objective oriented to minimisation and min-max normalised over the rung's records (FLOPs in the 1e9
@@ -42,8 +44,8 @@ from ..tracking.sync import trial_results
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
-__all__ = ["MOASHAScheduler", "BaselineASHAScheduler", "check_rung_arguments", "rung_order", "rung_position",
-           "rung_milestones"]
+__all__ = ["MOASHAScheduler", "BaselineASHAScheduler", "check_rung_arguments", "check_rungs", "rung_order",
+           "rung_position", "rung_milestones"]
 
 
 def rung_milestones(max_t: float, grace_period: float, reduction_factor: float) -> list[float]:
@@ -52,6 +54,17 @@ def rung_milestones(max_t: float, grace_period: float, reduction_factor: float) 
     while t < max_t:
         out.append(t)
         t *= reduction_factor
+    return out
+
+
+def check_rungs(rungs: Mapping[float, float], max_t: float) -> dict[float, float]:
+    """``rungs`` as ``{epoch: reduction factor}`` sorted by epoch; ``ValueError`` naming the rung that is not one."""
+    out = {}
+    for epoch, factor in sorted(rungs.items()):
+        if not 0 < epoch < max_t or not factor > 1:
+            raise ValueError(f"rungs: {{{epoch}: {factor}}} is not a rung: each needs 0 < epoch < max_t={max_t} and "
+                             "a reduction factor > 1")
+        out[float(epoch)] = float(factor)
     return out
 
 
@@ -142,6 +155,8 @@ class MOASHAScheduler(FIFOScheduler):
         max_t: the budget in ``time_attr`` units (``train.epochs``); no rung at or beyond it.
         grace_period: the first rung.
         reduction_factor: keep the top ``1 / reduction_factor`` of each rung (> 1).
+        rungs: ``{epoch: reduction factor}``, every rung with its own factor, in place of the ladder that
+            ``grace_period`` and ``reduction_factor`` make (``check_rungs``).
         time_attr: the result key that counts progress (``epoch``).
         read_results: ``trial -> list of its past results`` for trials restored by ``Tuner.restore``
             (default: the trial's ``result.json``).
@@ -156,21 +171,25 @@ class MOASHAScheduler(FIFOScheduler):
         max_t: float,
         grace_period: float = 1,
         reduction_factor: float = 3,
+        rungs: Mapping[float, float] | None = None,
         time_attr: str = TIME_ATTR,
         read_results: Callable[[Trial], list[dict]] | None = None,
         protected: Sequence[Mapping[str, Any]] = (),
     ) -> None:
         super().__init__()
         check_rung_arguments(objectives, max_t, grace_period, reduction_factor)
+        # milestone -> the reduction factor there
+        self.factors = (check_rungs(rungs, max_t) if rungs is not None else
+                        dict.fromkeys(rung_milestones(max_t, grace_period, reduction_factor), float(reduction_factor)))
+        if rungs is not None:
+            grace_period = min(self.factors, default=max_t)
         self.objectives = dict(objectives)
         self.max_t, self.grace_period, self.reduction_factor = max_t, grace_period, float(reduction_factor)
         self.time_attr = time_attr
         self._read_results = read_results
         self.protected = [dict(p) for p in protected]
         # milestone -> {trial_id: objective vector oriented to minimisation}
-        self.rungs: dict[float, dict[str, np.ndarray]] = {
-            m: {} for m in rung_milestones(max_t, grace_period, reduction_factor)
-        }
+        self.rungs: dict[float, dict[str, np.ndarray]] = {m: {} for m in self.factors}
         self.stopped: dict[str, float] = {}  # trial id -> the rung it was stopped at
 
     # -- the rule -----------------------------------------------------------------------------------------
@@ -203,7 +222,7 @@ class MOASHAScheduler(FIFOScheduler):
         points = np.vstack([*rung.values(), vec])
         position = rung_position(points, len(points) - 1)
         rung[trial_id] = vec
-        if position < len(points) / self.reduction_factor:
+        if position < len(points) / self.factors[milestone]:
             return TrialScheduler.CONTINUE
         self.stopped[trial_id] = milestone
         return TrialScheduler.STOP
@@ -235,8 +254,8 @@ class MOASHAScheduler(FIFOScheduler):
         return action
 
     def debug_string(self) -> str:
-        sizes = ", ".join(f"{m:g}: {len(r)}" for m, r in sorted(self.rungs.items()))
-        return (f"MOASHA on {list(self.objectives)}: rungs (epoch: records) {sizes or 'none'}; "
+        sizes = ", ".join(f"{m:g} (1/{self.factors[m]:g}): {len(r)}" for m, r in sorted(self.rungs.items()))
+        return (f"MOASHA on {list(self.objectives)}: rungs (epoch (kept): records) {sizes or 'none'}; "
                 f"{len(self.stopped)} stopped")
 
 

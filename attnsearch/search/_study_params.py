@@ -19,8 +19,9 @@ __all__ = ["space_digest", "study_params"]  # space_digest: attnsearch.space's, 
 def study_params(job: Job, space: SearchSpace) -> dict[str, str]:
     """The parent run's params: what the study searches and how, under the job's own key names.
 
-    ``search.sampler``, ``scheduler.type`` (``auto`` resolved), for ASHA/MOASHA its ``grace_period`` (resolved),
-    ``reduction_factor``, ``rung_metric`` and ``rungs`` (the epochs it decides at), ``search.num_samples``,
+    ``search.sampler``, ``scheduler.type`` (``auto`` resolved), for ASHA/MOASHA its ``rung_metric`` and ``rungs``
+    (JSON ``{epoch: reduction factor}``, where it decides and how many it keeps there: ``Job.rungs`` for MOASHA),
+    for ASHA also its ``grace_period`` and ``reduction_factor`` (resolved), ``search.num_samples``,
     ``search.max_concurrent``, ``search.seed``, ``search.baseline``, ``train.epochs``, ``search.objectives`` (JSON,
     the job's order), ``search.budget_epochs`` (``none`` without one), ``backbone.name``, ``backbone.width_mult``,
     ``data.dataset``, ``data.image_size``, ``data.validation`` (what the study validates on: a split of the training
@@ -48,9 +49,17 @@ def study_params(job: Job, space: SearchSpace) -> dict[str, str]:
     }
     if kind in ("asha", "moasha"):
         sched = job.scheduler
-        params["scheduler.grace_period"] = job.grace_period
-        params["scheduler.reduction_factor"] = sched.reduction_factor
         params["scheduler.rung_metric"] = sched.rung_metric
-        rungs = rung_milestones(job.max_t, job.grace_period, sched.reduction_factor)
-        params["scheduler.rungs"] = json.dumps([int(r) if float(r).is_integer() else r for r in rungs])
+        if kind == "asha":
+            params["scheduler.grace_period"] = job.grace_period
+            params["scheduler.reduction_factor"] = _number(job.reduction_factor)
+            rungs = dict.fromkeys(rung_milestones(job.max_t, job.grace_period, job.reduction_factor),
+                                  job.reduction_factor)
+        else:
+            rungs = job.rungs
+        params["scheduler.rungs"] = json.dumps({f"{_number(e)}": _number(f) for e, f in rungs.items()})
     return {key: str(value) for key, value in params.items()}
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value

@@ -10,17 +10,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .._schema_messages import did_you_mean, format_validation_error
+from .._yaml import read_yaml, short_repr
 from ..attention import ATTENTION_TYPES, get_spec
-from ..config import (
-    ConfigError,
-    Job,
-    StrictModel,
-    TrainConfig,
-    did_you_mean,
-    format_validation_error,
-    read_yaml,
-    short_repr,
-)
+from ..config import ConfigError, Job, StrictModel, TrainConfig
 from ..contract import is_number
 from ..models import (
     BACKBONES,

@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from .._schema_messages import format_validation_error
+from .._yaml import parse_yaml
 from ..attention import get_spec
-from ..config import Job, TrainConfig, format_validation_error, parse_yaml
+from ..config import Job, TrainConfig
 from ..models import check_attention_placement, list_sites
 from ._cost import check_constraints, knob_combos, placements
 from ._model import Param, SearchSpace, parse_stages_key, stages_key
