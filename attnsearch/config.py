@@ -39,7 +39,7 @@ from ._schema_messages import (
     shown_override,
 )
 from ._yaml import read_yaml, short_repr
-from .contract import DEFAULT_OBJECTIVES, EPOCH_METRICS, METRICS, ConfigError
+from .contract import DEFAULT_OBJECTIVES, EPOCH_METRICS, METRICS, ConfigError, rung_milestones
 from .models import BACKBONES
 from .uris import has_credentials, resolve_path, resolve_storage, resolve_tracking_uri
 
@@ -371,14 +371,15 @@ class Job(StrictModel):
                     "scheduler.grace_period"
                 )
             rungs, given = self.scheduler.rungs, self._ladder_given
-            if rungs is not None:
-                problem = (f"needs scheduler.type moasha, not {kind!r} (Ray's ASHA takes one reduction factor)"
-                           if kind != "moasha" else
-                           f"replaces scheduler.{' and scheduler.'.join(given)}: give one or the other" if given else
-                           f"has epoch {max(rungs)}, not below train.epochs ({self.train.epochs}), the full budget"
-                           if max(rungs) >= self.train.epochs else None)
-                if problem:
-                    raise ValueError(f"scheduler.rungs {rungs} {problem}")
+            problem = None
+            if rungs is not None and kind != "moasha":
+                problem = f"needs scheduler.type moasha, not {kind!r} (Ray's ASHA takes one reduction factor)"
+            elif rungs is not None and given:
+                problem = f"replaces scheduler.{' and scheduler.'.join(given)}: give one or the other"
+            elif rungs is not None and max(rungs) >= self.train.epochs:
+                problem = f"has epoch {max(rungs)}, not below train.epochs ({self.train.epochs}), the full budget"
+            if problem:
+                raise ValueError(f"scheduler.rungs {rungs} {problem}")
             if not any(m in EPOCH_METRICS for m in self.search.objectives):
                 raise ValueError(
                     f"scheduler.type {kind!r} stops trials on a per-epoch metric, but search.objectives "
@@ -423,9 +424,8 @@ class Job(StrictModel):
         sched = self.scheduler
         if sched.rungs is not None:
             return {float(epoch): float(sched.rungs[epoch]) for epoch in sorted(sched.rungs)}
-        out, t = {}, float(self.grace_period)
-        while t < self.max_t:
-            out[t], t = self.reduction_factor, t * self.reduction_factor
+        out = dict.fromkeys(rung_milestones(self.max_t, self.grace_period, self.reduction_factor),
+                            self.reduction_factor)
         first, factor = DEFAULT_FIRST_RUNG
         if not self._ladder_given and first < min(out, default=self.max_t):
             out = {float(first): factor, **out}

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 __all__ = [
+    "rung_milestones",
     "InputError",
     "ConfigError",
     "UsageError",
@@ -273,5 +274,19 @@ TAG_PRUNE_RATIO = "attnsearch.prune.ratio"  # prune child: the fraction of chann
 TAG_PRUNE_IMPORTANCE = "attnsearch.prune.importance"  # prune child: nam | bn | l1 | random
 TAG_PRUNE_ON_FRONT = "attnsearch.prune.on_front"  # prune child: on the front over the study's and pruned models
 METRIC_VAL_ACC_PRUNED = "val_acc_pruned"  # prune child: val_acc right after pruning, before fine-tuning
+
+# --------------------------------------------------------------------------------------------------- rungs
+
+
+def rung_milestones(max_t: float, grace_period: float, reduction_factor: float) -> list[float]:
+    """The rungs' epochs, ascending: ``grace_period * reduction_factor**k`` below ``max_t`` (the ladder of ASHA and
+    MOASHA; the job's own rungs: ``Job.rungs``)."""
+    out, t = [], float(grace_period)
+    while t < max_t:
+        out.append(t)
+        t *= reduction_factor
+    return out
+
+
 
 __all__ += [name for name in dict(globals()) if name.startswith(("TAG_", "METRIC_", "ROLE_", "PARAM_"))]

@@ -37,7 +37,7 @@ import moocore
 import numpy as np
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-from ..contract import TIME_ATTR, check_objectives, is_number
+from ..contract import TIME_ATTR, check_objectives, is_number, rung_milestones
 from ..space import is_point
 from ..tracking.sync import trial_results
 
@@ -45,16 +45,7 @@ if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
 __all__ = ["MOASHAScheduler", "BaselineASHAScheduler", "check_rung_arguments", "check_rungs", "rung_order",
-           "rung_position", "rung_milestones"]
-
-
-def rung_milestones(max_t: float, grace_period: float, reduction_factor: float) -> list[float]:
-    """The rungs' epochs, ascending: ``grace_period * reduction_factor**k`` below ``max_t``."""
-    out, t = [], float(grace_period)
-    while t < max_t:
-        out.append(t)
-        t *= reduction_factor
-    return out
+           "rung_position"]
 
 
 def check_rungs(rungs: Mapping[float, float], max_t: float) -> dict[float, float]:

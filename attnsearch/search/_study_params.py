@@ -6,8 +6,8 @@ import json
 from pathlib import PurePath
 from typing import TYPE_CHECKING
 
+from ..contract import rung_milestones
 from ..space import space_digest
-from ._schedulers import rung_milestones
 
 if TYPE_CHECKING:
     from ..config import Job
