@@ -418,14 +418,19 @@ class Job(StrictModel):
         return [key for key in ("grace_period", "reduction_factor") if getattr(self.scheduler, key) is not None]
 
     @property
+    def ladder(self) -> dict[float, float]:
+        """ASHA's rungs, ``{epoch: reduction factor}``: ``grace_period * reduction_factor**k`` below ``max_t``."""
+        return dict.fromkeys(rung_milestones(self.max_t, self.grace_period, self.reduction_factor),
+                             self.reduction_factor)
+
+    @property
     def rungs(self) -> dict[float, float]:
-        """MOASHA's rungs, ``{epoch: reduction factor}`` below ``train.epochs``: ``scheduler.rungs``; else the ladder
-        ``grace_period * reduction_factor**k``; with neither of those two given, ``DEFAULT_FIRST_RUNG`` first."""
+        """MOASHA's rungs, ``{epoch: reduction factor}`` below ``train.epochs``: ``scheduler.rungs``; else ``ladder``;
+        with neither ``grace_period`` nor ``reduction_factor`` given, ``DEFAULT_FIRST_RUNG`` first."""
         sched = self.scheduler
         if sched.rungs is not None:
             return {float(epoch): float(sched.rungs[epoch]) for epoch in sorted(sched.rungs)}
-        out = dict.fromkeys(rung_milestones(self.max_t, self.grace_period, self.reduction_factor),
-                            self.reduction_factor)
+        out = self.ladder
         first, factor = DEFAULT_FIRST_RUNG
         if not self._ladder_given and first < min(out, default=self.max_t):
             out = {float(first): factor, **out}

@@ -288,5 +288,4 @@ def rung_milestones(max_t: float, grace_period: float, reduction_factor: float) 
     return out
 
 
-
 __all__ += [name for name in dict(globals()) if name.startswith(("TAG_", "METRIC_", "ROLE_", "PARAM_"))]

@@ -147,17 +147,12 @@ def oracle_rungs(table: Table) -> Table:
 
 
 def read_frame(path: str | Path) -> pd.DataFrame:
-    """A table file as written (CSV or Parquet, by suffix), its id columns as strings: a CSV reader would turn an
-    all-digit trial id into an integer and a hex one like ``1234e567`` into a float."""
+    """A table file as written (CSV or Parquet, by suffix); a CSV's id columns read as strings, where pandas would
+    turn an all-digit trial id into an integer and a hex one like ``1234e567`` into a float."""
     path = Path(path)
     if path.suffix in (".parquet", ".pq"):
-        df = pd.read_parquet(path)
-    else:
-        df = pd.read_csv(path, dtype={name: str for name in (CONFIG_ID, *ID_ALIASES)})
-    for name in (CONFIG_ID, *ID_ALIASES):
-        if name in df.columns:
-            df[name] = df[name].astype(str)
-    return df
+        return pd.read_parquet(path)  # Parquet keeps the column's type; read_table casts ids to str
+    return pd.read_csv(path, dtype={name: str for name in (CONFIG_ID, *ID_ALIASES)})
 
 
 def read_table(source: str | Path | pd.DataFrame, space: SearchSpace, *, max_t: int | None = None) -> Table:

@@ -40,10 +40,14 @@ sys.path.insert(0, str(ROOT))
 
 import _replay  # noqa: E402
 
+from attnsearch.config import SearchConfig  # noqa: E402
+
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 GRID = 101  # points of each hypervolume curve, 0..100 % of the simulated time
 PEER = "st-moasha"
-DEFAULT = "random+moasha"  # the product's default search (search.sampler random, scheduler moasha)
+# the product's default search: search.sampler's default with MOASHA (scheduler auto, several objectives)
+DEFAULT = next(m for m, (sampler, scheduler) in _replay.METHODS.items()
+               if scheduler == "moasha" and sampler == SearchConfig.model_fields["sampler"].default)
 DEFAULT_METHODS = (*_replay.METHODS, "st-random", PEER)
 
 

@@ -18,7 +18,7 @@ One private module per component; the public names are the ones below:
 * ``_retrain``: ``retrain``, a study's front and baseline retrained with several seeds.
 """
 
-from ..contract import rung_milestones  # the ladder, in the layer config reads it from
+from ..contract import rung_milestones  # in contract so that config (Job.ladder) reads it too
 from ._budget import EpochBudget
 from ._driver import (
     asha_metric,

@@ -172,10 +172,8 @@ class MOASHAScheduler(FIFOScheduler):
         # milestone -> the reduction factor there
         self.factors = (check_rungs(rungs, max_t) if rungs is not None else
                         dict.fromkeys(rung_milestones(max_t, grace_period, reduction_factor), float(reduction_factor)))
-        if rungs is not None:
-            grace_period = min(self.factors, default=max_t)
         self.objectives = dict(objectives)
-        self.max_t, self.grace_period, self.reduction_factor = max_t, grace_period, float(reduction_factor)
+        self.max_t = max_t
         self.time_attr = time_attr
         self._read_results = read_results
         self.protected = [dict(p) for p in protected]

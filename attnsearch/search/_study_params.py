@@ -6,7 +6,6 @@ import json
 from pathlib import PurePath
 from typing import TYPE_CHECKING
 
-from ..contract import rung_milestones
 from ..space import space_digest
 
 if TYPE_CHECKING:
@@ -53,10 +52,7 @@ def study_params(job: Job, space: SearchSpace) -> dict[str, str]:
         if kind == "asha":
             params["scheduler.grace_period"] = job.grace_period
             params["scheduler.reduction_factor"] = _number(job.reduction_factor)
-            rungs = dict.fromkeys(rung_milestones(job.max_t, job.grace_period, job.reduction_factor),
-                                  job.reduction_factor)
-        else:
-            rungs = job.rungs
+        rungs = job.ladder if kind == "asha" else job.rungs
         params["scheduler.rungs"] = json.dumps({f"{_number(e)}": _number(f) for e, f in rungs.items()})
     return {key: str(value) for key, value in params.items()}
 
