@@ -295,6 +295,38 @@ def test_a_value_error_while_running_is_a_failure_not_bad_input(workdir, monkeyp
     assert "SECRET" not in err
 
 
+@pytest.mark.parametrize("args, message", [
+    (["modules", "--channels", "-3"], "modules: --channels must be a positive integer, got -3"),
+    (["modules", "--size", "0"], "modules: --size must be a positive integer, got 0"),
+    (["flops", "--backbone", "resnet20", "--input-size", "0"], "flops: --input-size must be a positive integer"),
+    (["flops", "--backbone", "resnet20", "--input-size", "-16"], "got -16"),
+    (["sites", "resnet20", "--input-size", "0"], "input_size must be positive"),
+])
+def test_inspection_commands_refuse_sizes_below_one(capsys, args, message):
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == "", captured
+
+
+@pytest.mark.parametrize("command", ["ui", "dashboard"])
+def test_ui_servers_refuse_a_port_taken_or_out_of_range_before_starting(workdir, capsys, monkeypatch, command):
+    """MLflow's server and optuna-dashboard log a bind error and exit 0: the command must refuse first."""
+    from attnsearch import tracking
+
+    (workdir / "job.yaml").write_text(JOB)
+    (workdir / "space.yaml").write_text(SPACE)
+    monkeypatch.setattr(tracking, "serve_ui", lambda *a, **k: pytest.fail("a server started on a bad port"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main([command, "job.yaml", "--port", str(port)]) == 2
+        err = capsys.readouterr().err
+        assert f"{command} --port {port}: cannot listen on 127.0.0.1:{port}" in err and "choose a free port" in err
+    assert main([command, "job.yaml", "--port", "99999"]) == 2
+    assert f"{command} --port 99999: must be a TCP port, 1-65535" in capsys.readouterr().err
+
+
 def test_the_readmes_bad_input_table_lists_each_case_once():
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = text.split("\n## Bad input\n", 1)[1].split("\n## ", 1)[0]

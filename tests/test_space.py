@@ -266,7 +266,12 @@ BAD_SPACES = {
     "empty_file": ("# nothing here\n", "is empty", "bad_space.yaml"),
     "stage_range": ("attention: {type: [se], stages: [[1, 4]]}", "attention.stages[0]: stage 4 does not exist",
                     "[1, 2, 3]"),
-    "flat_stages": ("attention: {type: [se], stages: [1, 2, 3]}", "attention.stages", "ambiguous"),
+    "flat_stages": ("attention: {type: [se], stages: [1, 2, 3]}", "attention.stages", "ambiguous",
+                    "[[1], [2], [3]] to choose one stage"),
+    "flat_one_stage": ("attention: {type: [se], stages: [3]}", "attention.stages", "write [[3]] for attention at "
+                       "stage 3 only"),
+    "flat_stage_range": ("attention: {type: [se], stages: [4]}", "attention.stages: stage 4 does not exist",
+                         "[1, 2, 3]"),
     "position": ("attention: {type: [se], position: [default, top]}", "attention.position: unknown position 'top'",
                  "'residual_end'"),
     "blocks": ("attention: {type: [se], blocks: [every]}", "attention.blocks", "'first'"),

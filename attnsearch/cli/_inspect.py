@@ -13,6 +13,9 @@ from ._common import add_job_argument, load_checked_job, user_argument
 def cmd_modules(args) -> int:
     from ..attention import ATTENTION_TYPES
 
+    for flag, value in (("--channels", args.channels), ("--size", args.size)):
+        if value < 1:
+            raise UsageError(f"modules: {flag} must be a positive integer, got {value}; e.g. --channels 256 --size 14")
     rows = [("name", "slot", f"params@C={args.channels}", "knobs", "what it computes")]
     for name, spec in ATTENTION_TYPES.items():
         try:
@@ -41,18 +44,21 @@ def cmd_flops(args) -> int:
     from ..flops import count
     from ..models import build_model
 
+    if args.input_size is not None and args.input_size < 1:
+        raise UsageError(f"flops: --input-size must be a positive integer (pixels per side), got {args.input_size}; "
+                         "e.g. --input-size 224, or leave it out for the job's (else 224)")
     attention = parse_yaml(args.attention, "--attention") if args.attention else None
     if args.job:
         job = load_checked_job(args)
         info = dataset_info(job.data)
         backbone, width = job.backbone.name, job.backbone.width_mult
         num_classes = job.backbone.num_classes or info.num_classes
-        size = args.input_size or info.image_size
+        size = args.input_size if args.input_size is not None else info.image_size
     else:
         if not args.backbone:
             raise UsageError("flops: give a JOB file or --backbone NAME (with --attention '{type: se}')")
         backbone, width, num_classes = args.backbone, args.width_mult, args.num_classes
-        size = args.input_size or 224
+        size = args.input_size if args.input_size is not None else 224
         job = None
     if attention is not None and not isinstance(attention, dict):
         raise UsageError("--attention must be a YAML mapping, e.g. '{type: se, reduction: 8, stages: [3, 4]}'")

@@ -120,13 +120,12 @@ def _dashboard_command() -> list[str]:
 
 def cmd_dashboard(args) -> int:
     from ..search import open_optuna_storage
-    from ..tracking import serve_ui
+    from ..tracking import check_port_free, serve_ui
     from ..uris import redact_uri
 
     job = load_checked_job(args)
     command = _dashboard_command()
-    if not 0 < args.port < 65536:
-        raise UsageError(f"dashboard --port {args.port}: must be a TCP port, 1-65535")
+    check_port_free(DASHBOARD_HOST, args.port, "dashboard")
     study_id = resolve_study_id(job, args.study, "dashboard")
     _, url = _optuna_study(job, study_id, "dashboard")
     storage_id = open_optuna_storage(url).get_study_id_from_name(study_id)  # the dashboard's page of the study

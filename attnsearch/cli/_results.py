@@ -54,9 +54,10 @@ def cmd_pareto(args) -> int:
 def cmd_ui(args) -> int:
     from mlflow import MlflowClient
 
-    from ..tracking import LOOPBACK_HOSTS, serve_ui, ui_command, ui_environment, ui_url
+    from ..tracking import LOOPBACK_HOSTS, check_port_free, serve_ui, ui_command, ui_environment, ui_url
 
     job = load_checked_job(args)
+    check_port_free(args.host, args.port, "ui")
     command = ui_command(job.tracking.uri, host=args.host, port=args.port)
     if args.host not in LOOPBACK_HOSTS:
         print(f"warning: --host {args.host} serves the MLflow UI beyond this machine, without authentication: "

@@ -201,8 +201,15 @@ def _parse_stages(raw: Any, all_stages: tuple[int, ...], backbone: str, problems
                      f"(got {short_repr(raw)})")
         return None
     if all(isinstance(s, int) and not isinstance(s, bool) for s in raw):
-        problems.add(path, f"{short_repr(raw)} is ambiguous: write [{short_repr(raw)}] for one fixed stage set or "
-                     f"{short_repr([[s] for s in raw])} to choose one stage")
+        bad = [s for s in raw if s not in all_stages]
+        if bad:
+            problems.add(path, f"stage {bad[0]} does not exist in {backbone}; its stages are {list(all_stages)}")
+        elif len(raw) == 1:
+            problems.add(path, f"{short_repr(raw)} is a list of stages, expected a list of stage sets: write "
+                         f"[{short_repr(raw)}] for attention at stage {raw[0]} only")
+        else:
+            problems.add(path, f"{short_repr(raw)} is ambiguous: write [{short_repr(raw)}] for one fixed stage set "
+                         f"or {short_repr([[s] for s in raw])} to choose one stage")
         return None
     keys = []
     for i, item in enumerate(raw):

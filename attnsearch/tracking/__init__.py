@@ -32,11 +32,12 @@ from ._parent_run import (
 )
 from ._records import TrialRecord, error_summary
 from ._store import Store, quote, search_all
-from ._ui import STOP_GRACE_S, front_filter, serve_ui, ui_url, wait_for_port
+from ._ui import STOP_GRACE_S, check_port_free, front_filter, serve_ui, ui_url, wait_for_port
 
 __all__ = [
     "TrackingError",
     "STOP_GRACE_S",
+    "check_port_free",
     "front_filter",
     "serve_ui",
     "ui_url",

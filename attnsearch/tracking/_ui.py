@@ -25,9 +25,9 @@ import urllib.parse
 import webbrowser
 from collections.abc import Callable, Mapping, Sequence
 
-from ..contract import TAG_PARETO
+from ..contract import TAG_PARETO, UsageError
 
-__all__ = ["front_filter", "serve_ui", "ui_url", "wait_for_port"]
+__all__ = ["check_port_free", "front_filter", "serve_ui", "ui_url", "wait_for_port"]
 
 STOP_GRACE_S = 5.0  # after forwarding a signal: how long the group gets before SIGKILL (MLflow 3.17's huey job
 # consumers take longer than that to end on SIGTERM)
@@ -52,6 +52,28 @@ def ui_url(host: str, port: int, experiment_id: str | None = None,
         metric, mode = next(iter(objectives.items()))
         query.update({"orderByKey": f"metrics.`{metric}`", "orderByAsc": "true" if mode == "min" else "false"})
     return f"{base}#/experiments/{experiment_id}/runs?{urllib.parse.urlencode(query, quote_via=urllib.parse.quote)}"
+
+
+def check_port_free(host: str, port: int, what: str) -> None:
+    """Refuse (``UsageError``) a port outside 1-65535 or one a server already listens on at ``host``, before a UI
+    server is started: MLflow's server and optuna-dashboard log the bind error and exit 0.
+
+    Args:
+        host: the address the server will bind.
+        port: the TCP port it will bind.
+        what: the command, for the message (``ui``, ``dashboard``).
+    """
+    if not 0 < port < 65536:
+        raise UsageError(f"{what} --port {port}: must be a TCP port, 1-65535")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: only a listener blocks
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UsageError(f"{what} --port {port}: cannot listen on {host}:{port} ({exc.strerror}); another server "
+                             f"(an earlier attnsearch {what}?) holds it: stop it, or choose a free port, e.g. --port "
+                             f"{port + 1 if port < 65535 else port - 1}") from None
 
 
 def wait_for_port(host: str, port: int, timeout_s: float, alive: Callable[[], bool] = lambda: True) -> bool:
