@@ -172,6 +172,29 @@ def test_the_tpe_sampler_is_tpe_behind_the_finished_trials_view():
     assert [t.state for t in study.trials].count(TrialState.PRUNED) == 4 and len(study.trials) == 15
 
 
+def test_the_gp_sampler_models_the_shared_knobs_and_draws_a_types_own_knobs_quietly(caplog):
+    import logging
+
+    import optuna
+
+    sampler = make_sampler("gp", seed=0)
+    assert type(sampler) is optuna.samplers.GPSampler
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    optuna.logging.enable_propagation()  # Optuna's logger keeps its records to itself otherwise
+    try:
+        with caplog.at_level(logging.WARNING, logger="optuna"):
+            for _ in range(14):  # past its random start-up (10 trials): the GP proposes the shared knob
+                trial = study.ask()
+                lr = trial.suggest_float("train.lr", 1e-3, 1e-1, log=True)
+                kind = trial.suggest_categorical("attention", ["se", "eca"])
+                knob = trial.suggest_int(f"{kind}.knob", 1, 8)  # exists only in that type's trials
+                study.tell(trial, [lr * knob, knob])
+    finally:
+        optuna.logging.disable_propagation()
+    assert len(study.trials) == 14 and all(t.state is TrialState.COMPLETE for t in study.trials)
+    assert not [r for r in caplog.records if "sampled independently" in r.getMessage()], caplog.text
+
+
 def test_the_searcher_marks_the_enqueued_baseline_and_never_a_sampled_twin(tmp_path):
     from attnsearch.contract import BASELINE_KEY
     from attnsearch.space import baseline_point, define_by_run, load_space

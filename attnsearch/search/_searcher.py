@@ -46,7 +46,10 @@ def make_sampler(sampler: str, seed: int | None) -> optuna.samplers.BaseSampler:
     if sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
     if sampler == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
+        # its Gaussian process models the parameters every trial has (attention type, width, side, the training
+        # knobs); an attention type's own knobs exist only in its trials and are drawn at random, which Optuna
+        # otherwise warns about on every trial
+        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
     if sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ConfigError(f"search.sampler: unknown sampler {sampler!r}; valid: tpe, nsga2, gp, random")
