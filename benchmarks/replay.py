@@ -2,8 +2,9 @@
 
 Every method runs attnsearch's own searcher and scheduler (``benchmarks/_replay.py``): ``random`` (no early
 stopping), ``tpe`` (no early stopping), ``tpe+asha``, ``tpe+moasha``, ``random+moasha`` (the default),
-``nsga2+moasha`` (and ``gp+moasha`` when ``--methods`` names it); the peer runs Syne Tune 0.16's own ``MOASHA`` (``st-moasha``) and random search
-(``st-random``) in Syne Tune's own simulator backend over the same table (``benchmarks/_replay_peer.py``).
+``nsga2+moasha`` (and ``gp+moasha`` when ``--methods`` names it); the peer runs Syne Tune 0.16's own ``MOASHA``
+(``st-moasha``) and random search (``st-random``) in Syne Tune's own simulator backend over the same table
+(``benchmarks/_replay_peer.py``).
 
 Per method and seed: the hypervolume (the job's ``search.objectives``, default val_acc max and FLOPs min) of the
 configurations trained to the full budget, over simulated time, against a reference point fixed by the table
