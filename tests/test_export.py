@@ -325,8 +325,10 @@ def test_checkpoints_after_asha_and_resume_and_models_through_sync(tmp_path, loc
     job = load_job(path)
     interrupted = run_study(job, stream=InterruptAfterFirstTrial())
     assert len(interrupted.progress.states) < 5  # stopped with trials left: some mid-way, from checkpoints
+    assert interrupted.progress.interrupted and interrupted.progress.unfinished >= 1  # `run` says how to resume
     resumed = run_study(job, resume=True)
     assert resumed.study_id == interrupted.study_id
+    assert resumed.progress.unfinished == 0 and not resumed.progress.interrupted
     P.record_study(job.tracking.uri, "tiny", resumed.study_id, definition=dict(job.search.objectives))
     df = P.load_runs("tiny", tracking_uri=job.tracking.uri, parent_run_id=resumed.parent_run_id)
     assert set(df["state"]) >= {"completed", "early_stopped"}, df[["run_name", "state", "budget"]]

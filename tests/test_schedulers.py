@@ -219,3 +219,13 @@ def test_progress_counts_what_ray_runs():
     import pickle
 
     assert pickle.loads(pickle.dumps(printer)).stream is None  # the open stream stays out of tuner.pkl
+    assert progress.unfinished is None and not progress.interrupted  # until the experiment ends
+    done.status = "TERMINATED"  # as Ray marks it after the callback
+    trials[1].status = "TERMINATED"  # Ctrl-C: Ray's clean-up marks b TERMINATED without a callback; c pending
+    printer.on_experiment_end(trials)
+    assert progress.unfinished == 2 and progress.interrupted  # b and c
+    printer.on_step_end(1, trials)  # a normal end: the last step saw every trial ended (c errored)
+    trials[2].status = "ERROR"
+    printer.on_step_end(2, trials)
+    printer.on_experiment_end(trials)
+    assert progress.unfinished == 0 and not progress.interrupted

@@ -186,3 +186,20 @@ def test_the_mlflow_side_commands_never_take_another_jobs_study(tmp_path, monkey
     after = {r.info.run_id: dict(r.data.tags) for r in T.search_all(client, [client.get_experiment_by_name(
         "shared").experiment_id], "")}
     assert after == before and not (tmp_path / "models").exists() and not (tmp_path / "ray_results").exists()
+
+
+@pytest.mark.parametrize("unfinished, code", [(2, 130), (0, 0)])
+def test_run_says_how_to_resume_a_study_interrupted_with_trials_unfinished(tmp_path, monkeypatch, capsys,
+                                                                           unfinished, code):
+    import attnsearch.search
+    from attnsearch.search import StudyOutcome, StudyProgress
+
+    path = write_job(tmp_path, SE_SPACE)
+    progress = StudyProgress(4, 2, {"val_acc": "max"}, states={"00000": C.COMPLETED})
+    progress.unfinished = unfinished  # as ProgressPrinter.on_experiment_end leaves it
+    outcome = StudyOutcome("tiny-20260101-000000", str(tmp_path / "ray_results"), "0" * 32, progress, None)
+    monkeypatch.setattr(attnsearch.search, "run_study", lambda job, **kw: outcome)
+    assert cli.main(["run", str(path), "--set", "search.objectives={val_acc: max}", "--no-pareto"]) == code
+    err = capsys.readouterr().err
+    again = f"attnsearch run {path} --set 'search.objectives={{val_acc: max}}' --resume tiny-20260101-000000"
+    assert (again in err and "2 trial(s) unfinished" in err) is bool(unfinished), err

@@ -5,6 +5,7 @@ several seeds)."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,7 +32,7 @@ def cmd_run(args) -> int:
               f"folders under {redact_uri(outcome.experiment_path)}", file=sys.stderr)
         return 1
     if args.no_pareto:
-        return 0
+        return _interrupted(args, outcome)
     from .. import pareto
 
     experiment = job.experiment
@@ -42,14 +43,26 @@ def cmd_run(args) -> int:
         )
     except Exception as exc:  # noqa: BLE001 - analysis must never lose a finished study
         print(f"Pareto analysis skipped: {exc}", file=sys.stderr)
-        return 0
+        return _interrupted(args, outcome)
     print(f"\nPareto front ({len(front)} trials, hypervolume {hv:.6g}):")
     print(pareto.format_front(front))
     _log_models(job, outcome.parent_run_id, outcome.experiment_path)
     record_importances(job, outcome.study_id, outcome.parent_run_id)
     print(f"\nMLflow: experiment {experiment!r} at {redact_uri(job.tracking.uri)}; parent run "
           f"{outcome.parent_run_id}")
-    return 0
+    return _interrupted(args, outcome)
+
+
+def _interrupted(args, outcome) -> int:
+    """0, or for a study interrupted (Ctrl-C) with trials unfinished, the way to continue it and exit status 130
+    (the shell's for SIGINT): what is above is the answer so far."""
+    if not outcome.progress.interrupted:
+        return 0
+    sets = [part for override in args.set or () for part in ("--set", override)]
+    again = shlex.join(["attnsearch", "run", args.job, *sets, "--resume", outcome.study_id])
+    print(f"\nstudy {outcome.study_id} was interrupted with {outcome.progress.unfinished} trial(s) unfinished; its "
+          f"state is saved: continue it with\n  {again}", file=sys.stderr)
+    return 130
 
 
 def _log_models(job: Job, parent_run_id: str, experiment_path: str, prefix: str = "") -> None:

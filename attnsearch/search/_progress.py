@@ -32,6 +32,14 @@ class StudyProgress:
     finals: dict[str, dict] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)  # why a trial ended infeasible or failed, when it said
     started: float = field(default_factory=time.monotonic)
+    # trials that had not ended when the experiment did (ProgressPrinter.on_experiment_end): Ray Tune returns from
+    # fit() on Ctrl-C with its state saved and those trials unfinished; None until the experiment ends
+    unfinished: int | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether the study ended with trials unfinished (interrupted: ``--resume`` continues it)."""
+        return bool(self.unfinished)
 
     def record(self, trial_id: str, result: dict | None, errored: bool) -> None:
         self.running.discard(trial_id)
@@ -119,6 +127,13 @@ class ProgressPrinter(Callback):
         self.progress.record(trial.trial_id, trial.last_result, errored=True)
         self._count_running(trials, ended=trial)
         self._print(force=True)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        # Interrupted, Ray's clean-up marks the running trials TERMINATED without a completion callback: they are
+        # still in the running set of the last step (a trial the budget or the scheduler stopped is not), beside
+        # any trial left pending
+        left = {t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")}
+        self.progress.unfinished = len(self.progress.running | left)
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         self._count_running(trials)
