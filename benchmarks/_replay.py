@@ -68,7 +68,7 @@ METHODS: dict[str, tuple[str, str]] = {
     "tpe+moasha": ("tpe", "moasha"),
     "random+moasha": ("random", "moasha"),
     "nsga2+moasha": ("nsga2", "moasha"),
-    "gp+moasha": ("gp", "moasha"),  # not in replay.py's default --methods: a GP fit per proposal, ~1 min a seed
+    "gp+moasha": ("gp", "moasha"),  # a GP fit per proposal: replay.py runs it only when --methods names it
 }
 
 

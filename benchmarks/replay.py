@@ -50,7 +50,8 @@ PEER = "st-moasha"
 DEFAULT = next(m for m, (sampler, scheduler) in _replay.METHODS.items()
                if scheduler == "moasha" and sampler == SearchConfig.model_fields["sampler"].default)
 KNOWN_METHODS = (*_replay.METHODS, "st-random", PEER)
-DEFAULT_METHODS = tuple(m for m in KNOWN_METHODS if m != "gp+moasha")  # gp+moasha only when asked: it is slow
+SLOW_METHODS = ("gp+moasha",)  # run only when --methods names them
+DEFAULT_METHODS = tuple(m for m in KNOWN_METHODS if m not in SLOW_METHODS)
 
 
 def parse_budget(text: str, table: _replay.Table) -> float:
@@ -294,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a job key, as `attnsearch run --set` (e.g. scheduler.grace_period=2)")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help=f"default: {','.join(DEFAULT_METHODS)}; also gp+moasha")
+                   help=f"default: {','.join(DEFAULT_METHODS)}; also {','.join(SLOW_METHODS)}")
     p.add_argument("--seeds", type=int, default=30)
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=4)

@@ -53,12 +53,12 @@ def cmd_flops(args) -> int:
         info = dataset_info(job.data)
         backbone, width = job.backbone.name, job.backbone.width_mult
         num_classes = job.backbone.num_classes or info.num_classes
-        size = args.input_size if args.input_size is not None else info.image_size
+        size = args.input_size or info.image_size
     else:
         if not args.backbone:
             raise UsageError("flops: give a JOB file or --backbone NAME (with --attention '{type: se}')")
         backbone, width, num_classes = args.backbone, args.width_mult, args.num_classes
-        size = args.input_size if args.input_size is not None else 224
+        size = args.input_size or 224
         job = None
     if attention is not None and not isinstance(attention, dict):
         raise UsageError("--attention must be a YAML mapping, e.g. '{type: se, reduction: 8, stages: [3, 4]}'")

@@ -31,26 +31,31 @@ def cmd_run(args) -> int:
         print(f"attnsearch run: {untrained}; the reasons are in MLflow (tag attnsearch.reason) and in the trial "
               f"folders under {redact_uri(outcome.experiment_path)}", file=sys.stderr)
         return 1
-    if args.no_pareto:
-        return _interrupted(args, outcome)
+    if not args.no_pareto:
+        _report_front(job, outcome)
+    return _interrupted(args, outcome)
+
+
+def _report_front(job: Job, outcome) -> None:
+    """The study's own front (the objectives its parent run records, full budget), recorded and printed, then its
+    models and importances; a failure here never fails the study."""
     from .. import pareto
 
     experiment = job.experiment
-    try:  # the study's own front (the objectives its parent run records, full budget): the study's answer
+    try:
         front, hv = pareto.analyze(
             job.tracking.uri, experiment, parent_run_id=outcome.parent_run_id, budget="full", record=True,
             definition=dict(job.search.objectives),
         )
     except Exception as exc:  # noqa: BLE001 - analysis must never lose a finished study
         print(f"Pareto analysis skipped: {exc}", file=sys.stderr)
-        return _interrupted(args, outcome)
+        return
     print(f"\nPareto front ({len(front)} trials, hypervolume {hv:.6g}):")
     print(pareto.format_front(front))
     _log_models(job, outcome.parent_run_id, outcome.experiment_path)
     record_importances(job, outcome.study_id, outcome.parent_run_id)
     print(f"\nMLflow: experiment {experiment!r} at {redact_uri(job.tracking.uri)}; parent run "
           f"{outcome.parent_run_id}")
-    return _interrupted(args, outcome)
 
 
 def _interrupted(args, outcome) -> int:

@@ -188,6 +188,11 @@ def _parse_train(name: str, raw: Any, base: TrainConfig, path: str, problems: _P
     return _check_each(param, check, path, problems)
 
 
+def _missing_stage(stages: list[int], all_stages: tuple[int, ...], backbone: str) -> str | None:
+    bad = [s for s in stages if s not in all_stages]
+    return f"stage {bad[0]} does not exist in {backbone}; its stages are {list(all_stages)}" if bad else None
+
+
 def _parse_stages(raw: Any, all_stages: tuple[int, ...], backbone: str, problems: _Problems) -> Param | None:
     path = "attention.stages"
     full = stages_key(all_stages)
@@ -201,9 +206,9 @@ def _parse_stages(raw: Any, all_stages: tuple[int, ...], backbone: str, problems
                      f"(got {short_repr(raw)})")
         return None
     if all(isinstance(s, int) and not isinstance(s, bool) for s in raw):
-        bad = [s for s in raw if s not in all_stages]
-        if bad:
-            problems.add(path, f"stage {bad[0]} does not exist in {backbone}; its stages are {list(all_stages)}")
+        missing = _missing_stage(raw, all_stages, backbone)
+        if missing:
+            problems.add(path, missing)
         elif len(raw) == 1:
             problems.add(path, f"{short_repr(raw)} is a list of stages, expected a list of stage sets: write "
                          f"[{short_repr(raw)}] for attention at stage {raw[0]} only")
@@ -229,9 +234,9 @@ def _parse_stages(raw: Any, all_stages: tuple[int, ...], backbone: str, problems
                                                              for s in item):
             problems.add(where, f'expected a non-empty list of stage numbers or "all" (got {short_repr(item)})')
             continue
-        bad = [s for s in item if s not in all_stages]
-        if bad:
-            problems.add(where, f"stage {bad[0]} does not exist in {backbone}; its stages are {list(all_stages)}")
+        missing = _missing_stage(item, all_stages, backbone)
+        if missing:
+            problems.add(where, missing)
             continue
         keys.append(stages_key(item))
     keys = list(dict.fromkeys(keys))
